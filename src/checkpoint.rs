@@ -1,0 +1,539 @@
+//! The checkpoint envelope: what a store holds for one job, and its binary form.
+//!
+//! # Format (version 1)
+//!
+//! All integers little-endian; `str` and `bytes` are a `u32` length then the bytes.
+//!
+//! ```text
+//! magic        8 bytes  "SPOTBKPT"
+//! format       u16      1
+//! body length  u32      bytes between this field and the checksum
+//! body:
+//!   job key str, version u64,
+//!   status u8 (0 running, 1 interrupted, 2 completed, 3 failed), status detail str,
+//!   codec u8, cursor type str, schema u32, cursor bytes, state bytes,
+//!   chunks u64, items u64, checkpoints u64, interruptions u64, runs u64,
+//!   created ms u64, updated ms u64 (Unix epoch),
+//!   writer host str, writer pid u32, writer run id 16 bytes
+//! checksum     u32      CRC-32 (IEEE) of every byte before it
+//! ```
+//!
+//! The envelope layout is written by hand, not by the cursor codec, so the
+//! codec can change without making stored checkpoints unreadable.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use uuid::Uuid;
+
+use crate::codec::{Codec, CodecError};
+use crate::key::JobKey;
+
+const MAGIC: &[u8; 8] = b"SPOTBKPT";
+const FORMAT: u16 = 1;
+const HEADER_LEN: usize = 8 + 2 + 4;
+const CHECKSUM_LEN: usize = 4;
+
+/// Where a job stood when its checkpoint was written.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// A periodic checkpoint of a run in progress (or of a run that was killed
+    /// before it could write another one).
+    Running,
+    /// The run stopped on request (signal, deadline, notice) and can resume.
+    Interrupted {
+        /// What asked it to stop, e.g. `"SIGTERM"`.
+        source: String,
+    },
+    /// The job has no more chunks; a new run exits at once.
+    Completed,
+    /// A chunk failed; the cursor is at the last chunk that finished.
+    Failed {
+        /// The error, as text.
+        message: String,
+    },
+}
+
+impl Status {
+    /// A one-word name: `running`, `interrupted`, `completed` or `failed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Interrupted { .. } => "interrupted",
+            Status::Completed => "completed",
+            Status::Failed { .. } => "failed",
+        }
+    }
+
+    fn tag_and_detail(&self) -> (u8, &str) {
+        match self {
+            Status::Running => (0, ""),
+            Status::Interrupted { source } => (1, source),
+            Status::Completed => (2, ""),
+            Status::Failed { message } => (3, message),
+        }
+    }
+
+    fn from_tag(tag: u8, detail: String) -> Option<Self> {
+        Some(match tag {
+            0 => Status::Running,
+            1 => Status::Interrupted { source: detail },
+            2 => Status::Completed,
+            3 => Status::Failed { message: detail },
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Status::Interrupted { source } => write!(f, "interrupted ({source})"),
+            Status::Failed { message } => write!(f, "failed: {message}"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// Totals over every run of a job.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Chunks finished and covered by this checkpoint.
+    pub chunks: u64,
+    /// Items in those chunks (as the job counts them).
+    pub items: u64,
+    /// Checkpoints written, this one included.
+    pub checkpoints: u64,
+    /// Runs that ended interrupted.
+    pub interruptions: u64,
+    /// Runs started.
+    pub runs: u64,
+}
+
+/// Which process wrote a checkpoint.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Writer {
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// Unique id of the run (one per [`Runner::run`](crate::Runner::run)).
+    pub run_id: Uuid,
+}
+
+impl Writer {
+    /// This process, with a new run id.
+    pub fn this_process() -> Self {
+        Self {
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            pid: std::process::id(),
+            run_id: Uuid::new_v4(),
+        }
+    }
+}
+
+/// One job's checkpoint: its cursor and state, and everything needed to trust them.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The job this checkpoint belongs to.
+    pub job: JobKey,
+    /// Starts at 1 and grows by one with each save; stores compare-and-swap on it.
+    pub version: u64,
+    /// Where the job stood.
+    pub status: Status,
+    /// How `cursor` and `state` are encoded.
+    pub codec: Codec,
+    /// The Rust type of the cursor and state, checked on load.
+    pub cursor_type: String,
+    /// The job's declared schema version ([`Job::SCHEMA_VERSION`](crate::Job::SCHEMA_VERSION)), checked on load.
+    pub schema: u32,
+    /// The encoded cursor: where the next chunk starts.
+    pub cursor: Vec<u8>,
+    /// The encoded state carried with the cursor.
+    pub state: Vec<u8>,
+    /// Totals over every run.
+    pub counters: Counters,
+    /// When the first checkpoint of this job was written (ms since the Unix epoch).
+    pub created_ms: u64,
+    /// When this checkpoint was written (ms since the Unix epoch).
+    pub updated_ms: u64,
+    /// The process that wrote it.
+    pub writer: Writer,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Checkpoint {
+    /// A first checkpoint (version 1, status running) with empty cursor and state.
+    pub fn new(job: JobKey, writer: Writer) -> Self {
+        let now = now_ms();
+        Self {
+            job,
+            version: 1,
+            status: Status::Running,
+            codec: Codec::default(),
+            cursor_type: String::new(),
+            schema: 0,
+            cursor: Vec::new(),
+            state: Vec::new(),
+            counters: Counters::default(),
+            created_ms: now,
+            updated_ms: now,
+            writer,
+        }
+    }
+
+    /// The envelope's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let (tag, detail) = self.status.tag_and_detail();
+        let mut body = Vec::with_capacity(128 + self.cursor.len() + self.state.len());
+        put_bytes(&mut body, self.job.as_str().as_bytes());
+        body.extend_from_slice(&self.version.to_le_bytes());
+        body.push(tag);
+        put_bytes(&mut body, detail.as_bytes());
+        body.push(self.codec.id());
+        put_bytes(&mut body, self.cursor_type.as_bytes());
+        body.extend_from_slice(&self.schema.to_le_bytes());
+        put_bytes(&mut body, &self.cursor);
+        put_bytes(&mut body, &self.state);
+        let c = &self.counters;
+        for n in [c.chunks, c.items, c.checkpoints, c.interruptions, c.runs] {
+            body.extend_from_slice(&n.to_le_bytes());
+        }
+        body.extend_from_slice(&self.created_ms.to_le_bytes());
+        body.extend_from_slice(&self.updated_ms.to_le_bytes());
+        put_bytes(&mut body, self.writer.host.as_bytes());
+        body.extend_from_slice(&self.writer.pid.to_le_bytes());
+        body.extend_from_slice(self.writer.run_id.as_bytes());
+
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + CHECKSUM_LEN);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT.to_le_bytes());
+        let body_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&body_len.to_le_bytes());
+        out.extend_from_slice(&body);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Reads an envelope, verifying magic, format, length and checksum.
+    ///
+    /// # Errors
+    ///
+    /// A [`CheckpointError`] saying what is wrong: not a checkpoint at all,
+    /// a newer format, truncated, a checksum mismatch (a flipped byte) or a
+    /// malformed field.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CheckpointError> {
+        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(CheckpointError::NotACheckpoint);
+        }
+        if bytes.len() < HEADER_LEN + CHECKSUM_LEN {
+            return Err(CheckpointError::Truncated {
+                expected: HEADER_LEN + CHECKSUM_LEN,
+                found: bytes.len(),
+            });
+        }
+        let format = u16::from_le_bytes([bytes[8], bytes[9]]);
+        if format != FORMAT {
+            return Err(CheckpointError::UnsupportedFormat {
+                found: format,
+                supported: FORMAT,
+            });
+        }
+        let body_len = u32::from_le_bytes([bytes[10], bytes[11], bytes[12], bytes[13]]) as usize;
+        let expected = HEADER_LEN.saturating_add(body_len).saturating_add(CHECKSUM_LEN);
+        if bytes.len() < expected {
+            return Err(CheckpointError::Truncated {
+                expected,
+                found: bytes.len(),
+            });
+        }
+        if bytes.len() > expected {
+            return Err(CheckpointError::Malformed {
+                what: "trailing bytes after the checksum",
+            });
+        }
+        let (signed, tail) = bytes.split_at(expected - CHECKSUM_LEN);
+        let stored = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+        let computed = crc32fast::hash(signed);
+        if stored != computed {
+            return Err(CheckpointError::ChecksumMismatch { stored, computed });
+        }
+
+        let mut r = Reader(&signed[HEADER_LEN..]);
+        let job = JobKey::new(r.string("job key")?).map_err(|_| CheckpointError::Malformed {
+            what: "job key",
+        })?;
+        let version = r.u64("version")?;
+        let tag = r.u8("status")?;
+        let detail = r.string("status detail")?;
+        let status =
+            Status::from_tag(tag, detail).ok_or(CheckpointError::Malformed { what: "status" })?;
+        let codec_id = r.u8("codec")?;
+        let codec = Codec::from_id(codec_id).ok_or(CheckpointError::UnknownCodec { id: codec_id })?;
+        let cursor_type = r.string("cursor type")?;
+        let schema = r.u32("schema")?;
+        let cursor = r.bytes("cursor")?.to_vec();
+        let state = r.bytes("state")?.to_vec();
+        let counters = Counters {
+            chunks: r.u64("chunks")?,
+            items: r.u64("items")?,
+            checkpoints: r.u64("checkpoints")?,
+            interruptions: r.u64("interruptions")?,
+            runs: r.u64("runs")?,
+        };
+        let created_ms = r.u64("created")?;
+        let updated_ms = r.u64("updated")?;
+        let host = r.string("writer host")?;
+        let pid = r.u32("writer pid")?;
+        let run_id = Uuid::from_bytes(r.array("writer run id")?);
+        if !r.0.is_empty() {
+            return Err(CheckpointError::Malformed {
+                what: "trailing bytes in the body",
+            });
+        }
+        Ok(Self {
+            job,
+            version,
+            status,
+            codec,
+            cursor_type,
+            schema,
+            cursor,
+            state,
+            counters,
+            created_ms,
+            updated_ms,
+            writer: Writer { host, pid, run_id },
+        })
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], CheckpointError> {
+        if self.0.len() < n {
+            return Err(CheckpointError::Malformed { what });
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], CheckpointError> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.take(N, what)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, CheckpointError> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, CheckpointError> {
+        self.array(what).map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, CheckpointError> {
+        self.array(what).map(u64::from_le_bytes)
+    }
+
+    fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], CheckpointError> {
+        let len = self.u32(what)? as usize;
+        self.take(len, what)
+    }
+
+    fn string(&mut self, what: &'static str) -> Result<String, CheckpointError> {
+        String::from_utf8(self.bytes(what)?.to_vec()).map_err(|_| CheckpointError::Malformed { what })
+    }
+}
+
+/// Why a stored checkpoint cannot be used.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckpointError {
+    /// The bytes do not start with the checkpoint magic.
+    #[error("not a spotbatch checkpoint (bad magic bytes)")]
+    NotACheckpoint,
+    /// Written by a newer (or unknown) version of the format.
+    #[error("checkpoint format {found} is not supported (this build reads format {supported})")]
+    UnsupportedFormat {
+        /// Format found.
+        found: u16,
+        /// Format this build reads.
+        supported: u16,
+    },
+    /// Fewer bytes than the header promises.
+    #[error("checkpoint is truncated: {found} bytes, expected {expected}")]
+    Truncated {
+        /// Bytes the header promises.
+        expected: usize,
+        /// Bytes present.
+        found: usize,
+    },
+    /// The checksum does not match: some byte changed.
+    #[error("checkpoint is corrupt: checksum {stored:08x} stored, {computed:08x} computed")]
+    ChecksumMismatch {
+        /// Checksum stored in the envelope.
+        stored: u32,
+        /// Checksum of the bytes read.
+        computed: u32,
+    },
+    /// A field does not parse.
+    #[error("checkpoint is malformed: bad {what}")]
+    Malformed {
+        /// The field.
+        what: &'static str,
+    },
+    /// The cursor codec is not known to this build.
+    #[error("checkpoint uses codec id {id}, unknown to this build")]
+    UnknownCodec {
+        /// The codec id found.
+        id: u8,
+    },
+    /// The checkpoint belongs to another job.
+    #[error("checkpoint belongs to job {found:?}, not {expected:?}")]
+    WrongJob {
+        /// The job loading it.
+        expected: String,
+        /// The job named inside.
+        found: String,
+    },
+    /// The job's cursor or state type, or its declared schema version, changed.
+    #[error(
+        "checkpoint holds a cursor of type {found} (schema {found_schema}), \
+         but the job now uses {expected} (schema {expected_schema})"
+    )]
+    CursorTypeChanged {
+        /// The type the job uses now.
+        expected: String,
+        /// The job's schema version now.
+        expected_schema: u32,
+        /// The type stored.
+        found: String,
+        /// The schema version stored.
+        found_schema: u32,
+    },
+    /// The cursor or state bytes do not decode as the job's types.
+    #[error("checkpoint cursor or state does not decode: {0}")]
+    Codec(#[from] CodecError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Checkpoint {
+        let mut ckpt = Checkpoint::new(JobKey::new("squares/été").unwrap(), Writer::this_process());
+        ckpt.version = 42;
+        ckpt.status = Status::Interrupted {
+            source: "SIGTERM".into(),
+        };
+        ckpt.codec = Codec::Json;
+        ckpt.cursor_type = "(u64, ())".into();
+        ckpt.schema = 3;
+        ckpt.cursor = b"12000".to_vec();
+        ckpt.state = b"null".to_vec();
+        ckpt.counters = Counters {
+            chunks: 12,
+            items: 12000,
+            checkpoints: 5,
+            interruptions: 1,
+            runs: 2,
+        };
+        ckpt
+    }
+
+    #[test]
+    fn round_trips_every_field() {
+        for status in [
+            Status::Running,
+            Status::Completed,
+            Status::Interrupted {
+                source: "SIGINT".into(),
+            },
+            Status::Failed {
+                message: "boom ✗".into(),
+            },
+        ] {
+            let mut ckpt = sample();
+            ckpt.status = status;
+            assert_eq!(Checkpoint::decode(&ckpt.encode()).unwrap(), ckpt);
+        }
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_detected() {
+        let bytes = sample().encode();
+        for i in 0..bytes.len() {
+            for bit in [0x01, 0x80] {
+                let mut flipped = bytes.clone();
+                flipped[i] ^= bit;
+                assert!(
+                    Checkpoint::decode(&flipped).is_err(),
+                    "flip of bit {bit:#x} in byte {i} went unnoticed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_detected() {
+        let bytes = sample().encode();
+        for len in 0..bytes.len() {
+            let err = Checkpoint::decode(&bytes[..len]).unwrap_err();
+            if len >= MAGIC.len() + 2 + 4 + CHECKSUM_LEN {
+                assert!(
+                    matches!(err, CheckpointError::Truncated { found, .. } if found == len),
+                    "{len}: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        assert_eq!(
+            Checkpoint::decode(b"{\"json\": true}").unwrap_err(),
+            CheckpointError::NotACheckpoint
+        );
+        let mut bytes = sample().encode();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        let err = Checkpoint::decode(&bytes).unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
+
+        let mut newer = sample().encode();
+        newer[8] = 2;
+        assert_eq!(
+            Checkpoint::decode(&newer).unwrap_err(),
+            CheckpointError::UnsupportedFormat {
+                found: 2,
+                supported: 1
+            }
+        );
+        let mut longer = sample().encode();
+        longer.push(0);
+        assert!(matches!(
+            Checkpoint::decode(&longer),
+            Err(CheckpointError::Malformed { .. })
+        ));
+    }
+}

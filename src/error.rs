@@ -1,0 +1,86 @@
+//! The runner's error type.
+
+use crate::checkpoint::CheckpointError;
+use crate::store::StoreError;
+
+/// A boxed error, as jobs return them: any error type converts with `?`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a run failed.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The job returned an error.
+    #[error("job failed during {during}: {source}")]
+    Job {
+        /// What the runner was asking the job to do, e.g. `process (chunk 17)`.
+        during: String,
+        /// The job's error.
+        source: BoxError,
+    },
+    /// A stored checkpoint cannot be used for this job: corrupt, truncated,
+    /// another job's, or of a changed cursor type. It was left untouched.
+    #[error("{store}: checkpoint {key:?} cannot be used: {reason}")]
+    BadCheckpoint {
+        /// The store.
+        store: String,
+        /// The job key.
+        key: String,
+        /// What is wrong.
+        reason: CheckpointError,
+    },
+    /// The store refused or failed an operation (conflicts included).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The final checkpoint could not be written before the deadline.
+    #[error(
+        "{store}: the final checkpoint of {key:?} was not saved ({source}); \
+         the next run resumes from {}",
+        resume_from.map_or_else(|| "the beginning".to_owned(), |v| format!("version {v}"))
+    )]
+    CheckpointNotSaved {
+        /// The store.
+        store: String,
+        /// The job key.
+        key: String,
+        /// The version left in the store.
+        resume_from: Option<u64>,
+        /// The last error.
+        source: StoreError,
+    },
+    /// The runner was set up wrongly (bad key, bad URL, bad durations).
+    #[error("bad configuration: {0}")]
+    Config(String),
+}
+
+/// The classes of failure that map to distinct exit codes; see [`ExitCodes`](crate::ExitCodes).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The job's own error, or a store error other than the ones below.
+    Failed,
+    /// Another runner advanced the job: this one was fenced off.
+    Conflict,
+    /// The stored checkpoint is unusable.
+    BadCheckpoint,
+    /// Bad configuration.
+    BadConfig,
+    /// The final checkpoint was not saved.
+    CheckpointNotSaved,
+}
+
+impl Error {
+    /// Which exit code class this error belongs to.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Error::Job { .. } => FailureKind::Failed,
+            Error::BadCheckpoint { .. } | Error::Store(StoreError::Corrupt { .. }) => {
+                FailureKind::BadCheckpoint
+            }
+            Error::Store(StoreError::Conflict { .. }) => FailureKind::Conflict,
+            Error::Store(_) => FailureKind::Failed,
+            Error::CheckpointNotSaved { .. } => FailureKind::CheckpointNotSaved,
+            Error::Config(_) => FailureKind::BadConfig,
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! How a run ends: the outcome, its statistics and its process exit code.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::error::{Error, FailureKind};
+use crate::shutdown::InterruptSource;
+
+/// Process exit codes for each way a run can end.
+///
+/// | field | default | when |
+/// |---|---|---|
+/// | `completed` | 0 | the job finished (now or in an earlier run) |
+/// | `interrupted` | 0 | stopped on request; the final checkpoint was saved; resume me |
+/// | `failed` | 1 | the job returned an error (its checkpoint is at the last finished chunk) |
+/// | `conflict` | 73 | another runner advanced the job: this one was fenced off and wrote nothing |
+/// | `bad_checkpoint` | 65 | the stored checkpoint is corrupt, truncated, another job's or of a changed type |
+/// | `bad_config` | 78 | bad key, URL, durations, or signal handlers could not be installed |
+/// | `checkpoint_not_saved` | 69 | the final checkpoint could not be saved in time |
+///
+/// ECS reads any exit after SIGTERM the same way, so `interrupted` is 0 by
+/// default. AWS Batch and Kubernetes Jobs treat 0 as success and never run
+/// the job again: set `interrupted` to 75 ([`ExitCodes::RETRY_ME`]) and retry
+/// on it (Batch `retryStrategy.evaluateOnExit` with `onExitCode: "75"`,
+/// Kubernetes `podFailurePolicy` with `onExitCodes: [75]` and `action: Ignore`).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitCodes {
+    /// The job is complete.
+    pub completed: u8,
+    /// Stopped on request, final checkpoint saved.
+    pub interrupted: u8,
+    /// The job failed.
+    pub failed: u8,
+    /// Fenced off by another runner.
+    pub conflict: u8,
+    /// The stored checkpoint is unusable.
+    pub bad_checkpoint: u8,
+    /// Bad configuration.
+    pub bad_config: u8,
+    /// The final checkpoint was not saved.
+    pub checkpoint_not_saved: u8,
+}
+
+impl ExitCodes {
+    /// The conventional "temporary failure, try again" code (`EX_TEMPFAIL`),
+    /// for `interrupted` on platforms that only retry non-zero exits.
+    pub const RETRY_ME: u8 = 75;
+}
+
+impl Default for ExitCodes {
+    fn default() -> Self {
+        Self {
+            completed: 0,
+            interrupted: 0,
+            failed: 1,
+            conflict: 73,
+            bad_checkpoint: 65,
+            bad_config: 78,
+            checkpoint_not_saved: 69,
+        }
+    }
+}
+
+/// How a run ended.
+#[non_exhaustive]
+#[derive(Debug)]
+pub enum Outcome {
+    /// The job ran out of chunks; a final checkpoint says so.
+    Completed,
+    /// The stored checkpoint already said completed: nothing was done.
+    AlreadyCompleted,
+    /// A stop request ended the run and its final checkpoint was saved.
+    Interrupted(InterruptSource),
+    /// The run failed.
+    Failed(Error),
+}
+
+/// What one run did.
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// The stored version the run started from (`None`: a fresh start).
+    pub resumed_from: Option<u64>,
+    /// Chunks finished in this run.
+    pub chunks: u64,
+    /// Items in those chunks.
+    pub items: u64,
+    /// Checkpoints saved in this run.
+    pub checkpoints: u64,
+    /// Whether a chunk was abandoned at the drain deadline.
+    pub abandoned_chunk: bool,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+/// The result of [`Runner::run`](crate::Runner::run): outcome, statistics, exit code.
+#[derive(Debug)]
+pub struct Report {
+    /// How the run ended.
+    pub outcome: Outcome,
+    /// What it did.
+    pub stats: RunStats,
+    codes: ExitCodes,
+}
+
+impl Report {
+    pub(crate) fn new(outcome: Outcome, stats: RunStats, codes: ExitCodes) -> Self {
+        Self {
+            outcome,
+            stats,
+            codes,
+        }
+    }
+
+    /// The exit code for this outcome, from the runner's [`ExitCodes`].
+    pub fn code(&self) -> u8 {
+        let c = &self.codes;
+        match &self.outcome {
+            Outcome::Completed | Outcome::AlreadyCompleted => c.completed,
+            Outcome::Interrupted(_) => c.interrupted,
+            Outcome::Failed(e) => match e.kind() {
+                FailureKind::Conflict => c.conflict,
+                FailureKind::BadCheckpoint => c.bad_checkpoint,
+                FailureKind::BadConfig => c.bad_config,
+                FailureKind::CheckpointNotSaved => c.checkpoint_not_saved,
+                _ => c.failed,
+            },
+        }
+    }
+
+    /// The exit code, ready to return from `main`.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(self.code())
+    }
+
+    /// The error, if the run failed.
+    pub fn error(&self) -> Option<&Error> {
+        match &self.outcome {
+            Outcome::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether the job is complete.
+    pub fn is_complete(&self) -> bool {
+        matches!(self.outcome, Outcome::Completed | Outcome::AlreadyCompleted)
+    }
+}

@@ -1,0 +1,203 @@
+//! The `Job` trait a user implements, and the chunks it is cut into.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::ops::Range;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::BoxError;
+
+/// A batch job cut into chunks.
+///
+/// The runner asks [`next_chunk`](Job::next_chunk) where to go from the
+/// cursor, has the chunk [`process`](Job::process)ed, moves the cursor to
+/// [`Chunk::next`], and every so often calls [`flush`](Job::flush) and saves
+/// the cursor and [`State`](Job::State) in a checkpoint. A new run starts from
+/// the last checkpoint, so everything a chunk does must be either idempotent
+/// or rolled back by [`resume`](Job::resume) (e.g. truncating an output file
+/// to the length saved in the state, as [`FileSink`](crate::FileSink) does).
+///
+/// # Order and concurrency
+///
+/// Chunks are processed one at a time, in cursor order, with `&mut self`.
+/// Concurrent in-flight chunks will come as a separate opt-in trait (process
+/// concurrently, commit in cursor order), so this trait stays as it is.
+#[async_trait]
+pub trait Job: Send {
+    /// Where the job stands: the start of the next chunk. `Default` is the very beginning.
+    type Cursor: Serialize + DeserializeOwned + Clone + Debug + Default + Send + Sync + 'static;
+
+    /// What the job carries along with the cursor (running totals, output
+    /// length…); `()` for none. Cloned before each chunk so that an abandoned
+    /// or failed chunk leaves no trace in it: keep it small.
+    type State: Serialize + DeserializeOwned + Clone + Default + Send + Sync + 'static;
+
+    /// Bump this when the meaning of the cursor or state changes while its
+    /// Rust type does not: a checkpoint of another schema version is refused
+    /// on load instead of being misread.
+    const SCHEMA_VERSION: u32 = 1;
+
+    /// Called once before the first chunk of every run, with the cursor and
+    /// state the run starts from (the defaults on a fresh start). Undo here
+    /// whatever a killed run may have done past the checkpoint.
+    async fn resume(&mut self, _cursor: &Self::Cursor, _state: &Self::State) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// The chunk that starts at `cursor`, or `None` when the job is complete.
+    async fn next_chunk(
+        &mut self,
+        cursor: &Self::Cursor,
+    ) -> Result<Option<Chunk<Self::Cursor>>, BoxError>;
+
+    /// Does one chunk's work, updating `state` as it goes.
+    ///
+    /// When the platform asks to stop, the chunk in hand is allowed to finish
+    /// until the drain deadline; then [`ChunkContext::is_cancelled`] turns true
+    /// and, shortly after, the future is dropped. A chunk that returns an error
+    /// after cancellation is counted as abandoned, not as a failure; either
+    /// way the cursor and state stay at the last finished chunk.
+    async fn process(
+        &mut self,
+        chunk: &Chunk<Self::Cursor>,
+        state: &mut Self::State,
+        ctx: &ChunkContext,
+    ) -> Result<(), BoxError>;
+
+    /// Makes every output of the chunks processed so far durable. Called
+    /// before each checkpoint: the checkpoint that covers a chunk is saved
+    /// only after `flush` returns `Ok`.
+    async fn flush(&mut self) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// The total number of items, when the job knows it, for progress and ETA.
+    fn total_items(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// A piece of work: where it ends (the cursor after it) and how many items it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk<C> {
+    start: C,
+    next: C,
+    items: u64,
+}
+
+impl<C> Chunk<C> {
+    /// A chunk from cursor `start` to cursor `next` (where the following chunk
+    /// starts), counting as one item.
+    pub fn new(start: C, next: C) -> Self {
+        Self {
+            start,
+            next,
+            items: 1,
+        }
+    }
+
+    /// Sets how many items the chunk holds (for counters, rate and progress).
+    #[must_use]
+    pub fn with_items(mut self, items: u64) -> Self {
+        self.items = items;
+        self
+    }
+
+    /// Where the chunk starts.
+    pub fn start(&self) -> &C {
+        &self.start
+    }
+
+    /// Where the next chunk starts: the cursor once this chunk is done.
+    pub fn next(&self) -> &C {
+        &self.next
+    }
+
+    /// How many items the chunk holds.
+    pub fn items(&self) -> u64 {
+        self.items
+    }
+
+    pub(crate) fn into_next(self) -> C {
+        self.next
+    }
+}
+
+impl Chunk<u64> {
+    /// The records `start..end` of a job whose cursor is the next record number.
+    pub fn between(start: u64, end: u64) -> Self {
+        Self::new(start, end).with_items(end.saturating_sub(start))
+    }
+
+    /// The records of a chunk made by [`Chunk::between`].
+    pub fn range(&self) -> Range<u64> {
+        self.start..self.next
+    }
+}
+
+/// What a chunk can ask of the runner while it works.
+#[derive(Debug, Clone)]
+pub struct ChunkContext {
+    cancel: CancellationToken,
+    stop: CancellationToken,
+    seq: u64,
+}
+
+impl ChunkContext {
+    pub(crate) fn new(cancel: CancellationToken, stop: CancellationToken) -> Self {
+        Self {
+            cancel,
+            stop,
+            seq: 0,
+        }
+    }
+
+    pub(crate) fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
+    /// The chunk's number in this run, from 0.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Whether a stop was requested (a signal, a deadline). The chunk may still
+    /// finish: the runner waits for it until the drain deadline.
+    pub fn stop_requested(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Whether the chunk must give up now: the drain deadline passed or a
+    /// second signal came. Return (any error will do, [`Cancelled`] says it
+    /// best) and the chunk counts as not done.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Completes when the chunk must give up (see [`is_cancelled`](Self::is_cancelled)).
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// Runs `work` unless the chunk is cancelled first.
+    ///
+    /// # Errors
+    ///
+    /// [`Cancelled`] when cancellation came first; `work` is then dropped.
+    pub async fn cancellable<F: Future>(&self, work: F) -> Result<F::Output, Cancelled> {
+        tokio::select! {
+            biased;
+            out = work => Ok(out),
+            () = self.cancel.cancelled() => Err(Cancelled),
+        }
+    }
+}
+
+/// A chunk gave up because the runner cancelled it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("chunk cancelled at the drain deadline")]
+pub struct Cancelled;

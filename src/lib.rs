@@ -1,0 +1,99 @@
+//! Batch jobs that survive interruption.
+//!
+//! You write a [`Job`] that cuts its work into chunks; a [`Runner`] drives
+//! the chunks, saves the job's cursor and state to a [`CheckpointStore`] as it
+//! goes, and on SIGTERM finishes the chunk in hand, writes a final checkpoint
+//! and returns, so the next run resumes where this one stopped.
+//!
+//! ```no_run
+//! use spotbatch::prelude::*;
+//!
+//! struct Squares {
+//!     records: u64,
+//!     out: FileSink,
+//! }
+//!
+//! #[async_trait]
+//! impl Job for Squares {
+//!     type Cursor = u64; // the next record to do
+//!     type State = u64; // bytes of output the cursor covers
+//!
+//!     async fn resume(&mut self, _next: &u64, out_len: &u64) -> Result<()> {
+//!         Ok(self.out.truncate(*out_len).await?) // cut what a killed run wrote past the checkpoint
+//!     }
+//!
+//!     async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>> {
+//!         Ok((*at < self.records).then(|| Chunk::between(*at, (*at + 1000).min(self.records))))
+//!     }
+//!
+//!     async fn process(&mut self, chunk: &Chunk<u64>, out_len: &mut u64, _: &ChunkContext) -> Result<()> {
+//!         for i in chunk.range() {
+//!             self.out.write_line(&(i * i).to_string()).await?;
+//!         }
+//!         *out_len = self.out.len();
+//!         Ok(())
+//!     }
+//!
+//!     async fn flush(&mut self) -> Result<()> {
+//!         Ok(self.out.flush().await?)
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<std::process::ExitCode> {
+//!     let job = Squares { records: 1_000_000, out: FileSink::open("squares.txt").await? };
+//!     let report = Runner::new("squares", job)
+//!         .store_url("file://.spotbatch")?
+//!         .checkpoint(Every::chunks(100).or_seconds(5))
+//!         .grace_secs(110)
+//!         .run()
+//!         .await;
+//!     Ok(report.exit_code())
+//! }
+//! ```
+//!
+//! See the README for the guarantees, the shutdown table and exit codes.
+
+#![deny(missing_docs)]
+#![deny(unreachable_pub)]
+#![warn(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod checkpoint;
+mod codec;
+mod error;
+mod exit;
+mod job;
+mod key;
+mod policy;
+mod runner;
+mod shutdown;
+mod sink;
+mod store;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+pub use async_trait::async_trait;
+pub use checkpoint::{Checkpoint, CheckpointError, Counters, Status, Writer};
+pub use codec::{Codec, CodecError};
+pub use error::{BoxError, Error, FailureKind};
+pub use exit::{ExitCodes, Outcome, Report, RunStats};
+pub use job::{Cancelled, Chunk, ChunkContext, Job};
+pub use key::{InvalidKey, JobKey};
+pub use policy::{CheckpointPolicy, Every};
+pub use runner::{Runner, DEFAULT_STORE_DIR};
+pub use shutdown::{InterruptSource, Signal};
+pub use sink::FileSink;
+pub use store::{open_store, CheckpointStore, FileStore, Listing, MemoryStore, StoreError, Summary};
+
+/// Everything a first job needs, in one import.
+pub mod prelude {
+    pub use crate::{
+        async_trait, BoxError, Chunk, ChunkContext, Codec, Every, ExitCodes, FileSink, Job, Outcome,
+        Runner, Signal,
+    };
+
+    /// `Result` with [`BoxError`](crate::BoxError) as the default error: any error converts with `?`.
+    pub type Result<T, E = crate::BoxError> = std::result::Result<T, E>;
+}

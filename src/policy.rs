@@ -1,0 +1,122 @@
+//! When to checkpoint.
+
+use std::time::Duration;
+
+/// When the runner writes a periodic checkpoint: after a number of chunks,
+/// after an interval, or whichever comes first. A checkpoint is always
+/// written at completion, at interruption and at failure, whatever the policy.
+///
+/// Built from [`Every`]: `Every::chunks(100).or_seconds(5)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    chunks: Option<u64>,
+    interval: Option<Duration>,
+}
+
+/// Constructors of [`CheckpointPolicy`].
+#[derive(Debug)]
+pub struct Every;
+
+impl Every {
+    /// After every chunk.
+    pub fn chunk() -> CheckpointPolicy {
+        Self::chunks(1)
+    }
+
+    /// After every `n` chunks (`0` means never by count).
+    pub fn chunks(n: u64) -> CheckpointPolicy {
+        CheckpointPolicy::at_exit_only().or_chunks(n)
+    }
+
+    /// After the first chunk that ends at least `secs` seconds after the last checkpoint.
+    pub fn seconds(secs: u64) -> CheckpointPolicy {
+        Self::interval(Duration::from_secs(secs))
+    }
+
+    /// After the first chunk that ends at least `interval` after the last checkpoint.
+    pub fn interval(interval: Duration) -> CheckpointPolicy {
+        CheckpointPolicy::at_exit_only().or_interval(interval)
+    }
+}
+
+impl CheckpointPolicy {
+    /// No periodic checkpoints: only at completion, interruption and failure.
+    pub const fn at_exit_only() -> Self {
+        Self {
+            chunks: None,
+            interval: None,
+        }
+    }
+
+    /// Also checkpoint after every `n` chunks (`0` removes the count trigger).
+    pub const fn or_chunks(mut self, n: u64) -> Self {
+        self.chunks = if n == 0 { None } else { Some(n) };
+        self
+    }
+
+    /// Also checkpoint once `secs` seconds have passed since the last one.
+    pub const fn or_seconds(self, secs: u64) -> Self {
+        self.or_interval(Duration::from_secs(secs))
+    }
+
+    /// Also checkpoint once `interval` has passed since the last one.
+    pub const fn or_interval(mut self, interval: Duration) -> Self {
+        self.interval = Some(interval);
+        self
+    }
+
+    /// Whether a checkpoint is due, `chunks` chunks and `elapsed` time after the last one.
+    pub fn is_due(&self, chunks: u64, elapsed: Duration) -> bool {
+        chunks > 0
+            && (self.chunks.is_some_and(|n| chunks >= n)
+                || self.interval.is_some_and(|t| elapsed >= t))
+    }
+}
+
+impl Default for CheckpointPolicy {
+    /// Every 100 chunks or 5 seconds, whichever comes first.
+    fn default() -> Self {
+        Every::chunks(100).or_seconds(5)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn by_count() {
+        let p = Every::chunks(3);
+        assert!(!p.is_due(2, 100 * S));
+        assert!(p.is_due(3, Duration::ZERO));
+        assert!(p.is_due(4, Duration::ZERO));
+        assert!(Every::chunk().is_due(1, Duration::ZERO));
+    }
+
+    #[test]
+    fn by_time() {
+        let p = Every::seconds(5);
+        assert!(!p.is_due(1_000_000, 4 * S));
+        assert!(p.is_due(1, 5 * S));
+    }
+
+    #[test]
+    fn whichever_comes_first() {
+        let p = Every::chunks(100).or_seconds(5);
+        assert!(!p.is_due(99, 4 * S));
+        assert!(p.is_due(100, Duration::ZERO));
+        assert!(p.is_due(1, 5 * S));
+        assert_eq!(p, CheckpointPolicy::default());
+    }
+
+    #[test]
+    fn never_without_a_finished_chunk_and_never_when_exit_only() {
+        assert!(!Every::chunk().is_due(0, 100 * S));
+        assert!(!Every::seconds(0).is_due(0, S));
+        assert!(Every::seconds(0).is_due(1, Duration::ZERO));
+        assert!(!CheckpointPolicy::at_exit_only().is_due(u64::MAX, Duration::MAX));
+        assert!(!Every::chunks(0).is_due(u64::MAX, Duration::MAX));
+    }
+}

@@ -1,0 +1,421 @@
+//! A store on the local file system (or EFS/NFS): one file per job.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use super::{CheckpointStore, Listing, StoreError};
+use crate::checkpoint::Checkpoint;
+use crate::key::JobKey;
+
+const EXTENSION: &str = "ckpt";
+/// Encoded names longer than this are shortened and completed with a hash,
+/// keeping every file name well under the usual 255-byte limit.
+const MAX_STEM: usize = 120;
+
+/// Checkpoints as files in one directory: `DIR/<encoded key>.ckpt`.
+///
+/// # Durability
+///
+/// A save writes a temporary file in the same directory, `fsync`s it, renames
+/// it over the old checkpoint and `fsync`s the directory, so after a crash the
+/// file holds either the old checkpoint or the new one, whole.
+///
+/// # Compare-and-swap
+///
+/// A save or delete takes an exclusive `flock` on `DIR/<encoded key>.lock`,
+/// reads the stored version, compares, writes and releases. This serialises
+/// writers across threads and processes on one machine; on NFS (EFS) it relies
+/// on the server's NFSv4 locks. Lock files are left in place (removing them
+/// would race with the next writer); they are empty.
+///
+/// # Key encoding
+///
+/// ASCII letters, digits, `-` and `_` are kept; `.` is kept except first;
+/// every other byte becomes `%XX`. No key can therefore contain a path
+/// separator or be `.`/`..`, so no key escapes the directory. A name that
+/// would exceed 120 bytes is cut and completed with `~` and a UUIDv5 of the
+/// whole key; the key itself is always read back from inside the file.
+///
+/// # Permissions
+///
+/// The directory is created `0700` and checkpoint files `0600`.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    dir: PathBuf,
+}
+
+impl FileStore {
+    /// A store in `dir`. Nothing touches the disk until the first save, which
+    /// creates the directory (and its parents) if needed.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file that holds `key`'s checkpoint.
+    pub fn path_of(&self, key: &JobKey) -> PathBuf {
+        self.dir.join(format!("{}.{EXTENSION}", file_stem(key)))
+    }
+
+    fn io_error(&self, key: &JobKey, operation: &'static str, source: io::Error) -> StoreError {
+        StoreError::Io {
+            store: self.location(),
+            key: key.to_string(),
+            operation,
+            source: source.into(),
+        }
+    }
+
+    fn read_version(&self, key: &JobKey, path: &Path) -> Result<Option<u64>, StoreError> {
+        match fs::read(path) {
+            Ok(bytes) => {
+                let checkpoint = self.decode(key, path, &bytes)?;
+                Ok(Some(checkpoint.version))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io_error(key, "read", e)),
+        }
+    }
+
+    fn decode(&self, key: &JobKey, path: &Path, bytes: &[u8]) -> Result<Checkpoint, StoreError> {
+        Checkpoint::decode(bytes).map_err(|reason| StoreError::Corrupt {
+            store: self.location(),
+            key: key.to_string(),
+            path: path.display().to_string(),
+            reason,
+        })
+    }
+
+    /// Takes the key's lock, creating the directory and lock file if needed.
+    fn lock(&self, key: &JobKey) -> io::Result<File> {
+        DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.dir.join(format!("{}.lock", file_stem(key))))?;
+        lock.lock()?;
+        Ok(lock)
+    }
+
+    fn check(&self, key: &JobKey, expected: Option<u64>, found: Option<u64>) -> Result<(), StoreError> {
+        if expected == found {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict {
+                store: self.location(),
+                key: key.to_string(),
+                expected,
+                found,
+            })
+        }
+    }
+
+    fn save_blocking(&self, key: &JobKey, bytes: &[u8], expected: Option<u64>) -> Result<(), StoreError> {
+        let _lock = self.lock(key).map_err(|e| self.io_error(key, "lock", e))?;
+        let path = self.path_of(key);
+        let found = self.read_version(key, &path)?;
+        self.check(key, expected, found)?;
+        replace_durably(&self.dir, &path, bytes).map_err(|e| self.io_error(key, "save", e))
+    }
+
+    fn delete_blocking(&self, key: &JobKey, expected: u64) -> Result<(), StoreError> {
+        let path = self.path_of(key);
+        if !path.exists() {
+            return Err(StoreError::NotFound {
+                store: self.location(),
+                key: key.to_string(),
+            });
+        }
+        let _lock = self.lock(key).map_err(|e| self.io_error(key, "lock", e))?;
+        match self.read_version(key, &path)? {
+            None => Err(StoreError::NotFound {
+                store: self.location(),
+                key: key.to_string(),
+            }),
+            found => {
+                self.check(key, Some(expected), found)?;
+                fs::remove_file(&path).map_err(|e| self.io_error(key, "delete", e))?;
+                File::open(&self.dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| self.io_error(key, "delete", e))
+            }
+        }
+    }
+
+    fn list_blocking(&self) -> Result<Vec<Listing>, StoreError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    store: self.location(),
+                    key: String::new(),
+                    operation: "list",
+                    source: e.into(),
+                })
+            }
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_checkpoint = path.extension().is_some_and(|e| e == EXTENSION)
+                && !entry.file_name().to_string_lossy().starts_with('.');
+            if !is_checkpoint {
+                continue;
+            }
+            let listing = match fs::read(&path) {
+                Ok(bytes) => match Checkpoint::decode(&bytes) {
+                    Ok(c) => Listing::Checkpoint((&c).into()),
+                    Err(e) => Listing::Unreadable {
+                        key: path.display().to_string(),
+                        reason: e.to_string(),
+                    },
+                },
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => Listing::Unreadable {
+                    key: path.display().to_string(),
+                    reason: e.to_string(),
+                },
+            };
+            out.push(listing);
+        }
+        out.sort_by(|a, b| listing_key(a).cmp(listing_key(b)));
+        Ok(out)
+    }
+}
+
+fn listing_key(l: &Listing) -> &str {
+    match l {
+        Listing::Checkpoint(s) => s.job.as_str(),
+        Listing::Unreadable { key, .. } => key,
+    }
+}
+
+/// Writes `bytes` to a temporary file next to `path`, fsyncs it, renames it
+/// over `path` and fsyncs the directory. The directory fsync lives here so it
+/// cannot be forgotten at a call site.
+fn replace_durably(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        // Best effort: the temporary file is garbage either way.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    File::open(dir)?.sync_all()
+}
+
+/// The file name (without extension) for a key; see the type's docs.
+pub(crate) fn file_stem(key: &JobKey) -> String {
+    let mut out = String::with_capacity(key.as_str().len());
+    for (i, b) in key.as_str().bytes().enumerate() {
+        let keep = b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0);
+        if keep {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.len() <= MAX_STEM {
+        return out;
+    }
+    let mut cut = MAX_STEM - 40;
+    // Never split a %XX escape.
+    while out.as_bytes()[cut - 1] == b'%' || out.as_bytes()[cut - 2] == b'%' {
+        cut -= 1;
+    }
+    let digest = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_str().as_bytes());
+    format!("{}~{}", &out[..cut], digest.simple())
+}
+
+#[async_trait]
+impl CheckpointStore for FileStore {
+    fn location(&self) -> String {
+        let dir = self.dir.display().to_string();
+        if dir.starts_with('/') {
+            format!("file://{dir}")
+        } else {
+            format!("file://{dir} (relative)")
+        }
+    }
+
+    async fn load(&self, key: &JobKey) -> Result<Option<Checkpoint>, StoreError> {
+        let path = self.path_of(key);
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io_error(key, "load", e)),
+        };
+        let checkpoint = self.decode(key, &path, &bytes)?;
+        if checkpoint.job != *key {
+            return Err(StoreError::Corrupt {
+                store: self.location(),
+                key: key.to_string(),
+                path: path.display().to_string(),
+                reason: crate::checkpoint::CheckpointError::WrongJob {
+                    expected: key.to_string(),
+                    found: checkpoint.job.to_string(),
+                },
+            });
+        }
+        Ok(Some(checkpoint))
+    }
+
+    async fn save(&self, checkpoint: &Checkpoint, expected: Option<u64>) -> Result<(), StoreError> {
+        let store = self.clone();
+        let key = checkpoint.job.clone();
+        let bytes = checkpoint.encode();
+        tokio::task::spawn_blocking(move || store.save_blocking(&key, &bytes, expected))
+            .await
+            .map_err(|e| self.io_error(&checkpoint.job, "save", io::Error::other(e)))?
+    }
+
+    async fn list(&self) -> Result<Vec<Listing>, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.list_blocking())
+            .await
+            .map_err(|e| StoreError::Io {
+                store: self.location(),
+                key: String::new(),
+                operation: "list",
+                source: e.into(),
+            })?
+    }
+
+    async fn delete(&self, key: &JobKey, expected: u64) -> Result<(), StoreError> {
+        let store = self.clone();
+        let owned = key.clone();
+        tokio::task::spawn_blocking(move || store.delete_blocking(&owned, expected))
+            .await
+            .map_err(|e| self.io_error(key, "delete", io::Error::other(e)))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::checkpoint::Writer;
+
+    fn key(s: &str) -> JobKey {
+        JobKey::new(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::conformance::run_all(Arc::new(FileStore::new(dir.path().join("ckpt")))).await;
+    }
+
+    #[test]
+    fn no_key_escapes_the_directory() {
+        let store = FileStore::new("/srv/ckpt");
+        let long_unicode = "é/".repeat(340);
+        for k in ["../../etc/passwd", "..", ".", "/abs", "a/b", "a\\b", ".hidden", "ü", &long_unicode] {
+            let path = store.path_of(&key(k));
+            assert_eq!(path.parent(), Some(Path::new("/srv/ckpt")), "{k:?} -> {path:?}");
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert!(!name.starts_with('.'), "{k:?} -> {name}");
+            assert!(name.len() <= MAX_STEM + 5, "{k:?} -> {} bytes", name.len());
+        }
+        assert_eq!(file_stem(&key("../../etc/passwd")), "%2E.%2F..%2Fetc%2Fpasswd");
+        assert_eq!(file_stem(&key("squares-v2_a.b")), "squares-v2_a.b");
+    }
+
+    #[test]
+    fn distinct_keys_get_distinct_files() {
+        let long_a = format!("{}a", "x".repeat(500));
+        let long_b = format!("{}b", "x".repeat(500));
+        let keys = ["a/b", "a%2Fb", "A/b", "é", "e", &long_a, &long_b];
+        let mut stems: Vec<_> = keys.iter().map(|k| file_stem(&key(k))).collect();
+        stems.sort();
+        stems.dedup();
+        assert_eq!(stems.len(), keys.len());
+    }
+
+    #[tokio::test]
+    async fn files_are_private_and_no_temporaries_remain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("ckpt"));
+        let mut ckpt = Checkpoint::new(key("../../etc/passwd"), Writer::this_process());
+        store.save(&ckpt, None).await.unwrap();
+        ckpt.version = 2;
+        store.save(&ckpt, Some(1)).await.unwrap();
+
+        let dir_mode = fs::metadata(store.dir()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        let path = store.path_of(&ckpt.job);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let names: Vec<String> = fs::read_dir(store.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+        assert!(!dir.path().join("etc").exists());
+    }
+
+    #[tokio::test]
+    async fn corrupt_file_is_named_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path());
+        let ckpt = Checkpoint::new(key("job"), Writer::this_process());
+        store.save(&ckpt, None).await.unwrap();
+        let path = store.path_of(&ckpt.job);
+        let mut bytes = fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x20;
+        fs::write(&path, &bytes).unwrap();
+
+        let err = store.load(&ckpt.job).await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{text}");
+        assert!(text.contains("\"job\"") && text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("checksum"), "{text}");
+
+        let mut next = ckpt.clone();
+        next.version = 2;
+        assert!(matches!(
+            store.save(&next, Some(1)).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert_eq!(fs::read(&path).unwrap(), bytes, "the corrupt file was changed");
+        let listed = store.list().await.unwrap();
+        assert!(matches!(&listed[..], [Listing::Unreadable { .. }]), "{listed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_file_holding_another_jobs_checkpoint_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path());
+        let other = Checkpoint::new(key("other"), Writer::this_process());
+        store.save(&other, None).await.unwrap();
+        fs::rename(store.path_of(&other.job), store.path_of(&key("mine"))).unwrap();
+        let err = store.load(&key("mine")).await.unwrap_err();
+        assert!(err.to_string().contains("belongs to job \"other\""), "{err}");
+    }
+}

@@ -1,0 +1,189 @@
+//! Checkpoint stores: where checkpoints live, and the contract every store keeps.
+
+mod file;
+mod memory;
+mod url;
+
+use async_trait::async_trait;
+
+pub use file::FileStore;
+pub use memory::MemoryStore;
+pub use url::open_store;
+
+use crate::checkpoint::{Checkpoint, CheckpointError, Status};
+use crate::key::JobKey;
+use crate::BoxError;
+
+/// Where checkpoints are kept: one checkpoint per job key.
+///
+/// # Contract
+///
+/// Every implementation keeps these promises, and the [`conformance`](crate::conformance)
+/// suite checks them against each store:
+///
+/// - **Whole or nothing.** A [`save`](Self::save) either stores the entire
+///   checkpoint or leaves the previous one in place; a crash or kill at any
+///   moment never leaves a torn checkpoint behind.
+/// - **Compare-and-swap.** A save names the version it expects to replace
+///   (`None`: the key must be absent). When the stored version differs, the
+///   save changes nothing and fails with [`StoreError::Conflict`]. Of many
+///   concurrent saves expecting the same version, exactly one succeeds.
+/// - **Durable on success.** When `save` returns `Ok`, the checkpoint survives
+///   a crash of this process and of the machine, to the extent the medium
+///   allows (see each store's docs).
+/// - **Loads verify.** [`load`](Self::load) returns a checkpoint whose
+///   checksum verified, or [`StoreError::Corrupt`] naming the store, the key
+///   and the reason; it never changes what is stored.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
+    /// Where this store is, for messages and logs, e.g. `file:///var/lib/ckpt`.
+    fn location(&self) -> String;
+
+    /// The job's checkpoint, or `None` if the store has none for this key.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Corrupt`] when the stored bytes fail verification (they
+    /// are left untouched); [`StoreError::Io`] when the store cannot be read.
+    async fn load(&self, key: &JobKey) -> Result<Option<Checkpoint>, StoreError>;
+
+    /// Stores `checkpoint` under `checkpoint.job` if the stored version is `expected`.
+    ///
+    /// `expected` is `None` to create the key, or `Some(v)` to replace version `v`.
+    /// The store does not require `checkpoint.version` to be `expected + 1`
+    /// (the runner always writes it so), but it records it as the new version.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Conflict`] when the stored version is not `expected`
+    /// (someone else saved first: nothing was written); [`StoreError::Corrupt`]
+    /// when the stored checkpoint cannot be read to compare (nothing was
+    /// written); [`StoreError::Io`] when the store cannot be reached, in which
+    /// case the old checkpoint is still whole.
+    async fn save(&self, checkpoint: &Checkpoint, expected: Option<u64>) -> Result<(), StoreError>;
+
+    /// Every checkpoint in the store, unreadable ones included, in key order.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] when the store cannot be listed.
+    async fn list(&self) -> Result<Vec<Listing>, StoreError>;
+
+    /// Removes the job's checkpoint if its version is `expected`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`] when there is none; [`StoreError::Conflict`]
+    /// when the stored version differs (nothing was removed).
+    async fn delete(&self, key: &JobKey, expected: u64) -> Result<(), StoreError>;
+}
+
+/// One entry of [`CheckpointStore::list`].
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listing {
+    /// A readable checkpoint.
+    Checkpoint(Summary),
+    /// A checkpoint that is stored but fails verification.
+    Unreadable {
+        /// The job key, or the store's name for the entry when the key cannot be read.
+        key: String,
+        /// Why it cannot be read.
+        reason: String,
+    },
+}
+
+/// What [`CheckpointStore::list`] tells of a readable checkpoint.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// The job.
+    pub job: JobKey,
+    /// The stored version.
+    pub version: u64,
+    /// The stored status.
+    pub status: Status,
+    /// When it was written (ms since the Unix epoch).
+    pub updated_ms: u64,
+    /// Chunks done.
+    pub chunks: u64,
+}
+
+impl From<&Checkpoint> for Summary {
+    fn from(c: &Checkpoint) -> Self {
+        Self {
+            job: c.job.clone(),
+            version: c.version,
+            status: c.status.clone(),
+            updated_ms: c.updated_ms,
+            chunks: c.counters.chunks,
+        }
+    }
+}
+
+/// A store operation that failed.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The stored version is not the one the caller expected: another writer
+    /// saved in between (or still runs). Nothing was written.
+    #[error(
+        "{store}: checkpoint {key:?} changed under this runner: expected version {}, found {}",
+        show_version(*expected),
+        show_version(*found)
+    )]
+    Conflict {
+        /// The store.
+        store: String,
+        /// The job key.
+        key: String,
+        /// The version the caller expected.
+        expected: Option<u64>,
+        /// The version found (`None`: absent).
+        found: Option<u64>,
+    },
+    /// The stored checkpoint fails verification. It was left untouched.
+    #[error("{store}: checkpoint {key:?} ({path}) is unreadable: {reason}")]
+    Corrupt {
+        /// The store.
+        store: String,
+        /// The job key.
+        key: String,
+        /// Where inside the store (file path, object key, row).
+        path: String,
+        /// What is wrong.
+        reason: CheckpointError,
+    },
+    /// There is no checkpoint for this key.
+    #[error("{store}: no checkpoint for job {key:?}")]
+    NotFound {
+        /// The store.
+        store: String,
+        /// The job key.
+        key: String,
+    },
+    /// The store could not be read or written.
+    #[error("{store}: could not {operation} checkpoint {key:?}: {source}")]
+    Io {
+        /// The store.
+        store: String,
+        /// The job key (empty for store-wide operations).
+        key: String,
+        /// What was being done: `load`, `save`, `list`, `delete`.
+        operation: &'static str,
+        /// The underlying error.
+        source: BoxError,
+    },
+}
+
+fn show_version(v: Option<u64>) -> String {
+    v.map_or_else(|| "none".to_owned(), |v| v.to_string())
+}
+
+impl StoreError {
+    /// Whether retrying the same operation later may succeed (an I/O error),
+    /// as opposed to a conflict or bad data, which will not go away.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Io { .. })
+    }
+}
