@@ -251,7 +251,9 @@ impl Checkpoint {
             });
         }
         let body_len = u32::from_le_bytes([bytes[10], bytes[11], bytes[12], bytes[13]]) as usize;
-        let expected = HEADER_LEN.saturating_add(body_len).saturating_add(CHECKSUM_LEN);
+        let expected = HEADER_LEN
+            .saturating_add(body_len)
+            .saturating_add(CHECKSUM_LEN);
         if bytes.len() < expected {
             return Err(CheckpointError::Truncated {
                 expected,
@@ -271,16 +273,16 @@ impl Checkpoint {
         }
 
         let mut r = Reader(&signed[HEADER_LEN..]);
-        let job = JobKey::new(r.string("job key")?).map_err(|_| CheckpointError::Malformed {
-            what: "job key",
-        })?;
+        let job = JobKey::new(r.string("job key")?)
+            .map_err(|_| CheckpointError::Malformed { what: "job key" })?;
         let version = r.u64("version")?;
         let tag = r.u8("status")?;
         let detail = r.string("status detail")?;
         let status =
             Status::from_tag(tag, detail).ok_or(CheckpointError::Malformed { what: "status" })?;
         let codec_id = r.u8("codec")?;
-        let codec = Codec::from_id(codec_id).ok_or(CheckpointError::UnknownCodec { id: codec_id })?;
+        let codec =
+            Codec::from_id(codec_id).ok_or(CheckpointError::UnknownCodec { id: codec_id })?;
         let cursor_type = r.string("cursor type")?;
         let schema = r.u32("schema")?;
         let cursor = r.bytes("cursor")?.to_vec();
@@ -361,7 +363,8 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self, what: &'static str) -> Result<String, CheckpointError> {
-        String::from_utf8(self.bytes(what)?.to_vec()).map_err(|_| CheckpointError::Malformed { what })
+        String::from_utf8(self.bytes(what)?.to_vec())
+            .map_err(|_| CheckpointError::Malformed { what })
     }
 }
 

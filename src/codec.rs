@@ -59,7 +59,9 @@ impl Codec {
         match self {
             Codec::Bincode => bincode::serde::encode_to_vec(value, bincode::config::standard())
                 .map_err(|e| CodecError::new(self, "encode", e)),
-            Codec::Json => serde_json::to_vec(value).map_err(|e| CodecError::new(self, "encode", e)),
+            Codec::Json => {
+                serde_json::to_vec(value).map_err(|e| CodecError::new(self, "encode", e))
+            }
         }
     }
 
@@ -142,7 +144,11 @@ mod tests {
     fn both_codecs_round_trip_a_cursor() {
         for codec in [Codec::Bincode, Codec::Json] {
             let bytes = codec.encode(&sample()).unwrap();
-            assert_eq!(codec.decode::<Cursor>(&bytes).unwrap(), sample(), "{codec:?}");
+            assert_eq!(
+                codec.decode::<Cursor>(&bytes).unwrap(),
+                sample(),
+                "{codec:?}"
+            );
         }
     }
 
@@ -159,7 +165,10 @@ mod tests {
         let err = Codec::Bincode
             .decode::<Cursor>(&bytes[..bytes.len() - 1])
             .unwrap_err();
-        assert!(err.to_string().starts_with("bincode could not decode"), "{err}");
+        assert!(
+            err.to_string().starts_with("bincode could not decode"),
+            "{err}"
+        );
         let mut longer = bytes.clone();
         longer.push(0);
         let err = Codec::Bincode.decode::<Cursor>(&longer).unwrap_err();

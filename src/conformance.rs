@@ -40,7 +40,10 @@ fn checkpoint(key: &JobKey, version: u64, cursor: &[u8]) -> Checkpoint {
 /// Loading a key never saved gives `None`, not an error.
 pub async fn missing_key_loads_none(store: &dyn CheckpointStore) {
     let loaded = store.load(&key("never-saved")).await;
-    assert!(matches!(loaded, Ok(None)), "load of a missing key: {loaded:?}");
+    assert!(
+        matches!(loaded, Ok(None)),
+        "load of a missing key: {loaded:?}"
+    );
 }
 
 /// A created checkpoint loads back equal, field for field.
@@ -59,24 +62,43 @@ pub async fn create_load_round_trip(store: &dyn CheckpointStore) {
 /// Creating (expected `None`) over an existing checkpoint is a conflict and changes nothing.
 pub async fn create_conflicts_when_present(store: &dyn CheckpointStore) {
     let k = key("create-twice");
-    store.save(&checkpoint(&k, 1, b"first"), None).await.expect("create");
+    store
+        .save(&checkpoint(&k, 1, b"first"), None)
+        .await
+        .expect("create");
     let err = store
         .save(&checkpoint(&k, 1, b"second"), None)
         .await
         .expect_err("a second create must conflict");
     assert!(
-        matches!(err, StoreError::Conflict { expected: None, found: Some(1), .. }),
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: None,
+                found: Some(1),
+                ..
+            }
+        ),
         "{err}"
     );
     let loaded = store.load(&k).await.expect("load").expect("present");
-    assert_eq!(loaded.cursor, b"first", "a failed create changed the checkpoint");
+    assert_eq!(
+        loaded.cursor, b"first",
+        "a failed create changed the checkpoint"
+    );
 }
 
 /// An update must name the stored version; a stale or future one is a conflict.
 pub async fn update_needs_the_stored_version(store: &dyn CheckpointStore) {
     let k = key("update");
-    store.save(&checkpoint(&k, 1, b"v1"), None).await.expect("create");
-    store.save(&checkpoint(&k, 2, b"v2"), Some(1)).await.expect("update 1 -> 2");
+    store
+        .save(&checkpoint(&k, 1, b"v1"), None)
+        .await
+        .expect("create");
+    store
+        .save(&checkpoint(&k, 2, b"v2"), Some(1))
+        .await
+        .expect("update 1 -> 2");
     for stale in [Some(1), Some(3)] {
         let err = store
             .save(&checkpoint(&k, 9, b"stale"), stale)
@@ -92,7 +114,10 @@ pub async fn update_needs_the_stored_version(store: &dyn CheckpointStore) {
         .save(&checkpoint(&missing, 2, b"x"), Some(1))
         .await
         .expect_err("updating a missing key must fail");
-    assert!(matches!(err, StoreError::Conflict { found: None, .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::Conflict { found: None, .. }),
+        "{err}"
+    );
     let loaded = store.load(&k).await.expect("load").expect("present");
     assert_eq!((loaded.version, loaded.cursor.as_slice()), (2, &b"v2"[..]));
     assert_eq!(store.load(&missing).await.expect("load"), None);
@@ -101,7 +126,15 @@ pub async fn update_needs_the_stored_version(store: &dyn CheckpointStore) {
 /// Keys that look alike, or like paths, are distinct and stay in the store.
 pub async fn keys_are_isolated(store: &dyn CheckpointStore) {
     let long = "ü".repeat(300);
-    let names = ["a/b", "a%2Fb", "A/b", "../../etc/passwd", "..", "sp ace", long.as_str()];
+    let names = [
+        "a/b",
+        "a%2Fb",
+        "A/b",
+        "../../etc/passwd",
+        "..",
+        "sp ace",
+        long.as_str(),
+    ];
     for (i, name) in names.iter().enumerate() {
         let k = key(&format!("iso/{name}"));
         store
@@ -112,7 +145,11 @@ pub async fn keys_are_isolated(store: &dyn CheckpointStore) {
     for (i, name) in names.iter().enumerate() {
         let k = key(&format!("iso/{name}"));
         let loaded = store.load(&k).await.expect("load").expect("present");
-        assert_eq!(loaded.cursor, [i as u8], "key {name:?} read another key's checkpoint");
+        assert_eq!(
+            loaded.cursor,
+            [i as u8],
+            "key {name:?} read another key's checkpoint"
+        );
         assert_eq!(loaded.job, k);
     }
 }
@@ -132,21 +169,36 @@ pub async fn list_shows_versions_and_status(store: &dyn CheckpointStore) {
         _ => None,
     });
     let summary = found.unwrap_or_else(|| panic!("{k} not listed in {listed:?}"));
-    assert_eq!((summary.version, &summary.status, summary.chunks), (2, &Status::Completed, 17));
+    assert_eq!(
+        (summary.version, &summary.status, summary.chunks),
+        (2, &Status::Completed, 17)
+    );
 }
 
 /// `delete` removes only the version named; a missing key is `NotFound`.
 pub async fn delete_is_compare_and_swap(store: &dyn CheckpointStore) {
     let k = key("deleted");
-    store.save(&checkpoint(&k, 1, b"x"), None).await.expect("create");
-    let err = store.delete(&k, 5).await.expect_err("delete of a stale version");
+    store
+        .save(&checkpoint(&k, 1, b"x"), None)
+        .await
+        .expect("create");
+    let err = store
+        .delete(&k, 5)
+        .await
+        .expect_err("delete of a stale version");
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
-    assert!(store.load(&k).await.expect("load").is_some(), "a failed delete removed it");
+    assert!(
+        store.load(&k).await.expect("load").is_some(),
+        "a failed delete removed it"
+    );
     store.delete(&k, 1).await.expect("delete");
     assert_eq!(store.load(&k).await.expect("load"), None);
     let err = store.delete(&k, 1).await.expect_err("second delete");
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
-    store.save(&checkpoint(&k, 1, b"again"), None).await.expect("re-create after delete");
+    store
+        .save(&checkpoint(&k, 1, b"again"), None)
+        .await
+        .expect("re-create after delete");
 }
 
 /// `savers` tasks race to advance one key `rounds` times each; every version
@@ -157,7 +209,10 @@ pub async fn concurrent_savers_one_winner_per_version(
     rounds: usize,
 ) {
     let k = key("race");
-    store.save(&checkpoint(&k, 1, b"0"), None).await.expect("create");
+    store
+        .save(&checkpoint(&k, 1, b"0"), None)
+        .await
+        .expect("create");
     let mut tasks = Vec::new();
     for saver in 0..savers {
         let store = store.clone();
@@ -184,7 +239,10 @@ pub async fn concurrent_savers_one_winner_per_version(
     }
     let total = savers * rounds;
     let twice: Vec<_> = winners.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "versions won by more than one saver: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "versions won by more than one saver: {twice:?}"
+    );
     let expected: Vec<u64> = (2..=total as u64 + 1).collect();
     assert_eq!(winners.keys().copied().collect::<Vec<_>>(), expected);
     let last = store.load(&k).await.expect("load").expect("present");

@@ -46,7 +46,7 @@ pub enum Error {
         /// The version left in the store.
         resume_from: Option<u64>,
         /// The last error.
-        source: StoreError,
+        source: Box<StoreError>,
     },
     /// The runner was set up wrongly (bad key, bad URL, bad durations).
     #[error("bad configuration: {0}")]

@@ -44,7 +44,11 @@ pub trait Job: Send {
     /// Called once before the first chunk of every run, with the cursor and
     /// state the run starts from (the defaults on a fresh start). Undo here
     /// whatever a killed run may have done past the checkpoint.
-    async fn resume(&mut self, _cursor: &Self::Cursor, _state: &Self::State) -> Result<(), BoxError> {
+    async fn resume(
+        &mut self,
+        _cursor: &Self::Cursor,
+        _state: &Self::State,
+    ) -> Result<(), BoxError> {
         Ok(())
     }
 

@@ -112,7 +112,13 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_and_unusual_keys() {
-        for key in ["squares", "etl/2026-11-24", "../../etc/passwd", "données ✓", " "] {
+        for key in [
+            "squares",
+            "etl/2026-11-24",
+            "../../etc/passwd",
+            "données ✓",
+            " ",
+        ] {
             assert_eq!(JobKey::new(key).unwrap().as_str(), key);
         }
         let longest = "k".repeat(JobKey::MAX_LEN);

@@ -85,13 +85,15 @@ pub use policy::{CheckpointPolicy, Every};
 pub use runner::{Runner, DEFAULT_STORE_DIR};
 pub use shutdown::{InterruptSource, Signal};
 pub use sink::FileSink;
-pub use store::{open_store, CheckpointStore, FileStore, Listing, MemoryStore, StoreError, Summary};
+pub use store::{
+    open_store, CheckpointStore, FileStore, Listing, MemoryStore, StoreError, Summary,
+};
 
 /// Everything a first job needs, in one import.
 pub mod prelude {
     pub use crate::{
-        async_trait, BoxError, Chunk, ChunkContext, Codec, Every, ExitCodes, FileSink, Job, Outcome,
-        Runner, Signal,
+        async_trait, BoxError, Chunk, ChunkContext, Codec, Every, ExitCodes, FileSink, Job,
+        Outcome, Runner, Signal,
     };
 
     /// `Result` with [`BoxError`](crate::BoxError) as the default error: any error converts with `?`.

@@ -264,7 +264,13 @@ impl<J: Job> Runner<J> {
         let interrupts = Interrupts::listen(&signals, max_runtime, stop_on, budget)?;
 
         let loaded = store.load(&key).await?;
-        let mut session = Session::new(&*store, &key, codec, type_name::<(J::Cursor, J::State)>(), J::SCHEMA_VERSION);
+        let mut session = Session::new(
+            &*store,
+            &key,
+            codec,
+            type_name::<(J::Cursor, J::State)>(),
+            J::SCHEMA_VERSION,
+        );
         let (mut cursor, mut state) = match loaded {
             None => {
                 info!(job = %key, store = %session.location, "no checkpoint: starting from the beginning");
@@ -308,7 +314,10 @@ impl<J: Job> Runner<J> {
         session.totals.runs += 1;
         job.resume(&cursor, &state)
             .await
-            .map_err(|source| Error::Job { during: "resume".into(), source })?;
+            .map_err(|source| Error::Job {
+                during: "resume".into(),
+                source,
+            })?;
 
         let mut ctx = ChunkContext::new(interrupts.cancel_token(), interrupts.stop_token());
         let total = job.total_items();
@@ -356,9 +365,10 @@ impl<J: Job> Runner<J> {
             since_chunks += 1;
 
             if policy.is_due(since_chunks, since.elapsed()) {
-                job.flush()
-                    .await
-                    .map_err(|source| Error::Job { during: "flush".into(), source })?;
+                job.flush().await.map_err(|source| Error::Job {
+                    during: "flush".into(),
+                    source,
+                })?;
                 match session.save::<J>(&cursor, &state, Status::Running).await {
                     Ok(()) => {
                         stats.checkpoints += 1;
@@ -377,14 +387,23 @@ impl<J: Job> Runner<J> {
         let (status, outcome) = match end {
             End::Completed => (Status::Completed, Ok(Outcome::Completed)),
             End::Interrupted => {
-                let source = interrupts.source().ok_or_else(|| Error::Config("interrupted without a source".into()))?;
+                let source = interrupts
+                    .source()
+                    .ok_or_else(|| Error::Config("interrupted without a source".into()))?;
                 session.totals.interruptions += 1;
                 (
-                    Status::Interrupted { source: source.to_string() },
+                    Status::Interrupted {
+                        source: source.to_string(),
+                    },
                     Ok(Outcome::Interrupted(source)),
                 )
             }
-            End::Failed(e) => (Status::Failed { message: e.to_string() }, Err(e)),
+            End::Failed(e) => (
+                Status::Failed {
+                    message: e.to_string(),
+                },
+                Err(e),
+            ),
         };
         let deadline = interrupts
             .final_deadline()
@@ -419,7 +438,10 @@ enum ChunkResult {
 
 /// Runs one chunk, cancelling it at the abandon point and dropping it if it
 /// does not return within the cooperative window.
-async fn run_chunk(work: impl Future<Output = Result<(), BoxError>>, interrupts: &Interrupts) -> ChunkResult {
+async fn run_chunk(
+    work: impl Future<Output = Result<(), BoxError>>,
+    interrupts: &Interrupts,
+) -> ChunkResult {
     tokio::pin!(work);
     tokio::select! {
         biased;
@@ -430,7 +452,10 @@ async fn run_chunk(work: impl Future<Output = Result<(), BoxError>>, interrupts:
     match timeout(window, work).await {
         Ok(result) => ChunkResult::Done(result),
         Err(_) => {
-            warn!(?window, "cancelled chunk did not return in time: dropped it");
+            warn!(
+                ?window,
+                "cancelled chunk did not return in time: dropped it"
+            );
             ChunkResult::Dropped
         }
     }
@@ -448,7 +473,12 @@ async fn finish<J: Job>(
 ) -> Result<(), Error> {
     match timeout_at(deadline, job.flush()).await {
         Ok(Ok(())) => {}
-        Ok(Err(source)) => return Err(Error::Job { during: "flush".into(), source }),
+        Ok(Err(source)) => {
+            return Err(Error::Job {
+                during: "flush".into(),
+                source,
+            })
+        }
         Err(_) => return Err(session.not_saved(timed_out(session, "flush"))),
     }
     let mut delay = Duration::from_millis(50);
@@ -478,14 +508,29 @@ fn timed_out(session: &Session<'_>, operation: &'static str) -> StoreError {
     }
 }
 
-fn log_checkpoint(session: &Session<'_>, stats: &RunStats, run_started: Instant, total: Option<u64>) {
+fn log_checkpoint(
+    session: &Session<'_>,
+    stats: &RunStats,
+    run_started: Instant,
+    total: Option<u64>,
+) {
     let secs = run_started.elapsed().as_secs_f64();
-    let rate = if secs > 0.0 { stats.items as f64 / secs } else { 0.0 };
+    let rate = if secs > 0.0 {
+        stats.items as f64 / secs
+    } else {
+        0.0
+    };
     let done = session.totals.items;
     let progress = total.map(|t| {
-        let pct = if t == 0 { 100.0 } else { 100.0 * done as f64 / t as f64 };
-        let eta = (rate > 0.0).then(|| Duration::from_secs_f64(t.saturating_sub(done) as f64 / rate));
-        format!("{pct:.1}% eta {eta:?}")
+        let pct = if t == 0 {
+            100.0
+        } else {
+            100.0 * done as f64 / t as f64
+        };
+        match (rate > 0.0).then(|| t.saturating_sub(done) as f64 / rate) {
+            Some(eta) => format!("{pct:.1}%, eta {eta:.0}s"),
+            None => format!("{pct:.1}%"),
+        }
     });
     info!(
         job = %session.key,
@@ -513,7 +558,13 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(store: &'a dyn CheckpointStore, key: &'a JobKey, codec: Codec, cursor_type: &'static str, schema: u32) -> Self {
+    fn new(
+        store: &'a dyn CheckpointStore,
+        key: &'a JobKey,
+        codec: Codec,
+        cursor_type: &'static str,
+        schema: u32,
+    ) -> Self {
         Self {
             location: store.location(),
             store,
@@ -541,7 +592,7 @@ impl<'a> Session<'a> {
             store: self.location.clone(),
             key: self.key.to_string(),
             resume_from: self.stored,
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -565,12 +616,23 @@ impl<'a> Session<'a> {
     }
 
     fn decode<J: Job>(&self, stored: &Checkpoint) -> Result<(J::Cursor, J::State), Error> {
-        let cursor = stored.codec.decode(&stored.cursor).map_err(|e| self.bad(e.into()))?;
-        let state = stored.codec.decode(&stored.state).map_err(|e| self.bad(e.into()))?;
+        let cursor = stored
+            .codec
+            .decode(&stored.cursor)
+            .map_err(|e| self.bad(e.into()))?;
+        let state = stored
+            .codec
+            .decode(&stored.state)
+            .map_err(|e| self.bad(e.into()))?;
         Ok((cursor, state))
     }
 
-    async fn save<J: Job>(&mut self, cursor: &J::Cursor, state: &J::State, status: Status) -> Result<(), Error> {
+    async fn save<J: Job>(
+        &mut self,
+        cursor: &J::Cursor,
+        state: &J::State,
+        status: Status,
+    ) -> Result<(), Error> {
         let encode_error = |source| Error::Job {
             during: "encoding the cursor and state".into(),
             source: Box::new(source),

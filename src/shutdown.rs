@@ -101,7 +101,9 @@ pub(crate) struct Budget {
 impl Budget {
     pub(crate) fn new(grace: Duration, reserve: Option<Duration>) -> Result<Self, Error> {
         if grace.is_zero() {
-            return Err(Error::Config("the grace period must be longer than zero".into()));
+            return Err(Error::Config(
+                "the grace period must be longer than zero".into(),
+            ));
         }
         let reserve = reserve.unwrap_or_else(|| (grace / 4).min(Duration::from_secs(5)));
         if reserve >= grace {
@@ -233,7 +235,10 @@ impl Interrupts {
 
     /// When the final checkpoint must be written by: the end of the grace period.
     pub(crate) fn final_deadline(&self) -> Option<Instant> {
-        self.trigger.first.get().map(|s| s.at + self.trigger.budget.grace)
+        self.trigger
+            .first
+            .get()
+            .map(|s| s.at + self.trigger.budget.grace)
     }
 
     /// Completes when the chunk in hand must be cancelled: at the drain
@@ -258,7 +263,10 @@ impl Interrupts {
     pub(crate) fn cancel_chunk(&self) -> Duration {
         self.cancel.cancel();
         if self.trigger.hard.is_cancelled() {
-            self.trigger.budget.cooperate.min(Duration::from_millis(100))
+            self.trigger
+                .budget
+                .cooperate
+                .min(Duration::from_millis(100))
         } else {
             self.trigger.budget.cooperate
         }
@@ -280,7 +288,10 @@ mod tests {
     #[test]
     fn budget_defaults_and_validation() {
         let b = Budget::new(Duration::from_secs(30), None).unwrap();
-        assert_eq!((b.reserve, b.drain()), (Duration::from_secs(5), Duration::from_secs(25)));
+        assert_eq!(
+            (b.reserve, b.drain()),
+            (Duration::from_secs(5), Duration::from_secs(25))
+        );
         assert_eq!(b.cooperate, Duration::from_secs(1));
         let short = Budget::new(Duration::from_secs(2), None).unwrap();
         assert_eq!(short.reserve, Duration::from_millis(500));
@@ -297,7 +308,10 @@ mod tests {
         let ints = Interrupts::listen(
             &[],
             Some(Duration::from_secs(60)),
-            vec![("queue".into(), Box::pin(async move { rx.await.unwrap_or(()) }))],
+            vec![(
+                "queue".into(),
+                Box::pin(async move { rx.await.unwrap_or(()) }),
+            )],
             budget,
         )
         .unwrap();
@@ -305,12 +319,18 @@ mod tests {
         tx.send(()).unwrap();
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert!(ints.stop_requested());
-        assert_eq!(ints.source(), Some(InterruptSource::Requested("queue".into())));
+        assert_eq!(
+            ints.source(),
+            Some(InterruptSource::Requested("queue".into()))
+        );
 
         let started = Instant::now();
         ints.abandon_point().await;
         let waited = started.elapsed().as_millis();
-        assert!((7_498..=7_500).contains(&waited), "drain = grace - reserve, waited {waited} ms");
+        assert!(
+            (7_498..=7_500).contains(&waited),
+            "drain = grace - reserve, waited {waited} ms"
+        );
 
         // The max-runtime timer is a second request: it makes the abandon point immediate.
         tokio::time::sleep(Duration::from_secs(60)).await;
@@ -318,6 +338,9 @@ mod tests {
         ints.abandon_point().await;
         assert_eq!(started.elapsed(), Duration::ZERO);
         assert_eq!(ints.cancel_chunk(), Duration::from_millis(100));
-        assert_eq!(ints.source(), Some(InterruptSource::Requested("queue".into())));
+        assert_eq!(
+            ints.source(),
+            Some(InterruptSource::Requested("queue".into()))
+        );
     }
 }

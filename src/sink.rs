@@ -40,7 +40,11 @@ impl FileSink {
         let path = path.as_ref().to_path_buf();
         let opened = path.clone();
         let (file, written) = blocking(move || {
-            let file = OpenOptions::new().create(true).truncate(false).write(true).open(&opened)?;
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&opened)?;
             let len = file.metadata()?.len();
             Ok((file, len))
         })
@@ -165,15 +169,26 @@ impl FileSink {
 }
 
 fn with_path(e: io::Error, operation: &str, path: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("cannot {operation} {}: {e}", path.display()))
+    io::Error::new(
+        e.kind(),
+        format!("cannot {operation} {}: {e}", path.display()),
+    )
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
 }
 
-async fn blocking_owned<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)
+async fn blocking_owned<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)
 }
 
 #[cfg(test)]
@@ -223,7 +238,10 @@ mod tests {
         let mut sink = FileSink::open(&path).await.unwrap();
         let err = sink.truncate(10).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert!(err.to_string().contains("short") && err.to_string().contains("covers 10"), "{err}");
+        assert!(
+            err.to_string().contains("short") && err.to_string().contains("covers 10"),
+            "{err}"
+        );
         assert_eq!(std::fs::read(&path).unwrap(), b"abc");
     }
 }

@@ -90,13 +90,16 @@ impl FileStore {
             store: self.location(),
             key: key.to_string(),
             path: path.display().to_string(),
-            reason,
+            reason: Box::new(reason),
         })
     }
 
     /// Takes the key's lock, creating the directory and lock file if needed.
     fn lock(&self, key: &JobKey) -> io::Result<File> {
-        DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -107,7 +110,12 @@ impl FileStore {
         Ok(lock)
     }
 
-    fn check(&self, key: &JobKey, expected: Option<u64>, found: Option<u64>) -> Result<(), StoreError> {
+    fn check(
+        &self,
+        key: &JobKey,
+        expected: Option<u64>,
+        found: Option<u64>,
+    ) -> Result<(), StoreError> {
         if expected == found {
             Ok(())
         } else {
@@ -120,7 +128,12 @@ impl FileStore {
         }
     }
 
-    fn save_blocking(&self, key: &JobKey, bytes: &[u8], expected: Option<u64>) -> Result<(), StoreError> {
+    fn save_blocking(
+        &self,
+        key: &JobKey,
+        bytes: &[u8],
+        expected: Option<u64>,
+    ) -> Result<(), StoreError> {
         let _lock = self.lock(key).map_err(|e| self.io_error(key, "lock", e))?;
         let path = self.path_of(key);
         let found = self.read_version(key, &path)?;
@@ -275,10 +288,10 @@ impl CheckpointStore for FileStore {
                 store: self.location(),
                 key: key.to_string(),
                 path: path.display().to_string(),
-                reason: crate::checkpoint::CheckpointError::WrongJob {
+                reason: Box::new(crate::checkpoint::CheckpointError::WrongJob {
                     expected: key.to_string(),
                     found: checkpoint.job.to_string(),
-                },
+                }),
             });
         }
         Ok(Some(checkpoint))
@@ -336,14 +349,31 @@ mod tests {
     fn no_key_escapes_the_directory() {
         let store = FileStore::new("/srv/ckpt");
         let long_unicode = "é/".repeat(340);
-        for k in ["../../etc/passwd", "..", ".", "/abs", "a/b", "a\\b", ".hidden", "ü", &long_unicode] {
+        for k in [
+            "../../etc/passwd",
+            "..",
+            ".",
+            "/abs",
+            "a/b",
+            "a\\b",
+            ".hidden",
+            "ü",
+            &long_unicode,
+        ] {
             let path = store.path_of(&key(k));
-            assert_eq!(path.parent(), Some(Path::new("/srv/ckpt")), "{k:?} -> {path:?}");
+            assert_eq!(
+                path.parent(),
+                Some(Path::new("/srv/ckpt")),
+                "{k:?} -> {path:?}"
+            );
             let name = path.file_name().unwrap().to_str().unwrap();
             assert!(!name.starts_with('.'), "{k:?} -> {name}");
             assert!(name.len() <= MAX_STEM + 5, "{k:?} -> {} bytes", name.len());
         }
-        assert_eq!(file_stem(&key("../../etc/passwd")), "%2E.%2F..%2Fetc%2Fpasswd");
+        assert_eq!(
+            file_stem(&key("../../etc/passwd")),
+            "%2E.%2F..%2Fetc%2Fpasswd"
+        );
         assert_eq!(file_stem(&key("squares-v2_a.b")), "squares-v2_a.b");
     }
 
@@ -370,7 +400,10 @@ mod tests {
         let dir_mode = fs::metadata(store.dir()).unwrap().permissions().mode() & 0o777;
         assert_eq!(dir_mode, 0o700);
         let path = store.path_of(&ckpt.job);
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let names: Vec<String> = fs::read_dir(store.dir())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -394,7 +427,10 @@ mod tests {
         let err = store.load(&ckpt.job).await.unwrap_err();
         let text = err.to_string();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{text}");
-        assert!(text.contains("\"job\"") && text.contains(&path.display().to_string()), "{text}");
+        assert!(
+            text.contains("\"job\"") && text.contains(&path.display().to_string()),
+            "{text}"
+        );
         assert!(text.contains("checksum"), "{text}");
 
         let mut next = ckpt.clone();
@@ -403,9 +439,16 @@ mod tests {
             store.save(&next, Some(1)).await,
             Err(StoreError::Corrupt { .. })
         ));
-        assert_eq!(fs::read(&path).unwrap(), bytes, "the corrupt file was changed");
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            bytes,
+            "the corrupt file was changed"
+        );
         let listed = store.list().await.unwrap();
-        assert!(matches!(&listed[..], [Listing::Unreadable { .. }]), "{listed:?}");
+        assert!(
+            matches!(&listed[..], [Listing::Unreadable { .. }]),
+            "{listed:?}"
+        );
     }
 
     #[tokio::test]
@@ -416,6 +459,9 @@ mod tests {
         store.save(&other, None).await.unwrap();
         fs::rename(store.path_of(&other.job), store.path_of(&key("mine"))).unwrap();
         let err = store.load(&key("mine")).await.unwrap_err();
-        assert!(err.to_string().contains("belongs to job \"other\""), "{err}");
+        assert!(
+            err.to_string().contains("belongs to job \"other\""),
+            "{err}"
+        );
     }
 }

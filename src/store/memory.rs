@@ -46,11 +46,16 @@ impl MemoryStore {
             store: self.location(),
             key: key.to_string(),
             path: key.to_string(),
-            reason,
+            reason: Box::new(reason),
         })
     }
 
-    fn check(&self, key: &JobKey, expected: Option<u64>, found: Option<u64>) -> Result<(), StoreError> {
+    fn check(
+        &self,
+        key: &JobKey,
+        expected: Option<u64>,
+        found: Option<u64>,
+    ) -> Result<(), StoreError> {
         if expected == found {
             Ok(())
         } else {

@@ -152,7 +152,7 @@ pub enum StoreError {
         /// Where inside the store (file path, object key, row).
         path: String,
         /// What is wrong.
-        reason: CheckpointError,
+        reason: Box<CheckpointError>,
     },
     /// There is no checkpoint for this key.
     #[error("{store}: no checkpoint for job {key:?}")]

@@ -56,7 +56,10 @@ mod tests {
 
     #[test]
     fn opens_file_and_memory_stores() {
-        assert_eq!(open_store("file:///var/lib/ckpt").unwrap().location(), "file:///var/lib/ckpt");
+        assert_eq!(
+            open_store("file:///var/lib/ckpt").unwrap().location(),
+            "file:///var/lib/ckpt"
+        );
         assert_eq!(
             open_store("file://.spotbatch").unwrap().location(),
             "file://.spotbatch (relative)"
@@ -74,7 +77,7 @@ mod tests {
             ("s3://bucket/prefix", "spotbatch-s3"),
             ("postgres://localhost/db", "spotbatch-postgres"),
         ] {
-            let err = open_store(url).err().expect(url).to_string();
+            let err = open_store(url).expect_err(url).to_string();
             assert!(err.contains(url) && err.contains(says), "{url}: {err}");
         }
     }

@@ -1,0 +1,216 @@
+//! End-to-end: the quickstart example as a real process, stopped by real signals.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+use common::{finish, reference_output, signal, stderr, Quickstart};
+use spotbatch::Status;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// (a) SIGTERM at many random moments: every run drains, the output equals an
+/// uninterrupted run's and no chunk is processed twice.
+#[test]
+fn sigterm_at_random_moments_loses_nothing_and_repeats_nothing() {
+    let (records, chunk) = (40_000, 100);
+    let job = Quickstart::new(records, chunk, 20);
+    let mut rng = fastrand::Rng::with_seed(0x5eed_0001);
+    let (mut graceful, mut early) = (0, 0);
+    for run in 0.. {
+        assert!(run < 300, "no completion after {run} runs");
+        let child = job.spawn();
+        std::thread::sleep(Duration::from_millis(rng.u64(5..250)));
+        signal(&child, libc::SIGTERM);
+        let (status, _, err) = finish(child, LIMIT);
+        match (status.code(), status.signal()) {
+            (Some(0), _) => break,
+            (Some(75), _) => graceful += 1,
+            // The signal came before the runner installed its handler.
+            (None, Some(libc::SIGTERM)) => early += 1,
+            other => panic!("run {run}: unexpected exit {other:?}\n{err}"),
+        }
+        if let Some(c) = job.checkpoint() {
+            assert!(
+                matches!(c.status, Status::Interrupted { .. } | Status::Running),
+                "status after SIGTERM: {}",
+                c.status
+            );
+        }
+    }
+    assert!(
+        graceful >= 5,
+        "only {graceful} graceful interruptions ({early} early)"
+    );
+
+    assert_eq!(
+        std::fs::read(job.out()).unwrap(),
+        reference_output(records, chunk)
+    );
+    let chunks = job.audited_chunks();
+    let mut starts: Vec<u64> = chunks.iter().map(|c| c.0).collect();
+    starts.sort_unstable();
+    let expected: Vec<u64> = (0..records).step_by(chunk as usize).collect();
+    assert_eq!(starts, expected, "a chunk was processed twice or never");
+    let c = job.checkpoint().unwrap();
+    assert_eq!(c.status, Status::Completed);
+    assert_eq!(
+        (c.counters.chunks, c.counters.items),
+        (records / chunk, records)
+    );
+    assert!(c.counters.interruptions >= graceful);
+}
+
+/// (b) SIGKILL at random moments: the checkpoint is never torn, and the output
+/// equals an uninterrupted run's (the resumed run truncates the excess).
+#[test]
+fn sigkill_at_random_moments_never_tears_the_checkpoint_and_output_matches() {
+    let (records, chunk) = (40_000, 100);
+    let mut job = Quickstart::new(records, chunk, 20);
+    job.every_chunks = 10;
+    let mut rng = fastrand::Rng::with_seed(0x5eed_0002);
+    let mut kills = 0;
+    for run in 0.. {
+        assert!(run < 300, "no completion after {run} runs");
+        let child = job.spawn();
+        std::thread::sleep(Duration::from_millis(rng.u64(5..250)));
+        signal(&child, libc::SIGKILL);
+        let (status, _, err) = finish(child, LIMIT);
+        match (status.code(), status.signal()) {
+            (Some(0), _) => break,
+            (None, Some(libc::SIGKILL)) => kills += 1,
+            other => panic!("run {run}: unexpected exit {other:?}\n{err}"),
+        }
+        // Decodes and verifies the checksum, or panics.
+        let _ = job.checkpoint();
+    }
+    assert!(kills >= 5, "only {kills} kills landed");
+    assert_eq!(
+        std::fs::read(job.out()).unwrap(),
+        reference_output(records, chunk)
+    );
+    let mut starts: Vec<u64> = job.audited_chunks().iter().map(|c| c.0).collect();
+    starts.sort_unstable();
+    starts.dedup();
+    let expected: Vec<u64> = (0..records).step_by(chunk as usize).collect();
+    assert_eq!(starts, expected, "some chunk was never processed");
+}
+
+/// (c) SIGTERM during a chunk longer than the grace period: the process exits
+/// before the grace period ends, with the checkpoint at the last finished chunk.
+#[test]
+fn sigterm_during_a_chunk_longer_than_grace_exits_within_grace() {
+    let mut job = Quickstart::new(20, 10, 500_000); // 5 s per chunk
+    job.grace_secs = 2.0;
+    let started = Instant::now();
+    let child = job.spawn();
+    // First chunk ends at ~5 s; the second runs until ~10 s.
+    std::thread::sleep(Duration::from_millis(6_500).saturating_sub(started.elapsed()));
+    signal(&child, libc::SIGTERM);
+    let (status, took, err) = finish(child, LIMIT);
+    assert_eq!(status.code(), Some(75), "{err}");
+    assert!(
+        took < Duration::from_secs(2),
+        "exit took {took:?} after SIGTERM, grace is 2 s\n{err}"
+    );
+    assert!(err.contains("drain deadline reached"), "{err}");
+    assert_eq!(
+        job.cursor(),
+        10,
+        "checkpoint must stay at the last finished chunk"
+    );
+    assert!(matches!(
+        job.checkpoint().unwrap().status,
+        Status::Interrupted { .. }
+    ));
+    assert_eq!(job.audited_chunks(), vec![(0, 10)]);
+
+    job.work_us = 0;
+    let out = job.run();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(job.out()).unwrap(), reference_output(20, 10));
+}
+
+/// (d) A second SIGTERM skips the drain: the process exits at once.
+#[test]
+fn second_sigterm_exits_at_once() {
+    let job = Quickstart::new(20, 10, 1_000_000); // 10 s per chunk, grace 30 s
+    let child = job.spawn();
+    std::thread::sleep(Duration::from_millis(1_000));
+    signal(&child, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    let second = Instant::now();
+    signal(&child, libc::SIGTERM);
+    let (status, _, err) = finish(child, LIMIT);
+    let took = second.elapsed();
+    assert_eq!(status.code(), Some(75), "{err}");
+    assert!(
+        took < Duration::from_secs(2),
+        "exit took {took:?} after the second SIGTERM\n{err}"
+    );
+    assert!(err.contains("second stop request"), "{err}");
+    assert_eq!(job.cursor(), 0);
+    assert!(job.audited_chunks().is_empty());
+}
+
+/// (e) A completed job exits 0 at once and changes nothing.
+#[test]
+fn completed_job_exits_zero_at_once() {
+    let job = Quickstart::new(5_000, 100, 0);
+    let first = job.run();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let before = job.checkpoint().unwrap();
+    let output = std::fs::read(job.out()).unwrap();
+    let audited = job.audited_chunks().len();
+
+    let again = job.run();
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already completed"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(job.checkpoint().unwrap(), before, "the checkpoint changed");
+    assert_eq!(std::fs::read(job.out()).unwrap(), output);
+    assert_eq!(job.audited_chunks().len(), audited, "chunks ran again");
+}
+
+/// (f) A byte-flipped checkpoint: a clear error naming store, key and reason,
+/// the distinct exit code, and neither the checkpoint nor the output changed.
+#[test]
+fn byte_flipped_checkpoint_is_refused_and_left_untouched() {
+    let job = Quickstart::new(20_000, 100, 50);
+    let child = job.spawn();
+    std::thread::sleep(Duration::from_millis(400));
+    signal(&child, libc::SIGTERM);
+    let (status, _, err) = finish(child, LIMIT);
+    assert_eq!(status.code(), Some(75), "{err}");
+
+    let path = job.checkpoint_path();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x04;
+    std::fs::write(&path, &bytes).unwrap();
+    let output = std::fs::read(job.out()).unwrap();
+
+    let out = job.run();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    for needle in ["checksum", "\"e2e\"", &path.display().to_string()] {
+        assert!(
+            err.contains(needle),
+            "error does not mention {needle}: {err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the corrupt checkpoint was changed"
+    );
+    assert_eq!(
+        std::fs::read(job.out()).unwrap(),
+        output,
+        "the output was changed"
+    );
+}
