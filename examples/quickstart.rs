@@ -9,12 +9,16 @@
 //! ```text
 //! cargo run --example quickstart -- --work-us 20     # Ctrl-C it, run it again: it resumes
 //! ```
+//!
+//! The store crates' examples reuse this file (`#[path]`) with their own store.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use spotbatch::prelude::*;
+use spotbatch::CheckpointStore;
 
 struct Transform {
     records: u64,
@@ -80,9 +84,10 @@ fn transform(i: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The quickstart's flags.
 #[derive(Parser)]
 #[command(about = "A spotbatch job that survives interruption")]
-struct Args {
+pub struct Args {
     /// Records to process.
     #[arg(long, default_value_t = 1_000_000)]
     records: u64,
@@ -94,7 +99,7 @@ struct Args {
     out: PathBuf,
     /// Checkpoint store URL.
     #[arg(long, env = "SPOTBATCH_STORE", default_value = "file://.spotbatch")]
-    store: String,
+    pub store: String,
     /// Job key in the store.
     #[arg(long, default_value = "quickstart")]
     job: String,
@@ -122,8 +127,8 @@ struct Args {
     audit: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<std::process::ExitCode> {
+/// Logs to stderr, `info` unless `RUST_LOG` says otherwise.
+pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -131,7 +136,13 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
+}
+
+/// Runs the quickstart job with its flags against `store`.
+pub async fn run(
+    args: Args,
+    store: Arc<dyn CheckpointStore>,
+) -> anyhow::Result<std::process::ExitCode> {
     anyhow::ensure!(args.chunk > 0, "--chunk must be at least 1");
     let grace = Duration::try_from_secs_f64(args.grace)
         .map_err(|e| anyhow::anyhow!("bad --grace {}: {e}", args.grace))?;
@@ -147,7 +158,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         audit,
     };
     let mut runner = Runner::new(args.job, job)
-        .store_url(&args.store)?
+        .shared_store(store)
         .checkpoint(Every::chunks(args.every_chunks).or_seconds(args.every_secs))
         .grace(grace)
         .interrupted_exit_code(args.interrupted_exit_code);
@@ -155,4 +166,13 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         runner = runner.restart();
     }
     Ok(runner.run().await.exit_code())
+}
+
+#[allow(dead_code)] // unused where another example includes this file
+#[tokio::main]
+async fn main() -> anyhow::Result<std::process::ExitCode> {
+    init_logging();
+    let args = Args::parse();
+    let store = spotbatch::open_store(&args.store)?;
+    run(args, store).await
 }

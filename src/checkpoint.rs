@@ -14,7 +14,10 @@
 //!   codec u8, cursor type str, schema u32, cursor bytes, state bytes,
 //!   chunks u64, items u64, checkpoints u64, interruptions u64, runs u64,
 //!   created ms u64, updated ms u64 (Unix epoch),
-//!   writer host str, writer pid u32, writer run id 16 bytes
+//!   writer host str, writer pid u32, writer run id 16 bytes, writer task str,
+//!   lease u8 (0 none, 1 held) [owner run id 16 bytes, expires ms u64],
+//!   history count u32, then per run: run id 16 bytes, started ms u64,
+//!     ended ms u64 (0 while running), outcome str, chunks u64, host str, task str
 //! checksum     u32      CRC-32 (IEEE) of every byte before it
 //! ```
 //!
@@ -122,6 +125,8 @@ pub struct Writer {
     pub pid: u32,
     /// Unique id of the run (one per [`Runner::run`](crate::Runner::run)).
     pub run_id: Uuid,
+    /// The platform's name for the task (e.g. an ECS task ARN), empty when unknown.
+    pub task: String,
 }
 
 impl Writer {
@@ -131,6 +136,59 @@ impl Writer {
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             pid: std::process::id(),
             run_id: Uuid::new_v4(),
+            task: String::new(),
+        }
+    }
+}
+
+/// A runner's claim on a job: no other runner starts the job before `expires_ms`.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The run id of the holder.
+    pub owner: Uuid,
+    /// When the claim lapses unless renewed (ms since the Unix epoch, holder's clock).
+    pub expires_ms: u64,
+}
+
+impl Lease {
+    /// A lease held by `owner` until `expires_ms`.
+    pub fn new(owner: Uuid, expires_ms: u64) -> Self {
+        Self { owner, expires_ms }
+    }
+}
+
+/// One run of a job, as kept in the checkpoint's recent history.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    /// The run's id.
+    pub run_id: Uuid,
+    /// When it started (ms since the Unix epoch).
+    pub started_ms: u64,
+    /// When it ended (0 while it runs, or if it was killed).
+    pub ended_ms: u64,
+    /// `running`, `completed`, `interrupted (SIGTERM)`, `failed: …`.
+    pub outcome: String,
+    /// Chunks it finished.
+    pub chunks: u64,
+    /// Its host.
+    pub host: String,
+    /// Its task (e.g. ECS task ARN), empty when unknown.
+    pub task: String,
+}
+
+impl RunRecord {
+    /// A run that has just started.
+    pub fn started(writer: &Writer, started_ms: u64) -> Self {
+        Self {
+            run_id: writer.run_id,
+            started_ms,
+            ended_ms: 0,
+            outcome: Status::Running.to_string(),
+            chunks: 0,
+            host: writer.host.clone(),
+            task: writer.task.clone(),
         }
     }
 }
@@ -163,6 +221,10 @@ pub struct Checkpoint {
     pub updated_ms: u64,
     /// The process that wrote it.
     pub writer: Writer,
+    /// The runner that holds the job, if any.
+    pub lease: Option<Lease>,
+    /// The most recent runs, oldest first (at most [`Checkpoint::HISTORY_LEN`]).
+    pub history: Vec<RunRecord>,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -173,6 +235,9 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Checkpoint {
+    /// How many recent runs a checkpoint remembers.
+    pub const HISTORY_LEN: usize = 20;
+
     /// A first checkpoint (version 1, status running) with empty cursor and state.
     pub fn new(job: JobKey, writer: Writer) -> Self {
         let now = now_ms();
@@ -189,6 +254,8 @@ impl Checkpoint {
             created_ms: now,
             updated_ms: now,
             writer,
+            lease: None,
+            history: Vec::new(),
         }
     }
 
@@ -214,6 +281,26 @@ impl Checkpoint {
         put_bytes(&mut body, self.writer.host.as_bytes());
         body.extend_from_slice(&self.writer.pid.to_le_bytes());
         body.extend_from_slice(self.writer.run_id.as_bytes());
+        put_bytes(&mut body, self.writer.task.as_bytes());
+        match &self.lease {
+            None => body.push(0),
+            Some(lease) => {
+                body.push(1);
+                body.extend_from_slice(lease.owner.as_bytes());
+                body.extend_from_slice(&lease.expires_ms.to_le_bytes());
+            }
+        }
+        let count = u32::try_from(self.history.len()).unwrap_or(u32::MAX);
+        body.extend_from_slice(&count.to_le_bytes());
+        for run in self.history.iter().take(count as usize) {
+            body.extend_from_slice(run.run_id.as_bytes());
+            body.extend_from_slice(&run.started_ms.to_le_bytes());
+            body.extend_from_slice(&run.ended_ms.to_le_bytes());
+            put_bytes(&mut body, run.outcome.as_bytes());
+            body.extend_from_slice(&run.chunks.to_le_bytes());
+            put_bytes(&mut body, run.host.as_bytes());
+            put_bytes(&mut body, run.task.as_bytes());
+        }
 
         let mut out = Vec::with_capacity(HEADER_LEN + body.len() + CHECKSUM_LEN);
         out.extend_from_slice(MAGIC);
@@ -299,6 +386,28 @@ impl Checkpoint {
         let host = r.string("writer host")?;
         let pid = r.u32("writer pid")?;
         let run_id = Uuid::from_bytes(r.array("writer run id")?);
+        let task = r.string("writer task")?;
+        let lease = match r.u8("lease")? {
+            0 => None,
+            1 => Some(Lease {
+                owner: Uuid::from_bytes(r.array("lease owner")?),
+                expires_ms: r.u64("lease expiry")?,
+            }),
+            _ => return Err(CheckpointError::Malformed { what: "lease" }),
+        };
+        let count = r.u32("history")? as usize;
+        let mut history = Vec::with_capacity(count.min(Self::HISTORY_LEN));
+        for _ in 0..count {
+            history.push(RunRecord {
+                run_id: Uuid::from_bytes(r.array("history run id")?),
+                started_ms: r.u64("history start")?,
+                ended_ms: r.u64("history end")?,
+                outcome: r.string("history outcome")?,
+                chunks: r.u64("history chunks")?,
+                host: r.string("history host")?,
+                task: r.string("history task")?,
+            });
+        }
         if !r.0.is_empty() {
             return Err(CheckpointError::Malformed {
                 what: "trailing bytes in the body",
@@ -316,7 +425,14 @@ impl Checkpoint {
             counters,
             created_ms,
             updated_ms,
-            writer: Writer { host, pid, run_id },
+            writer: Writer {
+                host,
+                pid,
+                run_id,
+                task,
+            },
+            lease,
+            history,
         })
     }
 }
@@ -461,6 +577,15 @@ mod tests {
             interruptions: 1,
             runs: 2,
         };
+        ckpt.writer.task = "arn:aws:ecs:eu-west-1:123456789012:task/c/0123".into();
+        ckpt.lease = Some(Lease::new(Uuid::new_v4(), 1_700_000_000_000));
+        ckpt.history = vec![RunRecord::started(&ckpt.writer, 1_699_999_000_000), {
+            let mut ended = RunRecord::started(&Writer::this_process(), 1);
+            ended.ended_ms = 2;
+            ended.outcome = "interrupted (SIGTERM)".into();
+            ended.chunks = 7;
+            ended
+        }];
         ckpt
     }
 

@@ -75,7 +75,7 @@ mod store;
 pub mod conformance;
 
 pub use async_trait::async_trait;
-pub use checkpoint::{Checkpoint, CheckpointError, Counters, Status, Writer};
+pub use checkpoint::{Checkpoint, CheckpointError, Counters, Lease, RunRecord, Status, Writer};
 pub use codec::{Codec, CodecError};
 pub use error::{BoxError, Error, FailureKind};
 pub use exit::{ExitCodes, Outcome, Report, RunStats};
