@@ -48,6 +48,21 @@ pub enum Error {
         /// The last error.
         source: Box<StoreError>,
     },
+    /// Another live runner holds the job's lease.
+    #[error(
+        "{store}: job {key:?} is held by another runner ({holder}) for {expires_in:?} more; \
+         it is taken over automatically once that lease expires"
+    )]
+    Held {
+        /// The store.
+        store: String,
+        /// The job key.
+        key: String,
+        /// Who holds it: host, pid, run id, task.
+        holder: String,
+        /// Until the lease expires, unless renewed.
+        expires_in: std::time::Duration,
+    },
     /// The runner was set up wrongly (bad key, bad URL, bad durations).
     #[error("bad configuration: {0}")]
     Config(String),
@@ -59,7 +74,7 @@ pub enum Error {
 pub enum FailureKind {
     /// The job's own error, or a store error other than the ones below.
     Failed,
-    /// Another runner advanced the job: this one was fenced off.
+    /// Another runner holds or advanced the job: this one was refused or fenced off.
     Conflict,
     /// The stored checkpoint is unusable.
     BadCheckpoint,
@@ -77,7 +92,7 @@ impl Error {
             Error::BadCheckpoint { .. } | Error::Store(StoreError::Corrupt { .. }) => {
                 FailureKind::BadCheckpoint
             }
-            Error::Store(StoreError::Conflict { .. }) => FailureKind::Conflict,
+            Error::Store(StoreError::Conflict { .. }) | Error::Held { .. } => FailureKind::Conflict,
             Error::Store(_) => FailureKind::Failed,
             Error::CheckpointNotSaved { .. } => FailureKind::CheckpointNotSaved,
             Error::Config(_) => FailureKind::BadConfig,

@@ -13,7 +13,7 @@ use crate::shutdown::InterruptSource;
 /// | `completed` | 0 | the job finished (now or in an earlier run) |
 /// | `interrupted` | 0 | stopped on request; the final checkpoint was saved; resume me |
 /// | `failed` | 1 | the job returned an error (its checkpoint is at the last finished chunk) |
-/// | `conflict` | 73 | another runner advanced the job: this one was fenced off and wrote nothing |
+/// | `conflict` | 73 | another runner holds the job's live lease, or advanced the job: this one wrote nothing more |
 /// | `bad_checkpoint` | 65 | the stored checkpoint is corrupt, truncated, another job's or of a changed type |
 /// | `bad_config` | 78 | bad key, URL, durations, or signal handlers could not be installed |
 /// | `checkpoint_not_saved` | 69 | the final checkpoint could not be saved in time |
@@ -32,7 +32,7 @@ pub struct ExitCodes {
     pub interrupted: u8,
     /// The job failed.
     pub failed: u8,
-    /// Fenced off by another runner.
+    /// Another runner holds the job, or fenced this one off.
     pub conflict: u8,
     /// The stored checkpoint is unusable.
     pub bad_checkpoint: u8,

@@ -67,6 +67,7 @@ mod job;
 mod key;
 mod policy;
 mod runner;
+mod session;
 mod shutdown;
 mod sink;
 mod store;

@@ -1,6 +1,5 @@
 //! The runner: drives a job's chunks, checkpoints, and owns shutdown.
 
-use std::any::type_name;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,13 +7,14 @@ use std::time::Duration;
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{error, info, warn};
 
-use crate::checkpoint::{now_ms, Checkpoint, CheckpointError, Counters, Status, Writer};
+use crate::checkpoint::Status;
 use crate::codec::Codec;
 use crate::error::{BoxError, Error};
 use crate::exit::{ExitCodes, Outcome, Report, RunStats};
-use crate::job::{ChunkContext, Job};
+use crate::job::{Cancelled, ChunkContext, Job};
 use crate::key::JobKey;
 use crate::policy::CheckpointPolicy;
+use crate::session::Session;
 use crate::shutdown::{Budget, Interrupts, Signal, StopFuture};
 use crate::store::{open_store, CheckpointStore, FileStore, StoreError};
 
@@ -70,6 +70,7 @@ pub struct Runner<J: Job> {
     restart: bool,
     max_runtime: Option<Duration>,
     stop_on: Vec<(String, StopFuture)>,
+    lease: Option<Duration>,
 }
 
 impl<J: Job> std::fmt::Debug for Runner<J> {
@@ -88,7 +89,7 @@ impl<J: Job> Runner<J> {
     /// A runner for `job`, stored under `key`, with the defaults: the file
     /// store in `./.spotbatch`, [`CheckpointPolicy::default`], a 30 s grace
     /// period (the ECS default `stopTimeout`), SIGTERM and SIGINT, bincode,
-    /// and [`ExitCodes::default`].
+    /// a 60 s lease, and [`ExitCodes::default`].
     pub fn new(key: impl Into<String>, job: J) -> Self {
         Self {
             key: key.into(),
@@ -103,6 +104,7 @@ impl<J: Job> Runner<J> {
             restart: false,
             max_runtime: None,
             stop_on: Vec::new(),
+            lease: Some(Duration::from_secs(60)),
         }
     }
 
@@ -205,6 +207,30 @@ impl<J: Job> Runner<J> {
         self
     }
 
+    /// How long the job's lease lasts without renewal (default 60 s).
+    ///
+    /// A run takes the lease with its first save and renews it with every
+    /// checkpoint and, during long chunks, every third of `ttl`; the final
+    /// checkpoint releases it. Another runner refuses to start while a live
+    /// lease is held ([`Error::Held`], the `conflict` exit code) and takes the
+    /// job over once it has expired, or at once when the holder ran on this
+    /// host and its process is gone. A renewal that finds another version
+    /// (someone took the job over) stops the run at once, without writing.
+    ///
+    /// Expiry compares the holder's clock with the newcomer's: keep `ttl` well
+    /// above the clock skew between your hosts.
+    pub fn lease(mut self, ttl: Duration) -> Self {
+        self.lease = Some(ttl);
+        self
+    }
+
+    /// No lease: runs start whoever else runs; compare-and-swap on every
+    /// save still fences all but one writer, at its next save.
+    pub fn no_lease(mut self) -> Self {
+        self.lease = None;
+        self
+    }
+
     /// Runs the job until it completes, is stopped, or fails.
     ///
     /// Loads the job's checkpoint (or starts fresh), calls [`Job::resume`],
@@ -256,36 +282,30 @@ impl<J: Job> Runner<J> {
             restart,
             max_runtime,
             stop_on,
+            lease,
             ..
         } = self;
         let key = JobKey::new(key).map_err(|e| Error::Config(e.to_string()))?;
         let budget = Budget::new(grace, reserve)?;
+        if lease.is_some_and(|ttl| ttl < Duration::from_millis(300)) {
+            return Err(Error::Config("the lease must last at least 300 ms".into()));
+        }
         let store = store.unwrap_or_else(|| Arc::new(FileStore::new(DEFAULT_STORE_DIR)));
         let interrupts = Interrupts::listen(&signals, max_runtime, stop_on, budget)?;
+        // Let stop requests that are already due (a finished `stop_on` future) register.
+        tokio::task::yield_now().await;
 
         let loaded = store.load(&key).await?;
-        let mut session = Session::new(
-            &*store,
-            &key,
-            codec,
-            type_name::<(J::Cursor, J::State)>(),
-            J::SCHEMA_VERSION,
-        );
+        let mut session = Session::new::<J>(&*store, &key, codec, lease);
         let (mut cursor, mut state) = match loaded {
             None => {
                 info!(job = %key, store = %session.location, "no checkpoint: starting from the beginning");
                 Default::default()
             }
             Some(stored) => {
-                session.check_belongs(&stored)?;
+                session.check_belongs(&stored, !restart)?;
                 stats.resumed_from = Some(stored.version);
-                session.stored = Some(stored.version);
-                if restart {
-                    info!(job = %key, store = %session.location, version = stored.version, status = %stored.status, "restarting from the beginning as asked");
-                    session.created_ms = now_ms();
-                    session.totals = Counters::default();
-                    Default::default()
-                } else if stored.status == Status::Completed {
+                if stored.status == Status::Completed && !restart {
                     info!(
                         job = %key,
                         store = %session.location,
@@ -294,6 +314,12 @@ impl<J: Job> Runner<J> {
                         "job already completed: nothing to do (restart it explicitly to run it again)"
                     );
                     return Ok(Outcome::AlreadyCompleted);
+                }
+                session.check_lease(&stored)?;
+                session.adopt(&stored, restart);
+                if restart {
+                    info!(job = %key, store = %session.location, version = stored.version, status = %stored.status, "restarting from the beginning as asked");
+                    Default::default()
                 } else {
                     let (cursor, state) = session.decode::<J>(&stored)?;
                     info!(
@@ -305,13 +331,11 @@ impl<J: Job> Runner<J> {
                         chunks = stored.counters.chunks,
                         "resuming from checkpoint"
                     );
-                    session.created_ms = stored.created_ms;
-                    session.totals = stored.counters;
                     (cursor, state)
                 }
             }
         };
-        session.totals.runs += 1;
+        session.begin::<J>(&cursor, &state).await?;
         job.resume(&cursor, &state)
             .await
             .map_err(|source| Error::Job {
@@ -338,12 +362,20 @@ impl<J: Job> Runner<J> {
                     })
                 }
             };
+            if interrupts.stop_requested() {
+                break End::Interrupted;
+            }
             ctx.set_seq(stats.chunks);
             let rollback = state.clone();
-            let result = run_chunk(job.process(&chunk, &mut state, &ctx), &interrupts).await;
+            let result = run_chunk(
+                job.process(&chunk, &mut state, &ctx),
+                &interrupts,
+                &mut session,
+            )
+            .await;
             match result {
                 ChunkResult::Done(Ok(())) => {}
-                ChunkResult::Done(Err(source)) if !interrupts.chunk_cancelled() => {
+                ChunkResult::Done(Err(source)) if !abandoned(&interrupts, &*source) => {
                     state = rollback;
                     break End::Failed(Error::Job {
                         during: format!("process (chunk from cursor {:?})", chunk.start()),
@@ -356,20 +388,24 @@ impl<J: Job> Runner<J> {
                     warn!(job = %key, cursor = ?chunk.start(), "chunk abandoned; the checkpoint stays at the last finished chunk");
                     break End::Interrupted;
                 }
+                ChunkResult::Fenced(e) => return Err(e),
             }
             stats.chunks += 1;
             stats.items += chunk.items();
-            session.totals.chunks += 1;
-            session.totals.items += chunk.items();
+            session.record_chunk(chunk.items());
             cursor = chunk.into_next();
             since_chunks += 1;
 
-            if policy.is_due(since_chunks, since.elapsed()) {
+            let lease_due = session.renew_at().is_some_and(|at| Instant::now() >= at);
+            if lease_due || policy.is_due(since_chunks, since.elapsed()) {
                 job.flush().await.map_err(|source| Error::Job {
                     during: "flush".into(),
                     source,
                 })?;
-                match session.save::<J>(&cursor, &state, Status::Running).await {
+                match session
+                    .save::<J>(&cursor, &state, Status::Running, false)
+                    .await
+                {
                     Ok(()) => {
                         stats.checkpoints += 1;
                         log_checkpoint(&session, stats, run_started, total);
@@ -405,10 +441,16 @@ impl<J: Job> Runner<J> {
                 Err(e),
             ),
         };
-        let deadline = interrupts
-            .final_deadline()
-            .unwrap_or_else(|| Instant::now() + budget.grace);
-        let saved = finish(&mut job, &mut session, &cursor, &state, status, deadline).await;
+        let saved = finish(
+            &mut job,
+            &mut session,
+            &cursor,
+            &state,
+            status,
+            interrupts.final_deadline(),
+            budget.grace,
+        )
+        .await;
         match (saved, outcome) {
             (Ok(()), outcome) => {
                 stats.checkpoints += 1;
@@ -434,19 +476,37 @@ enum ChunkResult {
     Done(Result<(), BoxError>),
     /// Cancelled and not returned in time: dropped.
     Dropped,
+    /// A lease renewal found that another runner took the job over.
+    Fenced(Error),
 }
 
-/// Runs one chunk, cancelling it at the abandon point and dropping it if it
-/// does not return within the cooperative window.
+/// Whether a chunk's error means it gave up on a stop request, not that it failed.
+fn abandoned(interrupts: &Interrupts, error: &(dyn std::error::Error + 'static)) -> bool {
+    interrupts.chunk_cancelled() || (interrupts.stop_requested() && error.is::<Cancelled>())
+}
+
+/// Runs one chunk: renews the lease while it runs, cancels it at the abandon
+/// point and drops it if it does not return within the cooperative window.
 async fn run_chunk(
     work: impl Future<Output = Result<(), BoxError>>,
     interrupts: &Interrupts,
+    session: &mut Session<'_>,
 ) -> ChunkResult {
     tokio::pin!(work);
-    tokio::select! {
-        biased;
-        result = &mut work => return ChunkResult::Done(result),
-        () = interrupts.abandon_point() => {}
+    loop {
+        let renew_at = session.renew_at();
+        tokio::select! {
+            biased;
+            result = &mut work => return ChunkResult::Done(result),
+            () = interrupts.abandon_point() => break,
+            () = sleep_until_some(renew_at) => {
+                if let Err(e) = session.renew().await {
+                    interrupts.cancel_chunk();
+                    error!(job = %session.key, error = %e, "lost the job's lease: stopping at once, without writing");
+                    return ChunkResult::Fenced(e);
+                }
+            }
+        }
     }
     let window = interrupts.cancel_chunk();
     match timeout(window, work).await {
@@ -461,17 +521,32 @@ async fn run_chunk(
     }
 }
 
-/// Flushes the job and saves the final checkpoint, retrying transient store
-/// errors until `deadline`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Flushes the job and saves the final checkpoint, releasing the lease.
+///
+/// After a stop request both must be done by `deadline` (the end of the grace
+/// period). Otherwise the flush takes as long as it takes, and transient store
+/// errors are retried for up to `retry_for`.
 async fn finish<J: Job>(
     job: &mut J,
     session: &mut Session<'_>,
     cursor: &J::Cursor,
     state: &J::State,
     status: Status,
-    deadline: Instant,
+    deadline: Option<Instant>,
+    retry_for: Duration,
 ) -> Result<(), Error> {
-    match timeout_at(deadline, job.flush()).await {
+    let flushed = match deadline {
+        Some(deadline) => timeout_at(deadline, job.flush()).await,
+        None => Ok(job.flush().await),
+    };
+    match flushed {
         Ok(Ok(())) => {}
         Ok(Err(source)) => {
             return Err(Error::Job {
@@ -481,9 +556,15 @@ async fn finish<J: Job>(
         }
         Err(_) => return Err(session.not_saved(timed_out(session, "flush"))),
     }
+    let deadline = deadline.unwrap_or_else(|| Instant::now() + retry_for);
     let mut delay = Duration::from_millis(50);
     loop {
-        match timeout_at(deadline, session.save::<J>(cursor, state, status.clone())).await {
+        match timeout_at(
+            deadline,
+            session.save::<J>(cursor, state, status.clone(), true),
+        )
+        .await
+        {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(Error::Store(e))) if e.is_transient() => {
                 if Instant::now() + delay >= deadline {
@@ -541,116 +622,4 @@ fn log_checkpoint(
         progress = progress.as_deref().unwrap_or("unknown size"),
         "checkpoint saved"
     );
-}
-
-/// The runner's view of the stored checkpoint.
-struct Session<'a> {
-    store: &'a dyn CheckpointStore,
-    location: String,
-    key: &'a JobKey,
-    codec: Codec,
-    cursor_type: &'static str,
-    schema: u32,
-    writer: Writer,
-    stored: Option<u64>,
-    created_ms: u64,
-    totals: Counters,
-}
-
-impl<'a> Session<'a> {
-    fn new(
-        store: &'a dyn CheckpointStore,
-        key: &'a JobKey,
-        codec: Codec,
-        cursor_type: &'static str,
-        schema: u32,
-    ) -> Self {
-        Self {
-            location: store.location(),
-            store,
-            key,
-            codec,
-            cursor_type,
-            schema,
-            writer: Writer::this_process(),
-            stored: None,
-            created_ms: now_ms(),
-            totals: Counters::default(),
-        }
-    }
-
-    fn bad(&self, reason: CheckpointError) -> Error {
-        Error::BadCheckpoint {
-            store: self.location.clone(),
-            key: self.key.to_string(),
-            reason,
-        }
-    }
-
-    fn not_saved(&self, source: StoreError) -> Error {
-        Error::CheckpointNotSaved {
-            store: self.location.clone(),
-            key: self.key.to_string(),
-            resume_from: self.stored,
-            source: Box::new(source),
-        }
-    }
-
-    /// Refuses another job's checkpoint, or one of a changed cursor type or schema.
-    fn check_belongs(&self, stored: &Checkpoint) -> Result<(), Error> {
-        if stored.job != *self.key {
-            return Err(self.bad(CheckpointError::WrongJob {
-                expected: self.key.to_string(),
-                found: stored.job.to_string(),
-            }));
-        }
-        if stored.cursor_type != self.cursor_type || stored.schema != self.schema {
-            return Err(self.bad(CheckpointError::CursorTypeChanged {
-                expected: self.cursor_type.to_owned(),
-                expected_schema: self.schema,
-                found: stored.cursor_type.clone(),
-                found_schema: stored.schema,
-            }));
-        }
-        Ok(())
-    }
-
-    fn decode<J: Job>(&self, stored: &Checkpoint) -> Result<(J::Cursor, J::State), Error> {
-        let cursor = stored
-            .codec
-            .decode(&stored.cursor)
-            .map_err(|e| self.bad(e.into()))?;
-        let state = stored
-            .codec
-            .decode(&stored.state)
-            .map_err(|e| self.bad(e.into()))?;
-        Ok((cursor, state))
-    }
-
-    async fn save<J: Job>(
-        &mut self,
-        cursor: &J::Cursor,
-        state: &J::State,
-        status: Status,
-    ) -> Result<(), Error> {
-        let encode_error = |source| Error::Job {
-            during: "encoding the cursor and state".into(),
-            source: Box::new(source),
-        };
-        let mut checkpoint = Checkpoint::new(self.key.clone(), self.writer.clone());
-        checkpoint.version = self.stored.map_or(1, |v| v + 1);
-        checkpoint.status = status;
-        checkpoint.codec = self.codec;
-        checkpoint.cursor_type = self.cursor_type.to_owned();
-        checkpoint.schema = self.schema;
-        checkpoint.cursor = self.codec.encode(cursor).map_err(encode_error)?;
-        checkpoint.state = self.codec.encode(state).map_err(encode_error)?;
-        checkpoint.counters = self.totals;
-        checkpoint.counters.checkpoints += 1;
-        checkpoint.created_ms = self.created_ms;
-        self.store.save(&checkpoint, self.stored).await?;
-        self.stored = Some(checkpoint.version);
-        self.totals.checkpoints += 1;
-        Ok(())
-    }
 }

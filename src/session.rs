@@ -1,0 +1,294 @@
+//! The runner's side of the stored checkpoint: versions, encoding, lease, history.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::checkpoint::{
+    now_ms, Checkpoint, CheckpointError, Counters, Lease, RunRecord, Status, Writer,
+};
+use crate::codec::Codec;
+use crate::error::Error;
+use crate::job::Job;
+use crate::key::JobKey;
+use crate::store::{CheckpointStore, StoreError};
+
+/// Everything a save needs besides the cursor and state, and what the last save wrote.
+pub(crate) struct Session<'a> {
+    store: &'a dyn CheckpointStore,
+    pub(crate) location: String,
+    pub(crate) key: &'a JobKey,
+    codec: Codec,
+    cursor_type: &'static str,
+    schema: u32,
+    writer: Writer,
+    lease_ttl: Option<Duration>,
+    /// The version in the store (`None`: nothing stored).
+    pub(crate) stored: Option<u64>,
+    created_ms: u64,
+    pub(crate) totals: Counters,
+    run_chunks: u64,
+    history: Vec<RunRecord>,
+    /// What the last save wrote, for lease renewals.
+    last: Option<(Vec<u8>, Vec<u8>, Status)>,
+    last_save: Instant,
+}
+
+impl<'a> Session<'a> {
+    pub(crate) fn new<J: Job>(
+        store: &'a dyn CheckpointStore,
+        key: &'a JobKey,
+        codec: Codec,
+        lease_ttl: Option<Duration>,
+    ) -> Self {
+        let writer = Writer::this_process();
+        Self {
+            location: store.location(),
+            store,
+            key,
+            codec,
+            cursor_type: std::any::type_name::<(J::Cursor, J::State)>(),
+            schema: J::SCHEMA_VERSION,
+            history: vec![RunRecord::started(&writer, now_ms())],
+            writer,
+            lease_ttl,
+            stored: None,
+            created_ms: now_ms(),
+            totals: Counters::default(),
+            run_chunks: 0,
+            last: None,
+            last_save: Instant::now(),
+        }
+    }
+
+    pub(crate) fn bad(&self, reason: CheckpointError) -> Error {
+        Error::BadCheckpoint {
+            store: self.location.clone(),
+            key: self.key.to_string(),
+            reason,
+        }
+    }
+
+    pub(crate) fn not_saved(&self, source: StoreError) -> Error {
+        Error::CheckpointNotSaved {
+            store: self.location.clone(),
+            key: self.key.to_string(),
+            resume_from: self.stored,
+            source: Box::new(source),
+        }
+    }
+
+    /// Refuses another job's checkpoint and, unless starting over, one of a
+    /// changed cursor/state type or schema version.
+    pub(crate) fn check_belongs(
+        &self,
+        stored: &Checkpoint,
+        check_types: bool,
+    ) -> Result<(), Error> {
+        if stored.job != *self.key {
+            return Err(self.bad(CheckpointError::WrongJob {
+                expected: self.key.to_string(),
+                found: stored.job.to_string(),
+            }));
+        }
+        if check_types && (stored.cursor_type != self.cursor_type || stored.schema != self.schema) {
+            return Err(self.bad(CheckpointError::CursorTypeChanged {
+                expected: self.cursor_type.to_owned(),
+                expected_schema: self.schema,
+                found: stored.cursor_type.clone(),
+                found_schema: stored.schema,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Refuses to start while another live runner holds the job's lease.
+    pub(crate) fn check_lease(&self, stored: &Checkpoint) -> Result<(), Error> {
+        let Some(lease) = stored.lease else {
+            return Ok(());
+        };
+        let now = now_ms();
+        let holder = &stored.writer;
+        if lease.expires_ms <= now {
+            info!(
+                job = %self.key,
+                holder = %describe(holder),
+                expired_ms_ago = now - lease.expires_ms,
+                "taking the job over: the previous holder's lease expired"
+            );
+            return Ok(());
+        }
+        if holder_is_gone(holder, &self.writer) {
+            info!(job = %self.key, holder = %describe(holder), "taking the job over: the previous holder's process is gone");
+            return Ok(());
+        }
+        Err(Error::Held {
+            store: self.location.clone(),
+            key: self.key.to_string(),
+            holder: describe(holder),
+            expires_in: Duration::from_millis(lease.expires_ms - now),
+        })
+    }
+
+    pub(crate) fn decode<J: Job>(
+        &self,
+        stored: &Checkpoint,
+    ) -> Result<(J::Cursor, J::State), Error> {
+        let cursor = stored
+            .codec
+            .decode(&stored.cursor)
+            .map_err(|e| self.bad(e.into()))?;
+        let state = stored
+            .codec
+            .decode(&stored.state)
+            .map_err(|e| self.bad(e.into()))?;
+        Ok((cursor, state))
+    }
+
+    /// Continues from a stored checkpoint: its version, and unless starting
+    /// over, its creation time and counters. Keeps its run history, marking
+    /// runs that never recorded an end as killed.
+    pub(crate) fn adopt(&mut self, stored: &Checkpoint, start_over: bool) {
+        self.stored = Some(stored.version);
+        if !start_over {
+            self.created_ms = stored.created_ms;
+            self.totals = stored.counters;
+        }
+        let mut history = stored.history.clone();
+        for run in &mut history {
+            if run.ended_ms == 0 && run.outcome == Status::Running.name() {
+                run.outcome = "killed".into();
+            }
+        }
+        let keep = Checkpoint::HISTORY_LEN - 1;
+        if history.len() > keep {
+            history.drain(..history.len() - keep);
+        }
+        history.append(&mut self.history);
+        self.history = history;
+    }
+
+    /// Counts a finished chunk.
+    pub(crate) fn record_chunk(&mut self, items: u64) {
+        self.totals.chunks += 1;
+        self.totals.items += items;
+        self.run_chunks += 1;
+    }
+
+    /// Marks the start of a run (and takes the lease, if any) with a first save.
+    pub(crate) async fn begin<J: Job>(
+        &mut self,
+        cursor: &J::Cursor,
+        state: &J::State,
+    ) -> Result<(), Error> {
+        self.totals.runs += 1;
+        if self.lease_ttl.is_some() {
+            self.save::<J>(cursor, state, Status::Running, false)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Saves a checkpoint. `end` releases the lease and records the run's end.
+    pub(crate) async fn save<J: Job>(
+        &mut self,
+        cursor: &J::Cursor,
+        state: &J::State,
+        status: Status,
+        end: bool,
+    ) -> Result<(), Error> {
+        let encode_error = |source| Error::Job {
+            during: "encoding the cursor and state".into(),
+            source: Box::new(source),
+        };
+        let cursor = self.codec.encode(cursor).map_err(encode_error)?;
+        let state = self.codec.encode(state).map_err(encode_error)?;
+        self.write(cursor, state, status, end).await
+    }
+
+    /// When the lease must be renewed by, if the run holds one.
+    pub(crate) fn renew_at(&self) -> Option<Instant> {
+        self.lease_ttl.map(|ttl| self.last_save + ttl / 3)
+    }
+
+    /// Renews the lease by saving again what the last save wrote.
+    pub(crate) async fn renew(&mut self) -> Result<(), Error> {
+        let Some((cursor, state, status)) = self.last.clone() else {
+            return Ok(());
+        };
+        match self.write(cursor, state, status, false).await {
+            Err(Error::Store(e)) if e.is_transient() => {
+                warn!(job = %self.key, error = %e, "lease renewal failed; retrying shortly");
+                // Retry after a tenth of the lease rather than at once.
+                let ttl = self.lease_ttl.unwrap_or_default();
+                self.last_save = Instant::now() - ttl / 3 + ttl / 10;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn write(
+        &mut self,
+        cursor: Vec<u8>,
+        state: Vec<u8>,
+        status: Status,
+        end: bool,
+    ) -> Result<(), Error> {
+        let now = now_ms();
+        let mut checkpoint = Checkpoint::new(self.key.clone(), self.writer.clone());
+        checkpoint.version = self.stored.map_or(1, |v| v + 1);
+        checkpoint.status = status.clone();
+        checkpoint.codec = self.codec;
+        checkpoint.cursor_type = self.cursor_type.to_owned();
+        checkpoint.schema = self.schema;
+        checkpoint.cursor = cursor;
+        checkpoint.state = state;
+        checkpoint.counters = self.totals;
+        checkpoint.counters.checkpoints += 1;
+        checkpoint.created_ms = self.created_ms;
+        checkpoint.updated_ms = now;
+        checkpoint.lease = match self.lease_ttl {
+            Some(ttl) if !end => Some(Lease::new(self.writer.run_id, now + ttl.as_millis() as u64)),
+            _ => None,
+        };
+        if let Some(run) = self.history.last_mut() {
+            run.chunks = self.run_chunks;
+            if end {
+                run.ended_ms = now;
+                run.outcome = status.to_string();
+            }
+        }
+        checkpoint.history = self.history.clone();
+        self.store.save(&checkpoint, self.stored).await?;
+        self.stored = Some(checkpoint.version);
+        self.totals.checkpoints += 1;
+        self.last_save = Instant::now();
+        self.last = Some((checkpoint.cursor, checkpoint.state, status));
+        Ok(())
+    }
+}
+
+fn describe(w: &Writer) -> String {
+    let task = if w.task.is_empty() {
+        String::new()
+    } else {
+        format!(", task {}", w.task)
+    };
+    format!("host {}, pid {}, run {}{task}", w.host, w.pid, w.run_id)
+}
+
+/// Whether the lease holder is certainly dead: it ran on this host, and its
+/// process is gone (or its pid is ours: a previous incarnation, e.g. PID 1 of
+/// a restarted container).
+fn holder_is_gone(holder: &Writer, me: &Writer) -> bool {
+    if holder.host != me.host || holder.run_id == me.run_id {
+        return false;
+    }
+    if holder.pid == me.pid {
+        return true;
+    }
+    cfg!(target_os = "linux") && !Path::new("/proc").join(holder.pid.to_string()).exists()
+}

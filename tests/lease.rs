@@ -1,0 +1,233 @@
+//! The lease: taken at start, renewed while running, released at the end;
+//! a live one refuses a second runner, an expired or orphaned one is taken over.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use spotbatch::prelude::*;
+use spotbatch::{
+    Checkpoint, CheckpointPolicy, CheckpointStore, Codec, Error, JobKey, Lease, MemoryStore,
+    Status, Writer,
+};
+
+/// `chunks` chunks of `secs` seconds each (paused time).
+#[derive(Clone)]
+struct Slow {
+    chunks: u64,
+    secs: u64,
+    store: MemoryStore,
+    /// What the store held as each chunk started.
+    seen: Arc<Mutex<Vec<Option<Checkpoint>>>>,
+}
+
+#[async_trait]
+impl Job for Slow {
+    type Cursor = u64;
+    type State = ();
+
+    async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>> {
+        Ok((*at < self.chunks).then(|| Chunk::between(*at, *at + 1)))
+    }
+
+    async fn process(&mut self, _: &Chunk<u64>, _: &mut (), _: &ChunkContext) -> Result<()> {
+        let now = self.store.load(&key()).await?;
+        self.seen.lock().unwrap().push(now);
+        tokio::time::sleep(Duration::from_secs(self.secs)).await;
+        Ok(())
+    }
+}
+
+fn key() -> JobKey {
+    JobKey::new("leased").unwrap()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn slow(chunks: u64, secs: u64, store: &MemoryStore) -> Slow {
+    Slow {
+        chunks,
+        secs,
+        store: store.clone(),
+        seen: Arc::default(),
+    }
+}
+
+fn runner(job: Slow, ttl: Duration) -> Runner<Slow> {
+    let store = job.store.clone();
+    Runner::new("leased", job)
+        .store(store)
+        .signals(&[])
+        .checkpoint(CheckpointPolicy::at_exit_only())
+        .lease(ttl)
+}
+
+/// A checkpoint of this job at cursor 2, written by `writer`, holding a lease until `expires_ms`.
+async fn held_by(store: &MemoryStore, writer: Writer, expires_ms: u64) -> Checkpoint {
+    let mut c = Checkpoint::new(key(), writer);
+    c.cursor_type = std::any::type_name::<(u64, ())>().to_owned();
+    c.schema = 1;
+    c.cursor = Codec::Bincode.encode(&2u64).unwrap();
+    c.state = Codec::Bincode.encode(&()).unwrap();
+    c.lease = Some(Lease::new(c.writer.run_id, expires_ms));
+    c.history = vec![spotbatch::RunRecord::started(&c.writer, now_ms() - 1000)];
+    store.save(&c, None).await.unwrap();
+    c
+}
+
+fn elsewhere() -> Writer {
+    let mut w = Writer::this_process();
+    w.host = "ip-10-0-0-7.eu-west-1.compute.internal".into();
+    w.task = "arn:aws:ecs:eu-west-1:123456789012:task/batch/abc".into();
+    w
+}
+
+#[tokio::test(start_paused = true)]
+async fn lease_is_taken_at_start_and_released_at_the_end() {
+    let store = MemoryStore::new();
+    let report = runner(slow(2, 1, &store), Duration::from_secs(60))
+        .run()
+        .await;
+    assert!(report.is_complete(), "{:?}", report.outcome);
+    let last = store.load(&key()).await.unwrap().unwrap();
+    assert_eq!(last.lease, None, "the final checkpoint releases the lease");
+    assert_eq!(last.history.len(), 1);
+    assert_eq!(last.history[0].outcome, "completed");
+    assert_eq!(last.history[0].chunks, 2);
+    assert!(last.history[0].ended_ms >= last.history[0].started_ms);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lease_is_held_while_the_job_runs() {
+    let store = MemoryStore::new();
+    let job = slow(2, 1, &store);
+    let seen = job.seen.clone();
+    let before = now_ms();
+    let report = runner(job, Duration::from_secs(60)).run().await;
+    assert!(report.is_complete(), "{:?}", report.outcome);
+    let first = seen.lock().unwrap()[0]
+        .clone()
+        .expect("a checkpoint before the first chunk");
+    assert_eq!((first.version, &first.status), (1, &Status::Running));
+    let lease = first.lease.expect("a lease while running");
+    assert_eq!(lease.owner, first.writer.run_id);
+    assert!(
+        lease.expires_ms >= before + 59_000,
+        "expires {} vs now {before}",
+        lease.expires_ms
+    );
+    assert_eq!(first.history.last().unwrap().outcome, "running");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_lease_held_elsewhere_refuses_a_second_runner() {
+    let store = MemoryStore::new();
+    let holder = held_by(&store, elsewhere(), now_ms() + 60_000).await;
+    let report = runner(slow(5, 1, &store), Duration::from_secs(60))
+        .run()
+        .await;
+    assert_eq!(report.code(), 73, "{:?}", report.outcome);
+    let err = report.error().unwrap();
+    assert!(matches!(err, Error::Held { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("ip-10-0-0-7") && text.contains("task/batch/abc"),
+        "{text}"
+    );
+    assert!(text.contains(&holder.writer.run_id.to_string()), "{text}");
+    assert_eq!(
+        store.load(&key()).await.unwrap().unwrap(),
+        holder,
+        "the store was changed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_lease_is_taken_over_and_the_dead_run_is_recorded() {
+    let store = MemoryStore::new();
+    let holder = held_by(&store, elsewhere(), now_ms() - 1).await;
+    let report = runner(slow(5, 1, &store), Duration::from_secs(60))
+        .run()
+        .await;
+    assert!(report.is_complete(), "{:?}", report.outcome);
+    assert_eq!(report.stats.chunks, 3, "resumes at the holder's cursor 2");
+    let last = store.load(&key()).await.unwrap().unwrap();
+    let runs: Vec<_> = last
+        .history
+        .iter()
+        .map(|r| (r.run_id, r.outcome.as_str()))
+        .collect();
+    assert_eq!(runs[0], (holder.writer.run_id, "killed"));
+    assert_eq!(runs[1].1, "completed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_on_this_host_whose_process_is_gone_is_taken_over_at_once() {
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    dead.wait().unwrap();
+    let mut writer = Writer::this_process();
+    writer.pid = dead.id();
+    let store = MemoryStore::new();
+    held_by(&store, writer, now_ms() + 60_000).await;
+    let report = runner(slow(5, 1, &store), Duration::from_secs(60))
+        .run()
+        .await;
+    assert!(report.is_complete(), "{:?}", report.outcome);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lease_is_renewed_during_a_long_chunk() {
+    let store = MemoryStore::new();
+    // One 10 s chunk, a 3 s lease: renewed every second.
+    let report = runner(slow(1, 10, &store), Duration::from_secs(3))
+        .run()
+        .await;
+    assert!(report.is_complete(), "{:?}", report.outcome);
+    let last = store.load(&key()).await.unwrap().unwrap();
+    // 1 (start) + 9 or 10 renewals + 1 (final).
+    assert!(
+        (11..=12).contains(&last.version),
+        "version {}",
+        last.version
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn losing_the_lease_stops_the_run_at_once_without_writing() {
+    let store = MemoryStore::new();
+    let intruder = {
+        let store = store.clone();
+        async move {
+            // While the 60 s chunk runs, another runner takes the job over.
+            tokio::time::sleep(Duration::from_millis(2_500)).await;
+            let mut theirs = store.load(&key()).await.unwrap().unwrap();
+            let expected = theirs.version;
+            theirs.version += 1;
+            theirs.writer = elsewhere();
+            theirs.status = Status::Running;
+            store.save(&theirs, Some(expected)).await.unwrap();
+            theirs
+        }
+    };
+    let intruder = tokio::spawn(intruder);
+    let started = tokio::time::Instant::now();
+    let report = runner(slow(3, 60, &store), Duration::from_secs(3))
+        .run()
+        .await;
+    let theirs = intruder.await.unwrap();
+    assert_eq!(report.code(), 73, "{:?}", report.outcome);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        store.load(&key()).await.unwrap().unwrap(),
+        theirs,
+        "the fenced runner wrote"
+    );
+}
