@@ -65,6 +65,16 @@ impl CheckpointPolicy {
         self
     }
 
+    /// The chunk count that triggers a checkpoint, if any.
+    pub const fn chunks(&self) -> Option<u64> {
+        self.chunks
+    }
+
+    /// The interval that triggers a checkpoint, if any.
+    pub const fn interval(&self) -> Option<Duration> {
+        self.interval
+    }
+
     /// Whether a checkpoint is due, `chunks` chunks and `elapsed` time after the last one.
     pub fn is_due(&self, chunks: u64, elapsed: Duration) -> bool {
         chunks > 0

@@ -1,0 +1,791 @@
+//! What spotbatch costs on top of the work it drives, each figure measured
+//! against a plain baseline in the same run.
+//!
+//! # Running
+//!
+//! ```text
+//! cargo bench --bench overhead              # full run, well under a minute on 2 cores
+//! cargo bench --bench overhead -- --quick   # about a tenth of the work, for a quick look
+//! SPOTBATCH_BENCH_DIR=/mnt/efs cargo bench --bench overhead   # FileStore on another disk
+//! ```
+//!
+//! Run without `--bench` (as `cargo test --benches` does), the binary only
+//! runs a tiny smoke pass whose figures mean nothing.
+//!
+//! The output is a Markdown table: `spotbatch` is the library's figure,
+//! `baseline` the plain equivalent, `diff` their difference and `ratio`
+//! spotbatch ÷ baseline. Everything runs on one explicitly built
+//! current-thread tokio runtime, with no signal handlers (`.signals(&[])`)
+//! and no tracing subscriber; each per-chunk figure is the median of several
+//! repetitions, runner and baseline interleaved.
+//!
+//! # The figures
+//!
+//! 1. **Per chunk.** A [`Runner`] drives a trivial job: a million chunks,
+//!    each adding one `u64` to the state. The baseline is a hand-written loop
+//!    doing the same additions (`black_box` keeps them from being optimised
+//!    away). Reported in ns per chunk; `diff` is the runner's overhead per
+//!    chunk. Rows: no periodic checkpoint
+//!    ([`CheckpointPolicy::at_exit_only`]), without a lease (`no_lease()`) and
+//!    with the default one; the default policy (every 100 chunks or 5 s) to a
+//!    [`MemoryStore`]; the same policy to a [`FileStore`]
+//!    (fewer chunks, since each checkpoint is two `fsync`s), whose baseline is
+//!    the loop plus the raw durable write below every 100 chunks, so the row
+//!    shows the amortised cost of durable checkpoints. An extra row runs the
+//!    loop through two `#[async_trait]` calls per chunk, as the runner calls
+//!    `next_chunk` and `process`: the part of the overhead that comes from the
+//!    trait's boxed futures rather than from the runner's bookkeeping.
+//! 2. **Checkpoint latency.** Median and p99 of [`CheckpointStore::save`] of
+//!    a realistic checkpoint (16-byte cursor, 256-byte state) on a
+//!    [`FileStore`], against a raw `std::fs` baseline writing the same bytes
+//!    the same durable way: temporary file, `fsync`, rename, `fsync` of the
+//!    directory. Saves alternate between the two. The ratio is of medians.
+//!    [`MemoryStore`] saves are shown for reference, against encoding the
+//!    envelope alone (which every save does).
+//! 3. **Envelope.** Encoding and decoding that checkpoint's envelope, in ns,
+//!    against copying the same bytes and computing their CRC-32 (the least
+//!    a checksummed envelope can cost).
+//! 4. **Memory.** Two million chunks with the default policy to a
+//!    [`MemoryStore`] (20,000 periodic checkpoints). Peak RSS (`VmHWM` from
+//!    `/proc/self/status`, reset just before) before the run, after 200,000
+//!    chunks and after 2,000,000: the ratio of the last two is ≈ 1.00 when
+//!    memory does not grow with the number of chunks or checkpoints.
+
+use std::fs::{self, File, OpenOptions};
+use std::hint::black_box;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use spotbatch::{
+    async_trait, BoxError, Checkpoint, CheckpointPolicy, CheckpointStore, Chunk, ChunkContext,
+    Codec, FileStore, Job, JobKey, MemoryStore, Outcome, Runner, Writer,
+};
+
+/// How much work each figure does.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    /// Chunks per run in the per-chunk figures (MemoryStore).
+    chunks: u64,
+    /// Chunks per run in the FileStore per-chunk figure.
+    file_chunks: u64,
+    /// Repetitions of each per-chunk figure (the median is reported).
+    reps: usize,
+    /// FileStore saves (and as many raw writes) timed one by one.
+    file_saves: usize,
+    /// MemoryStore saves timed one by one.
+    memory_saves: usize,
+    /// Envelope encodings/decodings timed together.
+    envelope_iters: u32,
+    /// Chunks of the long run, and the chunk after which memory is sampled.
+    long_chunks: u64,
+    long_sample: u64,
+}
+
+impl Sizes {
+    const FULL: Self = Self {
+        chunks: 1_000_000,
+        file_chunks: 20_000,
+        reps: 5,
+        file_saves: 200,
+        memory_saves: 20_000,
+        envelope_iters: 200_000,
+        long_chunks: 2_000_000,
+        long_sample: 200_000,
+    };
+    const QUICK: Self = Self {
+        chunks: 100_000,
+        file_chunks: 2_000,
+        reps: 3,
+        file_saves: 50,
+        memory_saves: 2_000,
+        envelope_iters: 20_000,
+        long_chunks: 200_000,
+        long_sample: 20_000,
+    };
+    const SMOKE: Self = Self {
+        chunks: 1_000,
+        file_chunks: 200,
+        reps: 1,
+        file_saves: 5,
+        memory_saves: 100,
+        envelope_iters: 100,
+        long_chunks: 2_000,
+        long_sample: 200,
+    };
+}
+
+/// Checkpoint every this many chunks (the default policy's count).
+const EVERY: u64 = 100;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let (mode, sizes) = if !args.iter().any(|a| a == "--bench") {
+        (
+            "smoke test (run with `cargo bench` for figures)",
+            Sizes::SMOKE,
+        )
+    } else if quick {
+        ("quick", Sizes::QUICK)
+    } else {
+        ("full", Sizes::FULL)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let (_tmp, dir) = bench_dir();
+    let started = Instant::now();
+
+    // Memory first, so that nothing else has touched the heap yet.
+    let memory = rt.block_on(long_run(sizes));
+    let mut rows = Vec::new();
+    rows.extend(rt.block_on(per_chunk(sizes, &dir)));
+    rows.extend(rt.block_on(save_latency(sizes, &dir)));
+    rows.extend(envelope(sizes));
+    rows.extend(memory);
+
+    println!(
+        "spotbatch overhead, {mode}: {} cores, FileStore in {} ({})\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        dir.display(),
+        fs_type(&dir),
+    );
+    print_table(&rows);
+    println!("\ntook {:.1} s", started.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------------------
+// 1. Per-chunk overhead
+
+/// The cheapest job there is: one `u64` per chunk, added to the state.
+struct Sum {
+    chunks: u64,
+}
+
+#[async_trait]
+impl Job for Sum {
+    type Cursor = u64;
+    type State = u64;
+
+    async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>, BoxError> {
+        Ok((*at < self.chunks).then(|| Chunk::between(*at, *at + 1)))
+    }
+
+    async fn process(
+        &mut self,
+        chunk: &Chunk<u64>,
+        sum: &mut u64,
+        _: &ChunkContext,
+    ) -> Result<(), BoxError> {
+        *sum = sum.wrapping_add(black_box(*chunk.start()));
+        Ok(())
+    }
+}
+
+/// The baseline: the same additions in a plain loop.
+fn plain_loop(chunks: u64) -> u64 {
+    let mut sum = 0u64;
+    let mut cursor = 0u64;
+    while cursor < chunks {
+        sum = sum.wrapping_add(black_box(cursor));
+        cursor += 1;
+    }
+    black_box(sum)
+}
+
+/// The plain loop, plus the raw durable write of `bytes` every [`EVERY`] chunks.
+fn plain_loop_writing(chunks: u64, dir: &Path, bytes: &[u8]) -> u64 {
+    let path = dir.join("loop.ckpt");
+    let mut sum = 0u64;
+    let mut cursor = 0u64;
+    while cursor < chunks {
+        sum = sum.wrapping_add(black_box(cursor));
+        cursor += 1;
+        if cursor.is_multiple_of(EVERY) {
+            raw_durable_write(dir, &path, bytes).expect("raw write");
+        }
+    }
+    raw_durable_write(dir, &path, bytes).expect("raw write");
+    black_box(sum)
+}
+
+/// The two calls per chunk the runner makes, through `#[async_trait]` boxed
+/// futures but without the runner: the floor the trait itself sets.
+#[async_trait]
+trait Direct {
+    async fn next(&mut self, at: &u64) -> Option<Chunk<u64>>;
+    async fn work(&mut self, chunk: &Chunk<u64>, sum: &mut u64);
+}
+
+#[async_trait]
+impl Direct for Sum {
+    async fn next(&mut self, at: &u64) -> Option<Chunk<u64>> {
+        (*at < self.chunks).then(|| Chunk::between(*at, *at + 1))
+    }
+
+    async fn work(&mut self, chunk: &Chunk<u64>, sum: &mut u64) {
+        *sum = sum.wrapping_add(black_box(*chunk.start()));
+    }
+}
+
+async fn direct_loop(chunks: u64) -> u64 {
+    let mut job = Sum { chunks };
+    let (mut cursor, mut sum) = (0u64, 0u64);
+    while let Some(chunk) = job.next(&cursor).await {
+        job.work(&chunk, &mut sum).await;
+        cursor = *chunk.next();
+    }
+    black_box(sum)
+}
+
+/// Runs [`Sum`] to completion (with the default lease unless `no_lease`)
+/// and checks the sum in its final checkpoint.
+async fn run_sum(
+    store: Arc<dyn CheckpointStore>,
+    chunks: u64,
+    policy: CheckpointPolicy,
+    no_lease: bool,
+) -> Duration {
+    let started = Instant::now();
+    let mut runner = Runner::new("bench", Sum { chunks })
+        .shared_store(store.clone())
+        .checkpoint(policy)
+        .signals(&[]);
+    if no_lease {
+        runner = runner.no_lease();
+    }
+    let report = runner.run().await;
+    let took = started.elapsed();
+    assert!(
+        matches!(report.outcome, Outcome::Completed),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(report.stats.chunks, chunks);
+    let key = JobKey::new("bench").expect("key");
+    let last = store.load(&key).await.expect("load").expect("checkpoint");
+    let sum: u64 = last.codec.decode(&last.state).expect("state");
+    assert_eq!(sum, chunks * chunks.saturating_sub(1) / 2);
+    took
+}
+
+/// Times `run` `reps` times and returns the median in ns per chunk.
+struct PerChunk {
+    samples: Vec<f64>,
+    chunks: u64,
+}
+
+impl PerChunk {
+    fn new(chunks: u64) -> Self {
+        Self {
+            samples: Vec::new(),
+            chunks,
+        }
+    }
+
+    fn add(&mut self, took: Duration) {
+        self.samples
+            .push(took.as_nanos() as f64 / self.chunks as f64);
+    }
+
+    fn median(&mut self) -> f64 {
+        self.samples.sort_by(f64::total_cmp);
+        self.samples[self.samples.len() / 2]
+    }
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> Duration {
+    let started = Instant::now();
+    black_box(f());
+    started.elapsed()
+}
+
+async fn per_chunk(sizes: Sizes, dir: &Path) -> Vec<Row> {
+    let n = sizes.chunks;
+    let mut plain = PerChunk::new(n);
+    let mut direct = PerChunk::new(n);
+    let mut exit_only = PerChunk::new(n);
+    let mut exit_only_no_lease = PerChunk::new(n);
+    let mut default = PerChunk::new(n);
+    for _ in 0..sizes.reps {
+        plain.add(timed(|| plain_loop(n)));
+        let started = Instant::now();
+        black_box(direct_loop(n).await);
+        direct.add(started.elapsed());
+        let policy = CheckpointPolicy::at_exit_only();
+        exit_only_no_lease.add(run_sum(Arc::new(MemoryStore::new()), n, policy, true).await);
+        exit_only.add(run_sum(Arc::new(MemoryStore::new()), n, policy, false).await);
+        let policy = CheckpointPolicy::default();
+        default.add(run_sum(Arc::new(MemoryStore::new()), n, policy, false).await);
+    }
+
+    let n = sizes.file_chunks;
+    let bytes = realistic_checkpoint().encode();
+    let mut file_plain = PerChunk::new(n);
+    let mut file = PerChunk::new(n);
+    for rep in 0..sizes.reps.min(3) {
+        let loop_dir = fresh_dir(dir, &format!("loop-{rep}"));
+        file_plain.add(timed(|| plain_loop_writing(n, &loop_dir, &bytes)));
+        let store = Arc::new(FileStore::new(fresh_dir(dir, &format!("runner-{rep}"))));
+        file.add(run_sum(store, n, CheckpointPolicy::default(), false).await);
+    }
+
+    let base = plain.median();
+    let m = sizes.chunks;
+    vec![
+        Row::section(format!(
+            "1. per chunk, ns/chunk ({m} chunks; FileStore {n}), baseline: plain loop"
+        )),
+        Row::ns("two #[async_trait] calls, no runner", direct.median(), base),
+        Row::ns(
+            "Runner, at_exit_only, no_lease(), MemoryStore",
+            exit_only_no_lease.median(),
+            base,
+        ),
+        Row::ns(
+            "Runner, at_exit_only, MemoryStore (default 60 s lease)",
+            exit_only.median(),
+            base,
+        ),
+        Row::ns(
+            format!("Runner, every {EVERY} chunks or 5 s, MemoryStore"),
+            default.median(),
+            base,
+        ),
+        Row::ns(
+            format!(
+                "Runner, every {EVERY} chunks or 5 s, FileStore (baseline: + raw durable write every {EVERY})"
+            ),
+            file.median(),
+            file_plain.median(),
+        ),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// 2. Checkpoint latency
+
+/// A checkpoint as a real job writes it: 16-byte cursor, 256-byte state.
+fn realistic_checkpoint() -> Checkpoint {
+    let mut c = Checkpoint::new(
+        JobKey::new("nightly-etl/2026-11-24").expect("key"),
+        Writer::this_process(),
+    );
+    c.cursor_type = "(etl::Cursor, etl::Totals)".to_owned();
+    c.schema = 1;
+    c.cursor = (0u8..16).collect();
+    c.state = (0..256u32).map(|i| (i * 7) as u8).collect();
+    c.counters.chunks = 123_456;
+    c.counters.items = 123_456_000;
+    c.counters.checkpoints = 1_234;
+    c.counters.runs = 3;
+    c
+}
+
+/// Writes `bytes` to `path` the way a durable store must: a temporary file,
+/// `fsync`, rename over `path`, `fsync` of the directory.
+fn raw_durable_write(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+/// Sorted latencies, with nearest-rank percentiles.
+struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn new(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        Self(samples)
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
+        self.0[rank.clamp(1, self.0.len()) - 1].as_nanos() as f64
+    }
+}
+
+async fn save_latency(sizes: Sizes, dir: &Path) -> Vec<Row> {
+    let mut checkpoint = realistic_checkpoint();
+    let bytes = checkpoint.encode();
+
+    // FileStore and the raw write, alternating, after a short warm-up.
+    let store = FileStore::new(fresh_dir(dir, "latency-store"));
+    let raw_dir = fresh_dir(dir, "latency-raw");
+    let raw_path = raw_dir.join("raw.ckpt");
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    let warm_up = 5.min(sizes.file_saves);
+    for i in 0..warm_up + sizes.file_saves {
+        checkpoint.version = i as u64 + 1;
+        let expected = (i > 0).then_some(i as u64);
+        let started = Instant::now();
+        store.save(&checkpoint, expected).await.expect("save");
+        let took_ours = started.elapsed();
+        let took_raw = timed(|| raw_durable_write(&raw_dir, &raw_path, &bytes).expect("raw write"));
+        if i >= warm_up {
+            ours.push(took_ours);
+            raw.push(took_raw);
+        }
+    }
+    let (ours, raw) = (Latencies::new(ours), Latencies::new(raw));
+
+    // MemoryStore, against encoding the envelope alone.
+    let store = MemoryStore::new();
+    let (mut mem, mut encode) = (Vec::new(), Vec::new());
+    for i in 0..sizes.memory_saves {
+        checkpoint.version = i as u64 + 1;
+        let expected = (i > 0).then_some(i as u64);
+        let started = Instant::now();
+        store.save(&checkpoint, expected).await.expect("save");
+        mem.push(started.elapsed());
+        encode.push(timed(|| checkpoint.encode()));
+    }
+    let (mem, encode) = (Latencies::new(mem), Latencies::new(encode));
+
+    let n = sizes.file_saves;
+    vec![
+        Row::section(format!(
+            "2. checkpoint save, {}-byte envelope (baseline: tmp file, fsync, rename, fsync dir)",
+            bytes.len()
+        )),
+        Row::ns(
+            format!("FileStore save, median of {n}"),
+            ours.percentile(50.0),
+            raw.percentile(50.0),
+        ),
+        Row::ns(
+            format!("FileStore save, p99 of {n}"),
+            ours.percentile(99.0),
+            raw.percentile(99.0),
+        ),
+        Row::ns(
+            format!(
+                "MemoryStore save, median of {} (baseline: encode only)",
+                sizes.memory_saves
+            ),
+            mem.percentile(50.0),
+            encode.percentile(50.0),
+        ),
+        Row::ns(
+            format!(
+                "MemoryStore save, p99 of {} (baseline: encode only)",
+                sizes.memory_saves
+            ),
+            mem.percentile(99.0),
+            encode.percentile(99.0),
+        ),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// 3. Envelope encode and decode
+
+fn envelope(sizes: Sizes) -> Vec<Row> {
+    let checkpoint = realistic_checkpoint();
+    let bytes = checkpoint.encode();
+    let iters = sizes.envelope_iters;
+    let per = |d: Duration| d.as_nanos() as f64 / f64::from(iters);
+
+    let encode = per(timed(|| {
+        for _ in 0..iters {
+            black_box(black_box(&checkpoint).encode());
+        }
+    }));
+    let decode = per(timed(|| {
+        for _ in 0..iters {
+            black_box(Checkpoint::decode(black_box(&bytes)).expect("decode"));
+        }
+    }));
+    let copy_crc = per(timed(|| {
+        for _ in 0..iters {
+            let copy = black_box(&bytes).to_vec();
+            black_box(crc32fast::hash(&copy));
+        }
+    }));
+    // The runner also encodes the cursor and state with the job's codec.
+    let cursor = [7u64, 9];
+    let state = vec![3u8; 256];
+    let codec = per(timed(|| {
+        for _ in 0..iters {
+            black_box(Codec::Bincode.encode(black_box(&cursor)).expect("encode"));
+            black_box(Codec::Bincode.encode(black_box(&state)).expect("encode"));
+        }
+    }));
+    vec![
+        Row::section("3. envelope (ns; baseline: copy the bytes + CRC-32)"),
+        Row::ns("encode", encode, copy_crc),
+        Row::ns("decode", decode, copy_crc),
+        Row::ns("encode + decode", encode + decode, 2.0 * copy_crc),
+        Row::ns(
+            "bincode of cursor + state, as the runner does per save",
+            codec,
+            copy_crc,
+        ),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// 4. Memory over a long run
+
+/// [`Sum`], noting peak and current RSS when it reaches chunk `sample_at`.
+struct Sampled {
+    chunks: u64,
+    sample_at: u64,
+    sample: Arc<OnceLock<Rss>>,
+}
+
+#[async_trait]
+impl Job for Sampled {
+    type Cursor = u64;
+    type State = u64;
+
+    async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>, BoxError> {
+        if *at == self.sample_at {
+            let _ = self.sample.set(Rss::now());
+        }
+        Ok((*at < self.chunks).then(|| Chunk::between(*at, *at + 1)))
+    }
+
+    async fn process(
+        &mut self,
+        chunk: &Chunk<u64>,
+        sum: &mut u64,
+        _: &ChunkContext,
+    ) -> Result<(), BoxError> {
+        *sum = sum.wrapping_add(black_box(*chunk.start()));
+        Ok(())
+    }
+}
+
+/// Peak (`VmHWM`) and current (`VmRSS`) resident set size, in KiB.
+#[derive(Debug, Clone, Copy)]
+struct Rss {
+    peak: u64,
+    now: u64,
+}
+
+impl Rss {
+    fn now() -> Self {
+        let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Self {
+            peak: field("VmHWM:"),
+            now: field("VmRSS:"),
+        }
+    }
+
+    /// Resets the peak to the current RSS (Linux ≥ 4.0); false if refused.
+    fn reset_peak() -> bool {
+        fs::write("/proc/self/clear_refs", "5").is_ok()
+    }
+}
+
+async fn long_run(sizes: Sizes) -> Vec<Row> {
+    let reset = Rss::reset_peak();
+    let before = Rss::now();
+    let sample = Arc::new(OnceLock::new());
+    let job = Sampled {
+        chunks: sizes.long_chunks,
+        sample_at: sizes.long_sample,
+        sample: sample.clone(),
+    };
+    let store = MemoryStore::new();
+    let report = Runner::new("long", job)
+        .store(store)
+        .checkpoint(CheckpointPolicy::default())
+        .signals(&[])
+        .run()
+        .await;
+    let after = Rss::now();
+    assert!(matches!(report.outcome, Outcome::Completed));
+    let at_sample = *sample.get().expect("sampled");
+    let kib = |k: u64| format!("{k} KiB");
+    let sampled = sizes.long_sample;
+    let total = sizes.long_chunks;
+    vec![
+        Row::section(format!(
+            "4. memory: {total} chunks, {} checkpoints to a MemoryStore (peak RSS{})",
+            report.stats.checkpoints,
+            if reset {
+                ", reset before the run"
+            } else {
+                "; reset refused, includes start-up"
+            }
+        )),
+        Row::text("peak RSS before the run", kib(before.peak), "", "", ""),
+        Row::text(
+            format!("peak RSS after {total} chunks (baseline: after {sampled})"),
+            kib(after.peak),
+            kib(at_sample.peak),
+            format!("{:+} KiB", after.peak as i64 - at_sample.peak as i64),
+            format!("{:.2}", after.peak as f64 / at_sample.peak as f64),
+        ),
+        Row::text(
+            format!("current RSS after {total} chunks (baseline: after {sampled})"),
+            kib(after.now),
+            kib(at_sample.now),
+            format!("{:+} KiB", after.now as i64 - at_sample.now as i64),
+            format!("{:.2}", after.now as f64 / at_sample.now as f64),
+        ),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// Output and helpers
+
+/// One line of the table: figure, spotbatch, baseline, diff, ratio.
+struct Row {
+    cells: [String; 5],
+}
+
+impl Row {
+    fn section(title: impl Into<String>) -> Self {
+        let mut cells: [String; 5] = Default::default();
+        cells[0] = format!("**{}**", title.into());
+        Self { cells }
+    }
+
+    fn text(
+        figure: impl Into<String>,
+        ours: impl Into<String>,
+        baseline: impl Into<String>,
+        diff: impl Into<String>,
+        ratio: impl Into<String>,
+    ) -> Self {
+        Self {
+            cells: [
+                figure.into(),
+                ours.into(),
+                baseline.into(),
+                diff.into(),
+                ratio.into(),
+            ],
+        }
+    }
+
+    /// A row of two times in ns, with their difference and ratio.
+    fn ns(figure: impl Into<String>, ours: f64, baseline: f64) -> Self {
+        Self::text(
+            figure,
+            time(ours),
+            time(baseline),
+            format!("+{}", time(ours - baseline)).replace("+-", "−"),
+            format!("{:.2}×", ours / baseline),
+        )
+    }
+}
+
+/// A time given in ns, in a readable unit.
+fn time(ns: f64) -> String {
+    let abs = ns.abs();
+    if abs < 10.0 {
+        format!("{ns:.2} ns")
+    } else if abs < 1_000.0 {
+        format!("{ns:.1} ns")
+    } else if abs < 1_000_000.0 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{:.2} ms", ns / 1e6)
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    let header = ["figure", "spotbatch", "baseline", "diff", "ratio"];
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(&row.cells) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                let pad = " ".repeat(w - c.chars().count());
+                if i == 0 {
+                    format!("{c}{pad}")
+                } else {
+                    format!("{pad}{c}")
+                }
+            })
+            .collect();
+        println!("| {} |", padded.join(" | "));
+    };
+    line(&header);
+    let rule: Vec<String> = widths
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            if i == 0 {
+                "-".repeat(*w)
+            } else {
+                format!("{}:", "-".repeat(w - 1))
+            }
+        })
+        .collect();
+    println!("| {} |", rule.join(" | "));
+    for row in rows {
+        let cells: Vec<&str> = row.cells.iter().map(String::as_str).collect();
+        line(&cells);
+    }
+}
+
+/// The directory the FileStore figures write in: `$SPOTBATCH_BENCH_DIR`, or
+/// a temporary directory (kept alive by the returned guard).
+fn bench_dir() -> (Option<tempfile::TempDir>, PathBuf) {
+    match std::env::var_os("SPOTBATCH_BENCH_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir).join(format!("spotbatch-bench-{}", std::process::id()));
+            fs::create_dir_all(&dir).expect("bench dir");
+            (None, dir)
+        }
+        None => {
+            let tmp = tempfile::tempdir().expect("temporary directory");
+            let dir = tmp.path().to_path_buf();
+            (Some(tmp), dir)
+        }
+    }
+}
+
+/// An empty directory `name` under `dir`.
+fn fresh_dir(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let _ = fs::remove_dir_all(&path);
+    fs::create_dir_all(&path).expect("create dir");
+    path
+}
+
+/// The type of the file system holding `dir`, from `/proc/mounts` (longest
+/// matching mount point).
+fn fs_type(dir: &Path) -> String {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, at, kind) = (f.next()?, f.next()?, f.next()?);
+            dir.starts_with(at).then(|| (at.len(), kind.to_owned()))
+        })
+        .max()
+        .map_or_else(|| "unknown fs".to_owned(), |(_, kind)| kind)
+}
