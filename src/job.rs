@@ -2,7 +2,9 @@
 
 use std::fmt::Debug;
 use std::future::Future;
+use std::io;
 use std::ops::Range;
+use std::process::ExitStatus;
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
@@ -198,6 +200,80 @@ impl ChunkContext {
             out = work => Ok(out),
             () = self.cancel.cancelled() => Err(Cancelled),
         }
+    }
+}
+
+impl ChunkContext {
+    /// Runs an external program (ffmpeg, a Python script…) as part of the chunk.
+    ///
+    /// The child runs in a process group of its own, so that it and anything
+    /// it starts can be signalled together:
+    ///
+    /// - when a stop is requested (the drain starts), the group gets SIGTERM;
+    /// - when the chunk is cancelled (drain deadline, second signal), the
+    ///   group gets SIGKILL;
+    /// - when this future is dropped, or the child exits, whatever is left of
+    ///   the group gets SIGKILL: nothing outlives the chunk.
+    ///
+    /// (A SIGKILL of the job itself cannot be acted on; in a container the
+    /// platform's teardown ends the group, elsewhere it is orphaned.)
+    ///
+    /// # Errors
+    ///
+    /// The spawn error; or, when the child was stopped by one of the signals
+    /// above, an [`io::ErrorKind::Interrupted`] error wrapping [`Cancelled`],
+    /// which the runner counts as an abandoned chunk, not a failure.
+    pub async fn run_command(
+        &self,
+        mut command: tokio::process::Command,
+    ) -> io::Result<ExitStatus> {
+        command.process_group(0).kill_on_drop(true);
+        let mut child = command.spawn()?;
+        let pgid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .ok_or_else(|| io::Error::other("the child exited before it could be tracked"))?;
+        let _group = KillGroupOnDrop(pgid);
+        let mut terminated = false;
+        loop {
+            tokio::select! {
+                status = child.wait() => {
+                    let status = status?;
+                    return if terminated {
+                        Err(io::Error::new(io::ErrorKind::Interrupted, Cancelled))
+                    } else {
+                        Ok(status)
+                    };
+                }
+                () = self.stop.cancelled(), if !terminated => {
+                    signal_group(pgid, libc::SIGTERM);
+                    terminated = true;
+                }
+                () = self.cancel.cancelled() => {
+                    signal_group(pgid, libc::SIGKILL);
+                    child.wait().await?;
+                    return Err(io::Error::new(io::ErrorKind::Interrupted, Cancelled));
+                }
+            }
+        }
+    }
+}
+
+/// SIGKILLs a process group when dropped.
+struct KillGroupOnDrop(i32);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        signal_group(self.0, libc::SIGKILL);
+    }
+}
+
+fn signal_group(pgid: i32, signal: i32) {
+    // SAFETY: killpg has no memory-safety preconditions. The group was created
+    // for our child (process_group(0)); a group already gone gives ESRCH,
+    // which is what we want to ignore.
+    unsafe {
+        libc::killpg(pgid, signal);
     }
 }
 

@@ -84,7 +84,7 @@ pub use job::{Cancelled, Chunk, ChunkContext, Job};
 pub use key::{InvalidKey, JobKey};
 pub use policy::{CheckpointPolicy, Every};
 pub use runner::{Runner, DEFAULT_STORE_DIR};
-pub use shutdown::{InterruptSource, Signal};
+pub use shutdown::{InterruptSource, Signal, StopSource};
 pub use sink::FileSink;
 pub use store::{
     open_store, CheckpointStore, FileStore, Listing, MemoryStore, StoreError, Summary,

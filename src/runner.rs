@@ -15,7 +15,7 @@ use crate::job::{Cancelled, ChunkContext, Job};
 use crate::key::JobKey;
 use crate::policy::CheckpointPolicy;
 use crate::session::Session;
-use crate::shutdown::{Budget, Interrupts, Signal, StopFuture};
+use crate::shutdown::{Budget, FutureSource, Interrupts, Signal, StopSource};
 use crate::store::{open_store, CheckpointStore, FileStore, StoreError};
 
 /// Where checkpoints go when no store is set: `file://.spotbatch`.
@@ -69,7 +69,7 @@ pub struct Runner<J: Job> {
     codec: Codec,
     restart: bool,
     max_runtime: Option<Duration>,
-    stop_on: Vec<(String, StopFuture)>,
+    sources: Vec<Box<dyn StopSource>>,
     lease: Option<Duration>,
 }
 
@@ -103,7 +103,7 @@ impl<J: Job> Runner<J> {
             codec: Codec::default(),
             restart: false,
             max_runtime: None,
-            stop_on: Vec::new(),
+            sources: Vec::new(),
             lease: Some(Duration::from_secs(60)),
         }
     }
@@ -199,11 +199,17 @@ impl<J: Job> Runner<J> {
     /// Stops the run (like SIGTERM) when `future` completes, e.g. on a message
     /// from a control queue. `name` appears in logs, the checkpoint and the outcome.
     pub fn stop_on(
-        mut self,
+        self,
         name: impl Into<String>,
         future: impl Future<Output = ()> + Send + 'static,
     ) -> Self {
-        self.stop_on.push((name.into(), Box::pin(future)));
+        self.stop_source(FutureSource::new(name.into(), future))
+    }
+
+    /// Stops the run (like SIGTERM) when `source` says so, e.g. an EC2 Spot
+    /// notice poller. Sources are listened to from the start of `run`.
+    pub fn stop_source(mut self, source: impl StopSource) -> Self {
+        self.sources.push(Box::new(source));
         self
     }
 
@@ -281,7 +287,7 @@ impl<J: Job> Runner<J> {
             codec,
             restart,
             max_runtime,
-            stop_on,
+            sources,
             lease,
             ..
         } = self;
@@ -291,7 +297,7 @@ impl<J: Job> Runner<J> {
             return Err(Error::Config("the lease must last at least 300 ms".into()));
         }
         let store = store.unwrap_or_else(|| Arc::new(FileStore::new(DEFAULT_STORE_DIR)));
-        let interrupts = Interrupts::listen(&signals, max_runtime, stop_on, budget)?;
+        let interrupts = Interrupts::listen(&signals, max_runtime, sources, budget)?;
         // Let stop requests that are already due (a finished `stop_on` future) register.
         tokio::task::yield_now().await;
 
@@ -486,7 +492,12 @@ enum ChunkResult {
 
 /// Whether a chunk's error means it gave up on a stop request, not that it failed.
 fn abandoned(interrupts: &Interrupts, error: &(dyn std::error::Error + 'static)) -> bool {
-    interrupts.chunk_cancelled() || (interrupts.stop_requested() && error.is::<Cancelled>())
+    let cancelled = error.is::<Cancelled>()
+        || error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|e| e.get_ref())
+            .is_some_and(|inner| inner.is::<Cancelled>());
+    interrupts.chunk_cancelled() || (interrupts.stop_requested() && cancelled)
 }
 
 /// Runs one chunk: renews the lease while it runs, cancels it at the abandon

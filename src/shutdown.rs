@@ -73,6 +73,13 @@ pub enum InterruptSource {
     MaxRuntime(Duration),
     /// A future given to [`Runner::stop_on`](crate::Runner::stop_on) completed.
     Requested(String),
+    /// A platform notice, e.g. an EC2 Spot interruption notice.
+    Notice {
+        /// Who gave notice, e.g. `"EC2 spot"`.
+        from: String,
+        /// What it said, e.g. `"terminate at 2026-11-24T15:32:45Z"`.
+        detail: String,
+    },
 }
 
 impl fmt::Display for InterruptSource {
@@ -81,11 +88,75 @@ impl fmt::Display for InterruptSource {
             InterruptSource::Signal(s) => f.write_str(s.name()),
             InterruptSource::MaxRuntime(d) => write!(f, "max runtime {d:?}"),
             InterruptSource::Requested(name) => write!(f, "stop request: {name}"),
+            InterruptSource::Notice { from, detail } => write!(f, "{from} notice: {detail}"),
         }
     }
 }
 
-pub(crate) type StopFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+/// Something that can ask a run to stop: a signal, a deadline, a platform
+/// notice, a message on a control queue. Every source starts the same drain
+/// as SIGTERM, and is named in the logs, the checkpoint and the outcome.
+///
+/// The runner calls [`next`](Self::next) on a task of its own for the length
+/// of the run, and again after each request: a second request skips the drain.
+#[async_trait::async_trait]
+pub trait StopSource: Send + 'static {
+    /// Completes when the run should stop, saying why; `None` when the source
+    /// has nothing more to say (e.g. not on EC2), which ends its task quietly.
+    async fn next(&mut self) -> Option<InterruptSource>;
+}
+
+struct SignalSource {
+    signal: Signal,
+    stream: tokio::signal::unix::Signal,
+}
+
+#[async_trait::async_trait]
+impl StopSource for SignalSource {
+    async fn next(&mut self) -> Option<InterruptSource> {
+        self.stream
+            .recv()
+            .await
+            .map(|()| InterruptSource::Signal(self.signal))
+    }
+}
+
+/// Fires once, after `limit` of run time.
+struct Deadline {
+    limit: Option<Duration>,
+}
+
+#[async_trait::async_trait]
+impl StopSource for Deadline {
+    async fn next(&mut self) -> Option<InterruptSource> {
+        let limit = self.limit.take()?;
+        tokio::time::sleep(limit).await;
+        Some(InterruptSource::MaxRuntime(limit))
+    }
+}
+
+/// Fires once, when a future completes.
+pub(crate) struct FutureSource {
+    name: String,
+    future: Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>>,
+}
+
+impl FutureSource {
+    pub(crate) fn new(name: String, future: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self {
+            name,
+            future: Some(Box::pin(future)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl StopSource for FutureSource {
+    async fn next(&mut self) -> Option<InterruptSource> {
+        self.future.take()?.await;
+        Some(InterruptSource::Requested(self.name.clone()))
+    }
+}
 
 /// How the grace period is spent after a stop request.
 #[derive(Debug, Clone, Copy)]
@@ -167,11 +238,12 @@ pub(crate) struct Interrupts {
 }
 
 impl Interrupts {
-    /// Installs the signal handlers now (before any chunk runs) and starts the timers.
+    /// Installs the signal handlers now (before any chunk runs) and starts
+    /// listening to every source.
     pub(crate) fn listen(
         signals: &[Signal],
         max_runtime: Option<Duration>,
-        stop_on: Vec<(String, StopFuture)>,
+        sources: Vec<Box<dyn StopSource>>,
         budget: Budget,
     ) -> Result<Self, Error> {
         let trigger = Trigger {
@@ -180,32 +252,28 @@ impl Interrupts {
             first: Arc::new(OnceLock::new()),
             budget,
         };
-        let mut tasks = Vec::new();
+        let mut all: Vec<Box<dyn StopSource>> = Vec::new();
         for &signal in signals {
-            let mut stream = tokio::signal::unix::signal(signal.kind()).map_err(|e| {
+            let stream = tokio::signal::unix::signal(signal.kind()).map_err(|e| {
                 Error::Config(format!("cannot install a handler for {signal}: {e}"))
             })?;
-            let trigger = trigger.clone();
-            tasks.push(tokio::spawn(async move {
-                while stream.recv().await.is_some() {
-                    trigger.fire(InterruptSource::Signal(signal));
-                }
-            }));
+            all.push(Box::new(SignalSource { signal, stream }));
         }
-        if let Some(limit) = max_runtime {
-            let trigger = trigger.clone();
-            tasks.push(tokio::spawn(async move {
-                tokio::time::sleep(limit).await;
-                trigger.fire(InterruptSource::MaxRuntime(limit));
-            }));
+        if max_runtime.is_some() {
+            all.push(Box::new(Deadline { limit: max_runtime }));
         }
-        for (name, future) in stop_on {
-            let trigger = trigger.clone();
-            tasks.push(tokio::spawn(async move {
-                future.await;
-                trigger.fire(InterruptSource::Requested(name));
-            }));
-        }
+        all.extend(sources);
+        let tasks = all
+            .into_iter()
+            .map(|mut source| {
+                let trigger = trigger.clone();
+                tokio::spawn(async move {
+                    while let Some(reason) = source.next().await {
+                        trigger.fire(reason);
+                    }
+                })
+            })
+            .collect();
         Ok(Self {
             trigger,
             cancel: CancellationToken::new(),
@@ -305,13 +373,11 @@ mod tests {
     async fn first_request_drains_second_abandons() {
         let budget = Budget::new(Duration::from_secs(10), None).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let queue = FutureSource::new("queue".into(), async move { rx.await.unwrap_or(()) });
         let ints = Interrupts::listen(
             &[],
             Some(Duration::from_secs(60)),
-            vec![(
-                "queue".into(),
-                Box::pin(async move { rx.await.unwrap_or(()) }),
-            )],
+            vec![Box::new(queue)],
             budget,
         )
         .unwrap();

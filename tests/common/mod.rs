@@ -10,17 +10,22 @@ use spotbatch::{Checkpoint, FileStore, JobKey};
 
 pub const JOB: &str = "e2e";
 
-/// The quickstart example binary, which `cargo test` builds next to the test binaries.
-pub fn quickstart_bin() -> PathBuf {
+/// An example's binary, which `cargo test` builds next to the test binaries.
+pub fn example_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("examples").join("quickstart");
+    let bin = dir.join("examples").join(name);
     assert!(
         bin.exists(),
         "{} is missing: run the whole suite with `cargo test`, which builds the examples",
         bin.display()
     );
     bin
+}
+
+/// The quickstart example binary.
+pub fn quickstart_bin() -> PathBuf {
+    example_bin("quickstart")
 }
 
 /// One quickstart job in its own temporary directory.
