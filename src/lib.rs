@@ -59,6 +59,7 @@
 #![warn(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod aws;
 mod checkpoint;
 mod codec;
 mod error;
@@ -76,6 +77,7 @@ mod store;
 pub mod conformance;
 
 pub use async_trait::async_trait;
+pub use aws::{Ec2SpotNotices, EcsTask, ECS_METADATA_VAR};
 pub use checkpoint::{Checkpoint, CheckpointError, Counters, Lease, RunRecord, Status, Writer};
 pub use codec::{Codec, CodecError};
 pub use error::{BoxError, Error, FailureKind};

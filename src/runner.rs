@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{error, info, warn};
 
+use crate::aws::EcsTask;
 use crate::checkpoint::Status;
 use crate::codec::Codec;
 use crate::error::{BoxError, Error};
@@ -71,6 +72,7 @@ pub struct Runner<J: Job> {
     max_runtime: Option<Duration>,
     sources: Vec<Box<dyn StopSource>>,
     lease: Option<Duration>,
+    ecs_identity: bool,
 }
 
 impl<J: Job> std::fmt::Debug for Runner<J> {
@@ -105,6 +107,7 @@ impl<J: Job> Runner<J> {
             max_runtime: None,
             sources: Vec::new(),
             lease: Some(Duration::from_secs(60)),
+            ecs_identity: true,
         }
     }
 
@@ -237,6 +240,15 @@ impl<J: Job> Runner<J> {
         self
     }
 
+    /// Whether to read the ECS task's identity at start (default on). When
+    /// `ECS_CONTAINER_METADATA_URI_V4` is set, the runner reads `/task` once
+    /// and records the task ARN as the writer of its checkpoints, in its run
+    /// history and in its logs; when it is not set, nothing is asked.
+    pub fn ecs_identity(mut self, on: bool) -> Self {
+        self.ecs_identity = on;
+        self
+    }
+
     /// Runs the job until it completes, is stopped, or fails.
     ///
     /// Loads the job's checkpoint (or starts fresh), calls [`Job::resume`],
@@ -289,6 +301,7 @@ impl<J: Job> Runner<J> {
             max_runtime,
             sources,
             lease,
+            ecs_identity,
             ..
         } = self;
         let key = JobKey::new(key).map_err(|e| Error::Config(e.to_string()))?;
@@ -303,6 +316,26 @@ impl<J: Job> Runner<J> {
 
         let loaded = store.load(&key).await?;
         let mut session = Session::new::<J>(&*store, &key, codec, lease);
+        if ecs_identity {
+            match EcsTask::from_environment(Duration::from_secs(2)).await {
+                Ok(Some(task)) => {
+                    info!(
+                        task = %task.task_arn,
+                        cluster = %task.cluster,
+                        family = %task.family,
+                        revision = %task.revision,
+                        zone = %task.availability_zone,
+                        launch_type = %task.launch_type,
+                        "running as an ECS task"
+                    );
+                    session.set_task(task.task_arn);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "ECS task metadata unreadable: continuing without the task's identity")
+                }
+            }
+        }
         let (mut cursor, mut state) = match loaded {
             None => {
                 info!(job = %key, store = %session.location, "no checkpoint: starting from the beginning");

@@ -63,6 +63,16 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Records the platform's name for this task as the writer's.
+    pub(crate) fn set_task(&mut self, task: String) {
+        for run in &mut self.history {
+            if run.run_id == self.writer.run_id {
+                run.task.clone_from(&task);
+            }
+        }
+        self.writer.task = task;
+    }
+
     pub(crate) fn bad(&self, reason: CheckpointError) -> Error {
         Error::BadCheckpoint {
             store: self.location.clone(),
