@@ -50,6 +50,14 @@
 //!    `/proc/self/status`, reset just before) before the run, after 200,000
 //!    chunks and after 2,000,000: the ratio of the last two is ≈ 1.00 when
 //!    memory does not grow with the number of chunks or checkpoints.
+//! 5. **Start and stop.** Start-up: a run of a job with no chunks, with the
+//!    EC2 Spot notice poller pointed at a port where nothing listens (as off
+//!    EC2) and the ECS identity check on (`ECS_CONTAINER_METADATA_URI_V4`
+//!    unset), against the same run without either. Stop: from a stop request
+//!    (a `stop_on` future, the in-process twin of SIGTERM) during 100 µs
+//!    chunks to `run()` returning with the final checkpoint saved, on a
+//!    MemoryStore and on a FileStore (the FileStore row is dominated by its
+//!    two `fsync`s); the baseline is the raw durable write of section 2.
 
 use std::fs::{self, File, OpenOptions};
 use std::hint::black_box;
@@ -61,7 +69,7 @@ use std::time::{Duration, Instant};
 
 use spotbatch::{
     async_trait, BoxError, Checkpoint, CheckpointPolicy, CheckpointStore, Chunk, ChunkContext,
-    Codec, FileStore, Job, JobKey, MemoryStore, Outcome, Runner, Writer,
+    Codec, Ec2SpotNotices, FileStore, Job, JobKey, MemoryStore, Outcome, Runner, Writer,
 };
 
 /// How much work each figure does.
@@ -147,6 +155,7 @@ fn main() {
     rows.extend(rt.block_on(save_latency(sizes, &dir)));
     rows.extend(envelope(sizes));
     rows.extend(memory);
+    rows.extend(rt.block_on(start_and_stop(sizes, &dir)));
 
     println!(
         "spotbatch overhead, {mode}: {} cores, FileStore in {} ({})\n",
@@ -788,4 +797,146 @@ fn fs_type(dir: &Path) -> String {
         })
         .max()
         .map_or_else(|| "unknown fs".to_owned(), |(_, kind)| kind)
+}
+
+// ---------------------------------------------------------------------------
+// 5. Start and stop
+
+/// Chunks of 100 µs of (async) work, forever.
+struct Ticking;
+
+#[async_trait]
+impl Job for Ticking {
+    type Cursor = u64;
+    type State = ();
+
+    async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>, BoxError> {
+        Ok(Some(Chunk::between(*at, *at + 1)))
+    }
+
+    async fn process(
+        &mut self,
+        _: &Chunk<u64>,
+        _: &mut (),
+        _: &ChunkContext,
+    ) -> Result<(), BoxError> {
+        tokio::time::sleep(Duration::from_micros(100)).await;
+        Ok(())
+    }
+}
+
+/// No chunks at all.
+struct Nothing;
+
+#[async_trait]
+impl Job for Nothing {
+    type Cursor = u64;
+    type State = ();
+
+    async fn next_chunk(&mut self, _: &u64) -> Result<Option<Chunk<u64>>, BoxError> {
+        Ok(None)
+    }
+
+    async fn process(
+        &mut self,
+        _: &Chunk<u64>,
+        _: &mut (),
+        _: &ChunkContext,
+    ) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+async fn start_and_stop(sizes: Sizes, dir: &Path) -> Vec<Row> {
+    let runs = (sizes.file_saves / 4).max(5);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let mut plain = Vec::new();
+    let mut with_sources = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let report = Runner::new("start", Nothing)
+            .store(MemoryStore::new())
+            .signals(&[])
+            .no_lease()
+            .ecs_identity(false)
+            .run()
+            .await;
+        plain.push(t.elapsed());
+        assert!(report.is_complete());
+        let t = Instant::now();
+        let report = Runner::new("start", Nothing)
+            .store(MemoryStore::new())
+            .signals(&[])
+            .no_lease()
+            .stop_source(Ec2SpotNotices::new().endpoint(format!("http://{closed}")))
+            .run()
+            .await;
+        with_sources.push(t.elapsed());
+        assert!(report.is_complete());
+    }
+    let plain = Latencies::new(plain).percentile(50.0);
+    let with_sources = Latencies::new(with_sources).percentile(50.0);
+
+    let mut stop_memory = Vec::new();
+    let mut stop_file = Vec::new();
+    let mut raw = Vec::new();
+    let bytes = realistic_checkpoint().encode();
+    let raw_dir = fresh_dir(dir, "stop-raw");
+    for i in 0..runs {
+        for (store, out) in [
+            (
+                Arc::new(MemoryStore::new()) as Arc<dyn CheckpointStore>,
+                &mut stop_memory,
+            ),
+            (
+                Arc::new(FileStore::new(fresh_dir(dir, &format!("stop-{i}"))))
+                    as Arc<dyn CheckpointStore>,
+                &mut stop_file,
+            ),
+        ] {
+            let fired = Arc::new(OnceLock::<Instant>::new());
+            let mark = fired.clone();
+            let report = Runner::new("stop", Ticking)
+                .shared_store(store)
+                .signals(&[])
+                .no_lease()
+                .stop_on("bench", async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let _ = mark.set(Instant::now());
+                })
+                .run()
+                .await;
+            let returned = Instant::now();
+            assert!(
+                matches!(report.outcome, Outcome::Interrupted(_)),
+                "{:?}",
+                report.outcome
+            );
+            out.push(returned - *fired.get().expect("stop fired"));
+        }
+        raw.push(timed(|| {
+            raw_durable_write(&raw_dir, &raw_dir.join("ckpt"), &bytes).expect("raw write")
+        }));
+    }
+    let raw = Latencies::new(raw).percentile(50.0);
+    vec![
+        Row::section(format!("5. start and stop (medians of {runs} runs)")),
+        Row::ns(
+            "start-up with the EC2 notice poller (no IMDS) + ECS check (baseline: without)",
+            with_sources,
+            plain,
+        ),
+        Row::ns(
+            "stop request → run() returned, MemoryStore (baseline: raw durable write)",
+            Latencies::new(stop_memory).percentile(50.0),
+            raw,
+        ),
+        Row::ns(
+            "stop request → run() returned, FileStore (baseline: raw durable write)",
+            Latencies::new(stop_file).percentile(50.0),
+            raw,
+        ),
+    ]
 }
