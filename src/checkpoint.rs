@@ -15,6 +15,7 @@
 //!   chunks u64, items u64, checkpoints u64, interruptions u64, runs u64,
 //!   created ms u64, updated ms u64 (Unix epoch),
 //!   writer host str, writer pid u32, writer run id 16 bytes, writer task str,
+//!   writer pid namespace u64,
 //!   lease u8 (0 none, 1 held) [owner run id 16 bytes, expires ms u64],
 //!   history count u32, then per run: run id 16 bytes, started ms u64,
 //!     ended ms u64 (0 while running), outcome str, chunks u64, host str, task str
@@ -127,6 +128,10 @@ pub struct Writer {
     pub run_id: Uuid,
     /// The platform's name for the task (e.g. an ECS task ARN), empty when unknown.
     pub task: String,
+    /// The inode of the writer's PID namespace (`/proc/self/ns/pid`), 0 when
+    /// unknown: two processes are on the same machine and see each other's
+    /// pids only when host and namespace both match.
+    pub pid_namespace: u64,
 }
 
 impl Writer {
@@ -137,8 +142,21 @@ impl Writer {
             pid: std::process::id(),
             run_id: Uuid::new_v4(),
             task: String::new(),
+            pid_namespace: pid_namespace(),
         }
     }
+}
+
+/// This process's PID namespace inode, from the `/proc/self/ns/pid` link
+/// (`pid:[4026531836]`); 0 where there is no such link.
+fn pid_namespace() -> u64 {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .and_then(|target| {
+            let text = target.to_string_lossy().into_owned();
+            text.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// A runner's claim on a job: no other runner starts the job before `expires_ms`.
@@ -282,6 +300,7 @@ impl Checkpoint {
         body.extend_from_slice(&self.writer.pid.to_le_bytes());
         body.extend_from_slice(self.writer.run_id.as_bytes());
         put_bytes(&mut body, self.writer.task.as_bytes());
+        body.extend_from_slice(&self.writer.pid_namespace.to_le_bytes());
         match &self.lease {
             None => body.push(0),
             Some(lease) => {
@@ -387,6 +406,7 @@ impl Checkpoint {
         let pid = r.u32("writer pid")?;
         let run_id = Uuid::from_bytes(r.array("writer run id")?);
         let task = r.string("writer task")?;
+        let pid_namespace = r.u64("writer pid namespace")?;
         let lease = match r.u8("lease")? {
             0 => None,
             1 => Some(Lease {
@@ -430,6 +450,7 @@ impl Checkpoint {
                 pid,
                 run_id,
                 task,
+                pid_namespace,
             },
             lease,
             history,

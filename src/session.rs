@@ -130,7 +130,7 @@ impl<'a> Session<'a> {
             );
             return Ok(());
         }
-        if holder_is_gone(holder, &self.writer) {
+        if holder.run_id == lease.owner && holder_is_gone(holder, &self.writer) {
             info!(job = %self.key, holder = %describe(holder), "taking the job over: the previous holder's process is gone");
             return Ok(());
         }
@@ -290,11 +290,14 @@ fn describe(w: &Writer) -> String {
     format!("host {}, pid {}, run {}{task}", w.host, w.pid, w.run_id)
 }
 
-/// Whether the lease holder is certainly dead: it ran on this host, and its
-/// process is gone (or its pid is ours: a previous incarnation, e.g. PID 1 of
-/// a restarted container).
+/// Whether the lease holder is certainly dead: it ran on this host in our
+/// PID namespace, and its process is gone (or its pid is ours: a previous
+/// incarnation, e.g. PID 1 of a restarted container with the same name).
+/// Containers that share a host name but not a PID namespace (host
+/// networking) cannot see each other's processes: they wait for the lease.
 fn holder_is_gone(holder: &Writer, me: &Writer) -> bool {
-    if holder.host != me.host || holder.run_id == me.run_id {
+    let same_namespace = holder.pid_namespace != 0 && holder.pid_namespace == me.pid_namespace;
+    if holder.host != me.host || !same_namespace || holder.run_id == me.run_id {
         return false;
     }
     if holder.pid == me.pid {

@@ -231,3 +231,16 @@ async fn losing_the_lease_stops_the_run_at_once_without_writing() {
         "the fenced runner wrote"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_in_another_pid_namespace_is_not_presumed_dead() {
+    // Same host name (host networking), another PID namespace: its pid means
+    // nothing here, so the runner waits for the lease.
+    let mut writer = Writer::this_process();
+    writer.pid = 1;
+    writer.pid_namespace = writer.pid_namespace.wrapping_add(1);
+    let store = MemoryStore::new();
+    held_by(&store, writer, now_ms() + 60_000).await;
+    let report = runner(slow(5, 1, &store), Duration::from_secs(60)).run().await;
+    assert_eq!(report.code(), 73, "{:?}", report.outcome);
+}

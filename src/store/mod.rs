@@ -128,7 +128,7 @@ pub enum StoreError {
     /// The stored version is not the one the caller expected: another writer
     /// saved in between (or still runs). Nothing was written.
     #[error(
-        "{store}: checkpoint {key:?} changed under this runner: expected version {}, found {}",
+        "{store}: checkpoint {key:?} was changed by another writer: expected version {}, found {}",
         show_version(*expected),
         show_version(*found)
     )]

@@ -1,0 +1,123 @@
+//! One job in one store: loading its checkpoint, and who holds it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spotbatch::{Checkpoint, CheckpointStore, JobKey, Lease, Writer};
+
+use crate::error::CliError;
+use crate::{fmt, stores};
+
+/// A job key in a store opened by URL.
+pub(crate) struct Target {
+    pub(crate) store: Arc<dyn CheckpointStore>,
+    pub(crate) key: JobKey,
+}
+
+impl Target {
+    pub(crate) async fn open(url: &str, job: &str) -> Result<Self, CliError> {
+        let key = stores::key(url, job)?;
+        Ok(Self {
+            store: stores::open(url).await?,
+            key,
+        })
+    }
+
+    /// The store's own name for itself (an absolute `file://` path, …).
+    pub(crate) fn location(&self) -> String {
+        self.store.location()
+    }
+
+    /// The checkpoint, or `None`. Corrupt ones are errors naming the reason.
+    pub(crate) async fn load(&self) -> Result<Option<Checkpoint>, CliError> {
+        Ok(self.store.load(&self.key).await?)
+    }
+
+    /// The checkpoint, which must exist.
+    pub(crate) async fn load_existing(&self) -> Result<Checkpoint, CliError> {
+        self.load().await?.ok_or_else(|| {
+            CliError::Failed(format!(
+                "{}: no checkpoint for job {:?}",
+                self.location(),
+                self.key.as_str()
+            ))
+        })
+    }
+}
+
+/// `host h, pid p, run r, task t` (the task only when known).
+pub(crate) fn describe(w: &Writer) -> String {
+    let task = if w.task.is_empty() {
+        String::new()
+    } else {
+        format!(", task {}", w.task)
+    };
+    format!("host {}, pid {}, run {}{task}", w.host, w.pid, w.run_id)
+}
+
+/// Who holds a lease: the writer when the writer is the lease's owner (what
+/// the runner always writes), else the owner's run id and who last wrote.
+pub(crate) fn holder(c: &Checkpoint, lease: &Lease) -> String {
+    if c.writer.run_id == lease.owner {
+        describe(&c.writer)
+    } else {
+        format!(
+            "run {} (last written by {})",
+            lease.owner,
+            describe(&c.writer)
+        )
+    }
+}
+
+/// Whether the writer certainly died: it ran on this host and its pid is gone.
+/// (The runner uses the same test to take a job over before its lease expires.)
+pub(crate) fn holder_gone(w: &Writer) -> bool {
+    let me = Writer::this_process();
+    cfg!(target_os = "linux")
+        && w.host == me.host
+        && w.pid != me.pid
+        && !std::path::Path::new("/proc")
+            .join(w.pid.to_string())
+            .exists()
+}
+
+/// The lease if it is still live at `now` (expires in the future).
+pub(crate) fn live_lease(c: &Checkpoint, now: u64) -> Option<Lease> {
+    c.lease.filter(|l| l.expires_ms > now)
+}
+
+/// Refuses to change a job a live runner holds, unless `force`.
+pub(crate) fn check_not_held(
+    target: &Target,
+    c: &Checkpoint,
+    force: bool,
+    what: &str,
+) -> Result<(), CliError> {
+    let now = fmt::now_ms();
+    let Some(lease) = live_lease(c, now) else {
+        return Ok(());
+    };
+    let left = fmt::duration(Duration::from_millis(lease.expires_ms - now));
+    let mut holder = holder(c, &lease);
+    if holder_gone(&c.writer) {
+        holder.push_str(
+            "; that process is gone from this host, so the next run there takes the job over by itself",
+        );
+    }
+    if force {
+        eprintln!(
+            "spotbatch: warning: {}: job {:?} is held by a live runner ({holder}, lease expires in {left}); \
+             changing it anyway (--force): that runner is fenced off at its next save and exits 73",
+            target.location(),
+            target.key.as_str(),
+        );
+        return Ok(());
+    }
+    Err(CliError::Held(format!(
+        "{}: job {:?} is held by a live runner ({holder}); its lease expires in {left}. \
+         Refusing to {what}: stop that runner or wait for its lease to expire, \
+         or pass --force (the runner is then fenced off at its next save and exits 73)",
+        target.location(),
+        target.key.as_str(),
+    )))
+}

@@ -1,0 +1,338 @@
+//! `list`, `show`, `export` and `import` against the file store.
+
+mod common;
+
+use common::{
+    assert_code, bincode_checkpoint, json_checkpoint, run, spotbatch, stderr, stdout,
+    with_live_lease, Store,
+};
+use serde_json::Value;
+use spotbatch::{Checkpoint, Status};
+
+#[test]
+fn list_shows_each_job_with_status_version_chunks_and_writer_and_unreadable_entries_with_why() {
+    let s = Store::new();
+    s.save(&json_checkpoint("etl/2026-11-24", 1200, 5), None);
+    s.save(
+        &with_live_lease(
+            bincode_checkpoint("squares", 40),
+            "arn:aws:ecs:task/abc",
+            60,
+        ),
+        None,
+    );
+    // A third checkpoint, then one byte flipped in it.
+    s.save(&bincode_checkpoint("broken", 1), None);
+    let path = s.file_of("broken");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let out = run(&["list", &s.url()]);
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        lines[0].starts_with("KEY") && lines[0].contains("WRITER / LEASE"),
+        "{text}"
+    );
+    let etl = lines
+        .iter()
+        .find(|l| l.starts_with("etl/2026-11-24"))
+        .expect(&text);
+    assert!(
+        etl.contains("interrupted (SIGTERM)") && etl.contains(" 7 ") && etl.contains(" 12 "),
+        "{etl}"
+    );
+    assert!(etl.contains("UTC"), "{etl}");
+    let squares = lines
+        .iter()
+        .find(|l| l.starts_with("squares"))
+        .expect(&text);
+    assert!(
+        squares.contains("HELD by") && squares.contains(&format!("pid {}", std::process::id())),
+        "{squares}"
+    );
+    let broken = lines
+        .iter()
+        .find(|l| l.contains("UNREADABLE"))
+        .expect(&text);
+    assert!(broken.contains("checksum"), "{broken}");
+
+    let out = run(&["list", &s.url(), "--json"]);
+    assert_code(&out, 0);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = v.as_array().unwrap();
+    assert_eq!(entries.len(), 3);
+    let etl = entries
+        .iter()
+        .find(|e| e["key"] == "etl/2026-11-24")
+        .unwrap();
+    assert_eq!(etl["status"], "interrupted");
+    assert_eq!(etl["status_detail"], "SIGTERM");
+    assert_eq!(etl["version"], 7);
+    assert_eq!(etl["chunks"], 12);
+    assert_eq!(etl["writer"]["pid"], std::process::id());
+    assert!(etl["updated"].as_str().unwrap().ends_with('Z'));
+    let squares = entries.iter().find(|e| e["key"] == "squares").unwrap();
+    assert_eq!(squares["lease"]["live"], true);
+    assert_eq!(squares["writer"]["task"], "arn:aws:ecs:task/abc");
+    let broken = entries.iter().find(|e| e["readable"] == false).unwrap();
+    assert!(
+        broken["reason"].as_str().unwrap().contains("checksum"),
+        "{broken}"
+    );
+
+    let empty = Store::new();
+    let out = run(&["list", &empty.url()]);
+    assert_code(&out, 0);
+    assert!(stdout(&out).contains("no checkpoints"), "{}", stdout(&out));
+}
+
+#[test]
+fn show_prints_the_whole_envelope_and_decodes_json_cursors() {
+    let s = Store::new();
+    let mut c = with_live_lease(
+        json_checkpoint("etl", 1200, 5_000),
+        "arn:aws:ecs:task/abc",
+        60,
+    );
+    c.history = vec![spotbatch::RunRecord::started(&c.writer, c.created_ms)];
+    s.save(&c, None);
+
+    let out = run(&["show", &s.url(), "etl"]);
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    for needle in [
+        "job          \"etl\"",
+        &format!("store        {}", s.url()),
+        "version      7",
+        "status       interrupted (SIGTERM)",
+        "counters     chunks 12, items 1200, checkpoints 7, interruptions 1, runs 2",
+        "codec        json",
+        "\"next\": 1200",
+        "\"out_len\": 5000",
+        "LIVE: held by host",
+        &format!("pid {}", std::process::id()),
+        &c.writer.run_id.to_string(),
+        "task arn:aws:ecs:task/abc",
+        "expires in",
+        "history      1 recent run",
+        "UTC",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+
+    let out = run(&["show", &s.url(), "etl", "--json"]);
+    assert_code(&out, 0);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cursor"]["json"]["next"], 1200);
+    assert_eq!(v["state"]["json"]["out_len"], 5000);
+    assert_eq!(v["lease"]["live"], true);
+    assert_eq!(v["history"].as_array().unwrap().len(), 1);
+    assert_eq!(v["counters"]["runs"], 2);
+
+    // bincode is not self-describing: size and hex.
+    s.save(&bincode_checkpoint("squares", 300), None);
+    let out = run(&["show", &s.url(), "squares"]);
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    let hex: String = spotbatch::Codec::Bincode
+        .encode(&300u64)
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        text.contains(&format!("3 bytes (bincode, not self-describing): {hex}")),
+        "{text}"
+    );
+    assert!(text.contains("lease        none"), "{text}");
+}
+
+#[test]
+fn show_of_a_corrupt_checkpoint_prints_the_reason_exits_65_and_changes_nothing() {
+    let s = Store::new();
+    s.save(&json_checkpoint("etl", 1200, 5), None);
+    let path = s.file_of("etl");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+
+    for args in [
+        vec!["show", &s.url(), "etl"],
+        vec!["show", &s.url(), "etl", "--json"],
+    ] {
+        let out = run(&args);
+        assert_code(&out, 65);
+        let err = stderr(&out);
+        for needle in ["checksum", "\"etl\"", &path.display().to_string(), &s.url()] {
+            assert!(err.contains(needle), "missing {needle:?} in {err}");
+        }
+        assert!(out.stdout.is_empty(), "{}", stdout(&out));
+    }
+    // Editing it is refused the same way, with what to do instead.
+    let out = run(&["mark", &s.url(), "etl", "--status", "completed"]);
+    assert_code(&out, 65);
+    assert!(
+        stderr(&out).contains("remove it by hand"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["reset", &s.url(), "etl", "--yes"]);
+    assert_code(&out, 65);
+
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the checkpoint changed"
+    );
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().modified().unwrap(),
+        before
+    );
+}
+
+#[test]
+fn show_of_a_missing_job_and_bad_urls_and_keys_have_distinct_exit_codes() {
+    let s = Store::new();
+    let out = run(&["show", &s.url(), "nope"]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("no checkpoint for job \"nope\""),
+        "{}",
+        stderr(&out)
+    );
+
+    for (url, says) in [
+        ("/var/lib/ckpt", "expected scheme"),
+        ("ftp://host/x", "unknown scheme"),
+        ("s3://bucket/prefix", "spotbatch-s3"),
+        ("postgres://localhost/db", "spotbatch-postgres"),
+    ] {
+        let out = run(&["show", url, "job"]);
+        assert_code(&out, 78);
+        assert!(
+            stderr(&out).contains(url) && stderr(&out).contains(says),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let out = run(&["show", &s.url(), ""]);
+    assert_code(&out, 78);
+    assert!(stderr(&out).contains("empty"), "{}", stderr(&out));
+}
+
+#[test]
+fn export_then_import_moves_a_checkpoint_and_import_replaces_by_cas_as_version_plus_one() {
+    let from = Store::new();
+    let original = json_checkpoint("etl", 1200, 5);
+    from.save(&original, None);
+    let file = from.dir.path().join("etl.export");
+
+    // export > file: the stored bytes, verified.
+    let out = {
+        let mut cmd = spotbatch();
+        cmd.args(["export", &from.url(), "etl"]);
+        cmd.stdout(std::fs::File::create(&file).unwrap());
+        cmd.output().unwrap()
+    };
+    assert_code(&out, 0);
+    assert_eq!(std::fs::read(&file).unwrap(), from.bytes("etl"));
+
+    // import < file into an empty store: created as it is, version included.
+    let to = Store::new();
+    let import = |store: &Store, job: &str, extra: &[&str]| {
+        let mut cmd = spotbatch();
+        cmd.args(["import", &store.url(), job]).args(extra);
+        cmd.stdin(std::fs::File::open(&file).unwrap());
+        cmd.output().unwrap()
+    };
+    let out = import(&to, "etl", &[]);
+    assert_code(&out, 0);
+    assert!(
+        stdout(&out).contains("as version 7 (created"),
+        "{}",
+        stdout(&out)
+    );
+    let imported = to.load("etl").unwrap();
+    assert_eq!(imported.version, 7);
+    assert_eq!(
+        (&imported.cursor, &imported.state),
+        (&original.cursor, &original.state)
+    );
+    assert_eq!(imported.status, original.status);
+    assert_eq!(imported.counters, original.counters);
+    assert_eq!(imported.writer.task, "spotbatch import (CLI)");
+    assert_eq!(imported.lease, None);
+
+    // Again: replaces the stored version 7 with version 8.
+    let out = import(&to, "etl", &[]);
+    assert_code(&out, 0);
+    assert!(
+        stdout(&out).contains("as version 8 (replaced version 7"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(to.load("etl").unwrap().version, 8);
+
+    // Another job's checkpoint, or bytes that do not verify: refused, nothing written.
+    let out = import(&to, "other", &[]);
+    assert_code(&out, 65);
+    assert!(
+        stderr(&out).contains("holds the checkpoint of job \"etl\", not \"other\""),
+        "{}",
+        stderr(&out)
+    );
+    assert!(to.load("other").is_none());
+    let mut bad = std::fs::read(&file).unwrap();
+    bad.truncate(bad.len() - 3);
+    let bad_file = from.dir.path().join("bad.export");
+    std::fs::write(&bad_file, &bad).unwrap();
+    let out = run(&[
+        "import",
+        &to.url(),
+        "etl",
+        "--input",
+        bad_file.to_str().unwrap(),
+    ]);
+    assert_code(&out, 65);
+    assert!(stderr(&out).contains("truncated"), "{}", stderr(&out));
+    assert_eq!(to.load("etl").unwrap().version, 8);
+
+    // A target held by a live runner: refused unless --force.
+    let held = with_live_lease(to.load("etl").unwrap(), "task-1", 60);
+    let mut held_next = held.clone();
+    held_next.version = 9;
+    to.save(&held_next, Some(8));
+    let out = import(&to, "etl", &[]);
+    assert_code(&out, 73);
+    assert!(stderr(&out).contains("task-1"), "{}", stderr(&out));
+    let out = import(&to, "etl", &["--force"]);
+    assert_code(&out, 0);
+    let now: Checkpoint = to.load("etl").unwrap();
+    assert_eq!((now.version, now.lease), (10, None));
+
+    // export refuses a terminal; writes a file with --output.
+    let out_file = from.dir.path().join("out.ckpt");
+    let out = run(&[
+        "export",
+        &from.url(),
+        "etl",
+        "--output",
+        out_file.to_str().unwrap(),
+    ]);
+    assert_code(&out, 0);
+    assert_eq!(
+        Checkpoint::decode(&std::fs::read(&out_file).unwrap())
+            .unwrap()
+            .status,
+        Status::Interrupted {
+            source: "SIGTERM".into()
+        }
+    );
+}
