@@ -241,6 +241,8 @@ async fn a_holder_in_another_pid_namespace_is_not_presumed_dead() {
     writer.pid_namespace = writer.pid_namespace.wrapping_add(1);
     let store = MemoryStore::new();
     held_by(&store, writer, now_ms() + 60_000).await;
-    let report = runner(slow(5, 1, &store), Duration::from_secs(60)).run().await;
+    let report = runner(slow(5, 1, &store), Duration::from_secs(60))
+        .run()
+        .await;
     assert_eq!(report.code(), 73, "{:?}", report.outcome);
 }
