@@ -8,7 +8,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{error, info, warn};
 
 use crate::aws::EcsTask;
-use crate::checkpoint::Status;
+use crate::checkpoint::{Checkpoint, Status};
 use crate::codec::Codec;
 use crate::error::{BoxError, Error};
 use crate::exit::{ExitCodes, Outcome, Report, RunStats};
@@ -314,7 +314,7 @@ impl<J: Job> Runner<J> {
         // Let stop requests that are already due (a finished `stop_on` future) register.
         tokio::task::yield_now().await;
 
-        let loaded = store.load(&key).await?;
+        let loaded = load(&*store, &key, &interrupts).await?;
         let mut session = Session::new::<J>(&*store, &key, codec, lease);
         if ecs_identity {
             match EcsTask::from_environment(Duration::from_secs(2)).await {
@@ -441,22 +441,32 @@ impl<J: Job> Runner<J> {
             let lease_due = matches!((session.renew_at(), now), (Some(at), Some(now)) if now >= at);
             let elapsed = now.map_or(Duration::ZERO, |now| now - since);
             if lease_due || policy.is_due(since_chunks, elapsed) {
-                job.flush().await.map_err(|source| Error::Job {
-                    during: "flush".into(),
-                    source,
-                })?;
-                match session
-                    .save::<J>(&cursor, &state, Status::Running, false)
-                    .await
-                {
-                    Ok(()) => {
+                let checkpoint = async {
+                    job.flush().await.map_err(|source| Error::Job {
+                        during: "flush".into(),
+                        source,
+                    })?;
+                    session
+                        .save::<J>(&cursor, &state, Status::Running, false)
+                        .await
+                };
+                // A store that hangs must not eat the grace period.
+                let saved = tokio::select! {
+                    saved = checkpoint => Some(saved),
+                    () = interrupts.abandon_point() => None,
+                };
+                match saved {
+                    Some(Ok(())) => {
                         stats.checkpoints += 1;
                         log_checkpoint(&session, stats, run_started, total);
                     }
-                    Err(Error::Store(e)) if e.is_transient() => {
+                    Some(Err(Error::Store(e))) if e.is_transient() => {
                         warn!(job = %key, error = %e, "periodic checkpoint failed; will retry at the next one");
                     }
-                    Err(e) => return Err(e),
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        warn!(job = %key, "periodic checkpoint abandoned at the drain deadline")
+                    }
                 }
                 since_chunks = 0;
                 since = Instant::now();
@@ -505,6 +515,32 @@ impl<J: Job> Runner<J> {
                 Err(job_error)
             }
             (Err(save_error), Ok(_)) => Err(save_error),
+        }
+    }
+}
+
+/// Loads the job's checkpoint, retrying transient store errors for up to
+/// 30 s (a store that restarts, throttles or is briefly unreachable) unless
+/// a stop is requested first.
+async fn load(
+    store: &dyn CheckpointStore,
+    key: &JobKey,
+    interrupts: &Interrupts,
+) -> Result<Option<Checkpoint>, Error> {
+    let give_up = Instant::now() + Duration::from_secs(30);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match store.load(key).await {
+            Err(e)
+                if e.is_transient()
+                    && !interrupts.stop_requested()
+                    && Instant::now() + delay < give_up =>
+            {
+                warn!(job = %key, error = %e, retry_in = ?delay, "cannot read the checkpoint yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            other => return Ok(other?),
         }
     }
 }

@@ -187,18 +187,29 @@ impl<'a> Session<'a> {
         self.run_chunks += 1;
     }
 
-    /// Marks the start of a run (and takes the lease, if any) with a first save.
+    /// Marks the start of a run (and takes the lease, if any) with a first
+    /// save, retrying transient store errors for up to 30 s.
     pub(crate) async fn begin<J: Job>(
         &mut self,
         cursor: &J::Cursor,
         state: &J::State,
     ) -> Result<(), Error> {
         self.totals.runs += 1;
-        if self.lease_ttl.is_some() {
-            self.save::<J>(cursor, state, Status::Running, false)
-                .await?;
+        if self.lease_ttl.is_none() {
+            return Ok(());
         }
-        Ok(())
+        let give_up = Instant::now() + Duration::from_secs(30);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.save::<J>(cursor, state, Status::Running, false).await {
+                Err(Error::Store(e)) if e.is_transient() && Instant::now() + delay < give_up => {
+                    warn!(job = %self.key, error = %e, retry_in = ?delay, "cannot take the job's lease yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Saves a checkpoint. `end` releases the lease and records the run's end.
@@ -272,12 +283,40 @@ impl<'a> Session<'a> {
             }
         }
         checkpoint.history = self.history.clone();
-        self.store.save(&checkpoint, self.stored).await?;
+        match self.store.save(&checkpoint, self.stored).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict {
+                found: Some(found), ..
+            }) if self.landed_earlier(found).await => {
+                // An earlier save of ours reached the store although it
+                // reported an error: carry on from it.
+                self.stored = Some(found);
+                checkpoint.version = found + 1;
+                self.store.save(&checkpoint, self.stored).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.stored = Some(checkpoint.version);
         self.totals.checkpoints += 1;
         self.last_save = Instant::now();
         self.last = Some((checkpoint.cursor, checkpoint.state, status));
         Ok(())
+    }
+}
+
+impl Session<'_> {
+    /// Whether version `found`, which a save conflicted with, is one this run
+    /// wrote itself (a save whose success was lost on the way back).
+    async fn landed_earlier(&self, found: u64) -> bool {
+        if Some(found) != self.stored.map(|v| v + 1).or(Some(1)) {
+            return false;
+        }
+        match self.store.load(self.key).await {
+            Ok(Some(stored)) => {
+                stored.version == found && stored.writer == self.writer
+            }
+            _ => false,
+        }
     }
 }
 

@@ -1040,3 +1040,79 @@ async fn the_interrupted_exit_code_is_configurable() {
     );
     assert_eq!(report.code(), 0);
 }
+
+// ---------------------------------------------------------------------------
+// A save that lands although the store reports an error
+// ---------------------------------------------------------------------------
+
+/// A MemoryStore whose `fail_after`-th save lands but reports an I/O error,
+/// as when the answer of a write that reached S3 or Postgres is lost.
+#[derive(Debug, Clone)]
+struct LostAnswer {
+    inner: MemoryStore,
+    saves: Arc<Mutex<u64>>,
+    fail_at: u64,
+}
+
+#[async_trait]
+impl CheckpointStore for LostAnswer {
+    fn location(&self) -> String {
+        "lost-answer://".into()
+    }
+
+    async fn load(&self, key: &JobKey) -> Result<Option<Checkpoint>, StoreError> {
+        self.inner.load(key).await
+    }
+
+    async fn save(&self, c: &Checkpoint, expected: Option<u64>) -> Result<(), StoreError> {
+        self.inner.save(c, expected).await?;
+        let mut saves = self.saves.lock().unwrap();
+        *saves += 1;
+        if *saves == self.fail_at {
+            return Err(StoreError::Io {
+                store: self.location(),
+                key: c.job.to_string(),
+                operation: "save",
+                source: "connection reset after the write".into(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<spotbatch::Listing>, StoreError> {
+        self.inner.list().await
+    }
+
+    async fn delete(&self, key: &JobKey, expected: u64) -> Result<(), StoreError> {
+        self.inner.delete(key, expected).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_save_whose_answer_was_lost_is_not_mistaken_for_another_runner() {
+    for fail_at in [1, 2, 5] {
+        let inner = MemoryStore::new();
+        let store = LostAnswer {
+            inner: inner.clone(),
+            saves: Arc::default(),
+            fail_at,
+        };
+        let report = Runner::new("count", Counter::ten())
+            .store(store)
+            .signals(&[])
+            .checkpoint(Every::chunk())
+            .run()
+            .await;
+        assert!(
+            report.is_complete(),
+            "fail at save {fail_at}: {:?}",
+            report.outcome
+        );
+        let (cursor, sum) = cursor_and_sum(&stored(&inner, "count").await);
+        assert_eq!(
+            (cursor, sum),
+            (100, sum_below(100)),
+            "fail at save {fail_at}"
+        );
+    }
+}

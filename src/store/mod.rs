@@ -109,6 +109,19 @@ pub struct Summary {
     pub chunks: u64,
 }
 
+impl Summary {
+    /// A summary, for stores that read it from their own metadata.
+    pub fn new(job: JobKey, version: u64, status: Status, updated_ms: u64, chunks: u64) -> Self {
+        Self {
+            job,
+            version,
+            status,
+            updated_ms,
+            chunks,
+        }
+    }
+}
+
 impl From<&Checkpoint> for Summary {
     fn from(c: &Checkpoint) -> Self {
         Self {

@@ -39,10 +39,10 @@ pub fn open_store(url: &str) -> Result<Arc<dyn CheckpointStore>, Error> {
         "memory" if rest.is_empty() => Ok(Arc::new(MemoryStore::new())),
         "memory" => Err(bad("memory:// takes nothing after the scheme")),
         "s3" => Err(bad(
-            "the S3 store lives in the spotbatch-s3 crate (spotbatch feature `s3`); open it with S3Store",
+            "the S3 store lives in the spotbatch-s3 crate: open it with spotbatch_s3::open_store or S3Store::from_url",
         )),
         "postgres" | "postgresql" => Err(bad(
-            "the Postgres store lives in the spotbatch-postgres crate (spotbatch feature `postgres`); open it with PostgresStore",
+            "the Postgres store lives in the spotbatch-postgres crate: open it with PostgresStore::connect",
         )),
         other => Err(bad(&format!(
             "unknown scheme {other:?}; expected file, s3, postgres or memory"
