@@ -312,9 +312,7 @@ impl Session<'_> {
             return false;
         }
         match self.store.load(self.key).await {
-            Ok(Some(stored)) => {
-                stored.version == found && stored.writer == self.writer
-            }
+            Ok(Some(stored)) => stored.version == found && stored.writer == self.writer,
             _ => false,
         }
     }
