@@ -115,6 +115,10 @@ pub struct Args {
     /// Grace period in seconds: time from SIGTERM to the platform's SIGKILL.
     #[arg(long, default_value_t = 30.0)]
     grace: f64,
+    /// Lease in seconds: another runner may take the job over this long
+    /// after this one stops renewing it.
+    #[arg(long, default_value_t = 60.0)]
+    lease: f64,
     /// Exit code of an interrupted run (75 for AWS Batch / Kubernetes retries).
     #[arg(long, default_value_t = 0)]
     interrupted_exit_code: u8,
@@ -146,6 +150,8 @@ pub async fn run(
     anyhow::ensure!(args.chunk > 0, "--chunk must be at least 1");
     let grace = Duration::try_from_secs_f64(args.grace)
         .map_err(|e| anyhow::anyhow!("bad --grace {}: {e}", args.grace))?;
+    let lease = Duration::try_from_secs_f64(args.lease)
+        .map_err(|e| anyhow::anyhow!("bad --lease {}: {e}", args.lease))?;
     let audit = match &args.audit {
         Some(path) => Some(FileSink::open(path).await?),
         None => None,
@@ -161,6 +167,7 @@ pub async fn run(
         .shared_store(store)
         .checkpoint(Every::chunks(args.every_chunks).or_seconds(args.every_secs))
         .grace(grace)
+        .lease(lease)
         .interrupted_exit_code(args.interrupted_exit_code);
     if args.restart {
         runner = runner.restart();

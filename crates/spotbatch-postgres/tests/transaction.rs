@@ -1,0 +1,233 @@
+//! SharedTransaction's rules, one by one, against a real server: what is
+//! committed with a checkpoint, what is rolled back, and when the run must stop.
+
+mod common;
+
+use common::{admin_pool, fresh_name, pg_url, with_schema};
+use spotbatch::{Checkpoint, CheckpointStore, JobKey, StoreError, Writer};
+use spotbatch_postgres::{PostgresStore, SharedTransaction, TxError};
+use sqlx::{AssertSqlSafe, PgPool};
+
+struct Fixture {
+    store: PostgresStore,
+    tx: SharedTransaction,
+    admin: PgPool,
+    table: String,
+    key: JobKey,
+    version: u64,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let schema = fresh_name("tx");
+        let store = PostgresStore::connect(&with_schema(&pg_url(), &schema))
+            .await
+            .expect("connect");
+        let admin = admin_pool().await;
+        let table = format!("\"{schema}\".rows");
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY)"
+        )))
+        .execute(&admin)
+        .await
+        .expect("create table");
+        let tx = store.transactional();
+        Self {
+            store,
+            tx,
+            admin,
+            table,
+            key: JobKey::new("tx-job").expect("key"),
+            version: 0,
+        }
+    }
+
+    /// Writes `ids` in one chunk; `done` or not.
+    async fn chunk(&self, ids: &[i64], done: bool) -> Result<(), TxError> {
+        let mut chunk = self.tx.chunk().await?;
+        for id in ids {
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {} VALUES ($1)",
+                self.table
+            )))
+            .bind(id)
+            .execute(&mut *chunk)
+            .await
+            .map_err(|source| TxError::Sql {
+                store: String::new(),
+                source,
+            })?;
+        }
+        if done {
+            chunk.done().await?;
+        }
+        Ok(())
+    }
+
+    /// Saves the next checkpoint through the transaction's store.
+    async fn save(&mut self) -> Result<(), StoreError> {
+        let mut c = Checkpoint::new(self.key.clone(), Writer::this_process());
+        c.version = self.version + 1;
+        let expected = (self.version > 0).then_some(self.version);
+        self.tx.store().save(&c, expected).await?;
+        self.version += 1;
+        Ok(())
+    }
+
+    /// The committed ids, as another session sees them.
+    async fn committed(&self) -> Vec<i64> {
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT id FROM {} ORDER BY id",
+            self.table
+        )))
+        .fetch_all(&self.admin)
+        .await
+        .expect("committed rows")
+    }
+}
+
+#[tokio::test]
+async fn writes_commit_with_the_checkpoint_and_not_before() {
+    let mut f = Fixture::new().await;
+    f.chunk(&[1, 2], true).await.expect("chunk 1");
+    f.chunk(&[3], true).await.expect("chunk 2");
+    assert!(f.tx.is_open().await);
+    assert_eq!(
+        f.committed().await,
+        Vec::<i64>::new(),
+        "visible before the checkpoint"
+    );
+    f.save().await.expect("save");
+    assert_eq!(f.committed().await, [1, 2, 3]);
+    assert!(!f.tx.is_open().await);
+    // A save with nothing open is a plain save.
+    f.save().await.expect("save without writes");
+    assert_eq!(
+        f.store.load(&f.key).await.expect("load").map(|c| c.version),
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn an_unfinished_chunk_is_rolled_back_before_the_save() {
+    let mut f = Fixture::new().await;
+    f.chunk(&[1], true).await.expect("finished chunk");
+    f.chunk(&[2], false).await.expect("chunk left without done");
+    f.save().await.expect("save");
+    assert_eq!(f.committed().await, [1]);
+
+    // A chunk whose statement failed (duplicate key) is rolled back too, and
+    // the transaction goes on.
+    f.chunk(&[3], true).await.expect("chunk");
+    let err = f.chunk(&[4, 1], true).await.expect_err("duplicate");
+    assert!(matches!(err, TxError::Sql { .. }), "{err}");
+    f.check().await;
+    f.save().await.expect("save after a failed chunk");
+    assert_eq!(f.committed().await, [1, 3]);
+}
+
+#[tokio::test]
+async fn a_lost_conflict_rolls_everything_back() {
+    let mut f = Fixture::new().await;
+    f.save().await.expect("first save");
+    // Another runner advances the job.
+    let mut theirs = Checkpoint::new(f.key.clone(), Writer::this_process());
+    theirs.version = 2;
+    f.store.save(&theirs, Some(1)).await.expect("their save");
+
+    f.chunk(&[1, 2], true).await.expect("chunk");
+    let err = f.save().await.expect_err("fenced");
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: Some(1),
+                found: Some(2),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(f.committed().await.is_empty());
+    assert!(matches!(f.tx.chunk().await, Err(TxError::Lost { .. })));
+}
+
+#[tokio::test]
+async fn a_dropped_connection_loses_the_transaction_for_good() {
+    let mut f = Fixture::new().await;
+    f.save().await.expect("first save");
+    let pid: i32 = {
+        let mut chunk = f.tx.chunk().await.expect("chunk");
+        sqlx::query(AssertSqlSafe(format!("INSERT INTO {} VALUES (1)", f.table)))
+            .execute(&mut *chunk)
+            .await
+            .expect("insert");
+        let pid = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *chunk)
+            .await
+            .expect("pid");
+        chunk.done().await.expect("done");
+        pid
+    };
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&f.admin)
+        .await
+        .expect("terminate");
+
+    let err = f.tx.check().await.expect_err("lost");
+    assert!(
+        matches!(err, TxError::Lost { .. }) && err.to_string().contains("next run redoes them"),
+        "{err}"
+    );
+    let err = f.save().await.expect_err("save after loss");
+    assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    assert!(matches!(f.tx.chunk().await, Err(TxError::Lost { .. })));
+    assert!(f.committed().await.is_empty());
+    assert_eq!(
+        f.store.load(&f.key).await.expect("load").map(|c| c.version),
+        Some(1),
+        "the checkpoint moved without its writes"
+    );
+}
+
+#[tokio::test]
+async fn a_job_that_commits_itself_is_refused() {
+    let mut f = Fixture::new().await;
+    {
+        let mut chunk = f.tx.chunk().await.expect("chunk");
+        sqlx::query(AssertSqlSafe(format!("INSERT INTO {} VALUES (1)", f.table)))
+            .execute(&mut *chunk)
+            .await
+            .expect("insert");
+        sqlx::query("COMMIT")
+            .execute(&mut *chunk)
+            .await
+            .expect("commit");
+    }
+    let err = f.save().await.expect_err("refused");
+    assert!(
+        err.to_string().contains("ended the transaction itself"),
+        "{err}"
+    );
+    assert_eq!(f.store.load(&f.key).await.expect("load"), None);
+}
+
+#[tokio::test]
+async fn one_transaction_serves_one_job() {
+    let mut f = Fixture::new().await;
+    f.save().await.expect("binds tx-job");
+    let other = Checkpoint::new(JobKey::new("other").expect("key"), Writer::this_process());
+    let err =
+        f.tx.store()
+            .save(&other, None)
+            .await
+            .expect_err("other job");
+    assert!(err.to_string().contains("needs its own"), "{err}");
+}
+
+impl Fixture {
+    async fn check(&self) {
+        self.tx.check().await.expect("check");
+    }
+}
