@@ -1,0 +1,287 @@
+//! The runner: its builder here, one run in `drive`.
+
+mod drive;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{error, info};
+
+use crate::codec::Codec;
+use crate::error::Error;
+use crate::exit::{ExitCodes, Outcome, Report, RunStats};
+use crate::job::Job;
+use crate::policy::CheckpointPolicy;
+use crate::shutdown::{FutureSource, Signal, StopSource};
+use crate::store::{open_store, CheckpointStore};
+
+/// Where checkpoints go when no store is set: `file://.spotbatch`.
+pub const DEFAULT_STORE_DIR: &str = ".spotbatch";
+
+/// Runs a [`Job`] to completion or interruption, checkpointing as it goes.
+///
+/// ```no_run
+/// # use spotbatch::prelude::*;
+/// # struct MyJob;
+/// # #[async_trait]
+/// # impl Job for MyJob {
+/// #     type Cursor = u64;
+/// #     type State = ();
+/// #     async fn next_chunk(&mut self, _: &u64) -> Result<Option<Chunk<u64>>> { Ok(None) }
+/// #     async fn process(&mut self, _: &Chunk<u64>, _: &mut (), _: &ChunkContext) -> Result<()> { Ok(()) }
+/// # }
+/// # async fn f() -> Result<std::process::ExitCode> {
+/// let report = Runner::new("my-job", MyJob)
+///     .store_url("file:///var/lib/ckpt")?
+///     .checkpoint(Every::chunks(100).or_seconds(5))
+///     .grace_secs(110) // ECS stopTimeout 120, minus a margin
+///     .run()
+///     .await;
+/// Ok(report.exit_code())
+/// # }
+/// ```
+///
+/// # Shutdown
+///
+/// | event | what the runner does |
+/// |---|---|
+/// | first SIGTERM/SIGINT (or other stop request) | starts no new chunk; lets the chunk in hand finish until the drain deadline (grace − reserve); flushes; writes the final checkpoint; returns [`Outcome::Interrupted`] |
+/// | chunk still running at the drain deadline | cancels it through [`ChunkContext`]; drops it if it has not returned shortly after; the checkpoint stays at the last finished chunk |
+/// | second SIGTERM/SIGINT | skips the drain: cancels the chunk in hand at once, checkpoints what is finished, returns |
+/// | final checkpoint cannot be saved by the end of the grace period | returns [`Error::CheckpointNotSaved`] (exit code `checkpoint_not_saved`), naming the version the next run resumes from |
+/// | SIGKILL (grace exceeded, OOM, host loss) | nothing runs; the store keeps the last checkpoint, whole; the next run redoes the chunks since it |
+///
+/// Signal handlers are installed when [`run`](Self::run) starts, before the
+/// first chunk, and stay installed after it returns (tokio cannot remove them).
+#[must_use = "a runner does nothing until `.run().await`"]
+pub struct Runner<J: Job> {
+    key: String,
+    job: J,
+    store: Option<Arc<dyn CheckpointStore>>,
+    policy: CheckpointPolicy,
+    grace: Duration,
+    reserve: Option<Duration>,
+    codes: ExitCodes,
+    signals: Vec<Signal>,
+    codec: Codec,
+    restart: bool,
+    max_runtime: Option<Duration>,
+    sources: Vec<Box<dyn StopSource>>,
+    lease: Option<Duration>,
+    ecs_identity: bool,
+}
+
+impl<J: Job> std::fmt::Debug for Runner<J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("key", &self.key)
+            .field("store", &self.store)
+            .field("policy", &self.policy)
+            .field("grace", &self.grace)
+            .field("signals", &self.signals)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<J: Job> Runner<J> {
+    /// A runner for `job`, stored under `key`, with the defaults: the file
+    /// store in `./.spotbatch`, [`CheckpointPolicy::default`], a 30 s grace
+    /// period (the ECS default `stopTimeout`), SIGTERM and SIGINT, bincode,
+    /// a 60 s lease, and [`ExitCodes::default`].
+    pub fn new(key: impl Into<String>, job: J) -> Self {
+        Self {
+            key: key.into(),
+            job,
+            store: None,
+            policy: CheckpointPolicy::default(),
+            grace: Duration::from_secs(30),
+            reserve: None,
+            codes: ExitCodes::default(),
+            signals: vec![Signal::Term, Signal::Int],
+            codec: Codec::default(),
+            restart: false,
+            max_runtime: None,
+            sources: Vec::new(),
+            lease: Some(Duration::from_secs(60)),
+            ecs_identity: true,
+        }
+    }
+
+    /// Stores checkpoints in `store`.
+    pub fn store(self, store: impl CheckpointStore + 'static) -> Self {
+        self.shared_store(Arc::new(store))
+    }
+
+    /// Stores checkpoints in a store shared with other code.
+    pub fn shared_store(mut self, store: Arc<dyn CheckpointStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Stores checkpoints in the store a URL names; see [`open_store`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the URL when it is malformed or its scheme unknown.
+    pub fn store_url(self, url: &str) -> Result<Self, Error> {
+        Ok(self.shared_store(open_store(url)?))
+    }
+
+    /// When to write periodic checkpoints (default: every 100 chunks or 5 s).
+    pub fn checkpoint(mut self, policy: CheckpointPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Time from a stop request to the platform's SIGKILL. Set it to the
+    /// container's `stopTimeout` (ECS: default 30 s, at most 120 s on
+    /// Fargate) or `terminationGracePeriodSeconds` (Kubernetes), minus a
+    /// second or two for process start-up and exit.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// [`grace`](Self::grace) in whole seconds.
+    pub fn grace_secs(self, secs: u64) -> Self {
+        self.grace(Duration::from_secs(secs))
+    }
+
+    /// The part of the grace period kept for flushing and writing the final
+    /// checkpoint (default: a quarter of the grace period, at most 5 s).
+    pub fn checkpoint_reserve(mut self, reserve: Duration) -> Self {
+        self.reserve = Some(reserve);
+        self
+    }
+
+    /// The exit codes of [`Report::exit_code`].
+    pub fn exit_codes(mut self, codes: ExitCodes) -> Self {
+        self.codes = codes;
+        self
+    }
+
+    /// The exit code of an interrupted run (default 0; 75 for AWS Batch and
+    /// Kubernetes retry rules, see [`ExitCodes`]).
+    pub fn interrupted_exit_code(mut self, code: u8) -> Self {
+        self.codes.interrupted = code;
+        self
+    }
+
+    /// The signals that stop the run (default SIGTERM and SIGINT).
+    pub fn signals(mut self, signals: &[Signal]) -> Self {
+        self.signals = signals.to_vec();
+        self
+    }
+
+    /// How new checkpoints encode the cursor and state (default bincode).
+    /// Checkpoints already stored are read with the codec they record.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Starts the job over from the default cursor and state, even when its
+    /// checkpoint says completed. The new checkpoints still replace the stored
+    /// one by compare-and-swap; a corrupt checkpoint is still refused.
+    pub fn restart(mut self) -> Self {
+        self.restart = true;
+        self
+    }
+
+    /// Stops the run (like SIGTERM) once it has run for `limit`, e.g. to hand
+    /// over before a scheduled task's time slot ends.
+    pub fn max_runtime(mut self, limit: Duration) -> Self {
+        self.max_runtime = Some(limit);
+        self
+    }
+
+    /// Stops the run (like SIGTERM) when `future` completes, e.g. on a message
+    /// from a control queue. `name` appears in logs, the checkpoint and the outcome.
+    pub fn stop_on(
+        self,
+        name: impl Into<String>,
+        future: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        self.stop_source(FutureSource::new(name.into(), future))
+    }
+
+    /// Stops the run (like SIGTERM) when `source` says so, e.g. an EC2 Spot
+    /// notice poller. Sources are listened to from the start of `run`.
+    pub fn stop_source(mut self, source: impl StopSource) -> Self {
+        self.sources.push(Box::new(source));
+        self
+    }
+
+    /// How long the job's lease lasts without renewal (default 60 s).
+    ///
+    /// A run takes the lease with its first save and renews it with every
+    /// checkpoint and, during long chunks, every third of `ttl`; the final
+    /// checkpoint releases it. Another runner refuses to start while a live
+    /// lease is held ([`Error::Held`], the `conflict` exit code) and takes the
+    /// job over once it has expired, or at once when the holder ran on this
+    /// host and its process is gone. A renewal that finds another version
+    /// (someone took the job over) stops the run at once, without writing.
+    ///
+    /// Expiry compares the holder's clock with the newcomer's: keep `ttl` well
+    /// above the clock skew between your hosts.
+    pub fn lease(mut self, ttl: Duration) -> Self {
+        self.lease = Some(ttl);
+        self
+    }
+
+    /// No lease: runs start whoever else runs; compare-and-swap on every
+    /// save still fences all but one writer, at its next save.
+    pub fn no_lease(mut self) -> Self {
+        self.lease = None;
+        self
+    }
+
+    /// Whether to read the ECS task's identity at start (default on). When
+    /// `ECS_CONTAINER_METADATA_URI_V4` is set, the runner reads `/task` once
+    /// and records the task ARN as the writer of its checkpoints, in its run
+    /// history and in its logs; when it is not set, nothing is asked.
+    pub fn ecs_identity(mut self, on: bool) -> Self {
+        self.ecs_identity = on;
+        self
+    }
+
+    /// Runs the job until it completes, is stopped, or fails.
+    ///
+    /// Loads the job's checkpoint (or starts fresh), calls [`Job::resume`],
+    /// then processes chunks, checkpointing per the policy and always at the
+    /// end. Never panics on bad input: every failure is in the report.
+    pub async fn run(self) -> Report {
+        let started = Instant::now();
+        let codes = self.codes;
+        let key = self.key.clone();
+        let mut stats = RunStats::default();
+        let outcome = match self.drive(&mut stats).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                error!(job = %key, error = %e, "run failed");
+                Outcome::Failed(e)
+            }
+        };
+        stats.elapsed = started.elapsed();
+        let report = Report::new(outcome, stats, codes);
+        let outcome = match &report.outcome {
+            Outcome::Completed => "completed".to_owned(),
+            Outcome::AlreadyCompleted => "already completed".to_owned(),
+            Outcome::Interrupted(source) => format!("interrupted by {source}"),
+            Outcome::Failed(_) => "failed".to_owned(),
+        };
+        info!(
+            job = %key,
+            %outcome,
+            chunks = report.stats.chunks,
+            items = report.stats.items,
+            checkpoints = report.stats.checkpoints,
+            elapsed = ?report.stats.elapsed,
+            exit_code = report.code(),
+            "run ended"
+        );
+        report
+    }
+}
