@@ -15,8 +15,8 @@ use serde_json::Value;
 use spotbatch::{Checkpoint, Codec, Status, StoreError, Writer};
 
 use crate::error::CliError;
-use crate::fmt;
 use crate::target::{check_not_held, holder, live_lease, Target};
+use crate::{fmt, stores};
 
 /// The statuses `mark` can set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -220,7 +220,8 @@ pub(crate) async fn set_cursor(
     if c.status == Status::Completed {
         eprintln!(
             "spotbatch: note: the job is marked completed, so its next run does nothing; \
-             `spotbatch mark {url} {job} --status interrupted` makes it resume from the new cursor"
+             `spotbatch mark {} {job} --status interrupted` makes it resume from the new cursor",
+            stores::redacted(url)
         );
     }
     Ok(())

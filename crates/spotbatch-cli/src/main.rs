@@ -25,12 +25,16 @@ use crate::edit::MarkStatus;
 use crate::error::CliError;
 
 const AFTER_HELP: &str = "\
-Store URLs: file:///var/lib/ckpt, file://.spotbatch (relative), memory://
-(s3:// and postgres:// are not built into this CLI yet).
+Store URLs: file:///var/lib/ckpt, file://.spotbatch (relative), memory://,
+s3://bucket/prefix (AWS environment; SPOTBATCH_S3_FORCE_PATH_STYLE=true and
+AWS_ENDPOINT_URL_S3 for S3-compatible servers),
+postgres://user:pass@host:port/db?schema=name.
 
 Exit codes: 0 ok; 1 error (not found, refused, I/O; simulate: the job failed);
 2 bad command line; 65 the checkpoint is corrupt, truncated or another job's;
-73 a live runner holds the job, or it changed during the edit; 78 bad store URL or job key.";
+73 a live runner holds the job, or it changed during the edit; 78 bad store
+URL or job key, or a store that cannot be opened (a bad SPOTBATCH_S3_*
+setting; a Postgres server unreachable or refusing the login).";
 
 /// Inspect and edit spotbatch checkpoints; test a job against Spot interruptions.
 #[derive(Debug, Parser)]

@@ -211,8 +211,8 @@ fn show_of_a_missing_job_and_bad_urls_and_keys_have_distinct_exit_codes() {
     for (url, says) in [
         ("/var/lib/ckpt", "expected scheme"),
         ("ftp://host/x", "unknown scheme"),
-        ("s3://bucket/prefix", "spotbatch-s3"),
-        ("postgres://localhost/db", "spotbatch-postgres"),
+        ("s3://Bad_Bucket/prefix", "not a valid bucket name"),
+        ("postgres://localhost/db?schema=", "schema name is empty"),
     ] {
         let out = run(&["show", url, "job"]);
         assert_code(&out, 78);

@@ -28,8 +28,8 @@ use spotbatch::{Checkpoint, Status};
 use tokio::time::Instant;
 
 use crate::error::CliError;
-use crate::fmt;
 use crate::target::Target;
+use crate::{fmt, stores};
 use process::{Exit, Plan, RunResult, Sent, SignalTarget};
 use range::DelayRange;
 use report::{Report, RunReport, StoreReport};
@@ -121,10 +121,11 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<bool, CliError> {
             if let Some(c) = c.as_ref().filter(|c| c.status == Status::Completed) {
                 return Err(CliError::Failed(format!(
                     "{}: job {:?} is already completed (version {}): its runs would exit at once. \
-                     Start it over first: spotbatch reset {url} {}",
+                     Start it over first: spotbatch reset {} {}",
                     target.location(),
                     c.job.as_str(),
                     c.version,
+                    stores::redacted(url),
                     c.job.as_str()
                 )));
             }
@@ -274,7 +275,7 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<bool, CliError> {
     if let (Some((url, t)), Some(start), Some(end)) = (&probe, &at_start, &before) {
         let done = end.chunks.saturating_sub(start.chunks);
         report.store = Some(StoreReport {
-            url: url.clone(),
+            url: stores::redacted(url),
             job: t.key.to_string(),
             chunks_at_start: start.chunks,
             chunks_final: end.chunks,
