@@ -2,26 +2,15 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
 
 use spotbatch::{Checkpoint, FileStore, JobKey};
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use spotbatch_test_support::{example_bin, finish, signal, stderr, wait_within};
 
 pub const JOB: &str = "e2e";
-
-/// An example's binary, which `cargo test` builds next to the test binaries.
-pub fn example_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("examples").join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: run the whole suite with `cargo test`, which builds the examples",
-        bin.display()
-    );
-    bin
-}
 
 /// The quickstart example binary.
 pub fn quickstart_bin() -> PathBuf {
@@ -147,43 +136,4 @@ pub fn reference_output(records: u64, chunk: u64) -> Vec<u8> {
         stderr(&out)
     );
     std::fs::read(reference.out()).expect("reference output")
-}
-
-pub fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-pub fn signal(child: &Child, sig: i32) {
-    let pid = i32::try_from(child.id()).expect("pid");
-    // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
-    let rc = unsafe { libc::kill(pid, sig) };
-    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
-}
-
-/// Waits for the child, failing the test if it outlives `limit`.
-pub fn wait_within(child: &mut Child, limit: Duration) -> (ExitStatus, Duration) {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return (status, started.elapsed());
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("process did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Waits for the child and returns its status and stderr.
-pub fn finish(mut child: Child, limit: Duration) -> (ExitStatus, Duration, String) {
-    let mut err = child.stderr.take().expect("piped stderr");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut err, &mut s).ok();
-        s
-    });
-    let (status, took) = wait_within(&mut child, limit);
-    (status, took, reader.join().expect("stderr reader"))
 }

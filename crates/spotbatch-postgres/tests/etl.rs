@@ -82,7 +82,7 @@ async fn repeated_sigkill_leaves_no_duplicate_and_no_gap() {
         if child.try_wait().expect("try_wait").is_none() {
             signal(&child, sig);
         }
-        let (status, err) = finish(child, LIMIT);
+        let (status, _, err) = finish(child, LIMIT);
         match (status.code(), status.signal()) {
             (Some(0), _) => break,
             (Some(75), _) => terms += 1,
@@ -110,7 +110,7 @@ async fn repeated_sigkill_leaves_no_duplicate_and_no_gap() {
     );
 
     let reference = fresh_name("etl_ref");
-    let (status, err) = finish(etl(&reference, 0).spawn().expect("spawn"), LIMIT);
+    let (status, _, err) = finish(etl(&reference, 0).spawn().expect("spawn"), LIMIT);
     assert!(status.success(), "reference run failed:\n{err}");
     let killed = destination(&pool, &schema).await;
     assert_eq!(killed.0, i64::try_from(ROWS).expect("rows"));

@@ -53,8 +53,8 @@ async fn of_two_runners_started_at_once_exactly_one_advances() {
         .unwrap();
     let mut codes = [a.0.code(), b.0.code()];
     codes.sort();
-    assert_eq!(codes, [Some(0), Some(73)], "a:\n{}\nb:\n{}", a.1, b.1);
-    let loser = if a.0.code() == Some(73) { &a.1 } else { &b.1 };
+    assert_eq!(codes, [Some(0), Some(73)], "a:\n{}\nb:\n{}", a.2, b.2);
+    let loser = if a.0.code() == Some(73) { &a.2 } else { &b.2 };
     assert!(
         loser.contains("held by another runner") || loser.contains("changed by another writer"),
         "{loser}"
@@ -93,7 +93,7 @@ async fn a_sigkilled_holder_is_taken_over_without_manual_recovery() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     signal(&holder, libc::SIGKILL);
-    let (status, _) = tokio::task::spawn_blocking(move || finish(holder, LIMIT))
+    let (status, _, _) = tokio::task::spawn_blocking(move || finish(holder, LIMIT))
         .await
         .unwrap();
     assert_eq!(status.code(), None, "the holder was not killed");
@@ -104,7 +104,7 @@ async fn a_sigkilled_holder_is_taken_over_without_manual_recovery() {
     );
 
     let next = quickstart(&url, dir.path(), "out", 2.0).spawn().unwrap();
-    let (status, err) = tokio::task::spawn_blocking(move || finish(next, LIMIT))
+    let (status, _, err) = tokio::task::spawn_blocking(move || finish(next, LIMIT))
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0), "{err}");

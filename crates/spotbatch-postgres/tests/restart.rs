@@ -75,7 +75,7 @@ async fn a_database_restart_during_a_run_is_survived() {
     if child.try_wait().expect("try_wait").is_none() {
         restart_server();
     }
-    let (status, stderr) = finish(child, Duration::from_secs(90));
+    let (status, _, stderr) = finish(child, Duration::from_secs(90));
     assert!(status.success(), "run failed ({status}):\n{stderr}");
     for line in stderr.lines().filter(|l| l.contains("WARN")) {
         eprintln!("run log: {line}");
@@ -83,7 +83,7 @@ async fn a_database_restart_during_a_run_is_survived() {
 
     // Same output as an uninterrupted run, every chunk done exactly once.
     let reference = tempfile::tempdir().expect("tempdir");
-    let (status, err) = finish(
+    let (status, _, err) = finish(
         quickstart(&fresh_name("reference"), reference.path(), 0)
             .spawn()
             .expect("spawn reference"),

@@ -146,7 +146,7 @@ async fn server_stopped_mid_run_and_started_again_the_run_completes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.resume().await;
     let down = stopped.elapsed();
-    let status = common::wait_within(&mut child, LIMIT);
+    let (status, _) = common::wait_within(&mut child, LIMIT);
     let log = tail.into_text();
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains("periodic checkpoint failed"), "{log}");
@@ -201,7 +201,7 @@ async fn server_stopped_at_shutdown_exits_69_naming_the_version_to_resume_from()
     let resume_from = last_saved_version(&tail.text()).expect("a saved version");
     let sent = Instant::now();
     signal(&child, libc::SIGTERM);
-    let status = common::wait_within(&mut child, LIMIT);
+    let (status, _) = common::wait_within(&mut child, LIMIT);
     let took = sent.elapsed();
     let log = tail.into_text();
     assert_eq!(status.code(), Some(69), "{log}");

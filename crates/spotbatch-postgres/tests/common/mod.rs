@@ -3,10 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -75,49 +72,6 @@ pub async fn admin_pool() -> PgPool {
         .expect("connect to the test server")
 }
 
-/// An example binary that `cargo test` built next to the test binaries.
-pub fn example_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("examples").join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test` (or scripts/test), which builds the examples",
-        bin.display()
-    );
-    bin
-}
-
-pub fn signal(child: &Child, sig: i32) {
-    let pid = i32::try_from(child.id()).expect("pid");
-    // SAFETY: kill(2) with a pid we spawned and have not reaped.
-    let rc = unsafe { libc::kill(pid, sig) };
-    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
-}
-
-/// Waits for the child and returns its status and stderr, failing the test
-/// if it outlives `limit`.
-pub fn finish(mut child: Child, limit: Duration) -> (ExitStatus, String) {
-    let mut err = child.stderr.take().expect("piped stderr");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut err, &mut s).ok();
-        s
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "process did not exit within {limit:?}; stderr:\n{}",
-                reader.join().unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    (status, reader.join().expect("stderr reader"))
-}
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use spotbatch_test_support::{example_bin, finish, signal};

@@ -5,8 +5,8 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -218,19 +218,6 @@ impl Drop for PrivateServer {
     }
 }
 
-/// An example binary, which `cargo test` builds next to the test binaries.
-pub fn example_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("examples").join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test` (scripts/test), which builds the examples",
-        bin.display()
-    );
-    bin
-}
-
 /// The environment an example needs to reach `endpoint` (the store reads it).
 pub fn s3_env(cmd: &mut Command, endpoint: &str) {
     cmd.env("AWS_ENDPOINT_URL_S3", endpoint)
@@ -331,48 +318,6 @@ impl Quickstart {
     }
 }
 
-pub fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-pub fn signal(child: &Child, sig: i32) {
-    let pid = i32::try_from(child.id()).expect("pid");
-    // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
-    let rc = unsafe { libc::kill(pid, sig) };
-    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
-}
-
-/// Waits for the child (killing it and failing past `limit`); returns its
-/// status, how long it took and its stderr.
-pub fn finish(mut child: Child, limit: Duration) -> (ExitStatus, Duration, String) {
-    let mut err = child.stderr.take().expect("piped stderr");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut err, &mut s).ok();
-        s
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "process did not exit within {limit:?}\n{}",
-                reader.join().unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    (
-        status,
-        started.elapsed(),
-        reader.join().expect("stderr reader"),
-    )
-}
-
 /// Waits (without blocking the runtime's threads for long) until `cond` holds.
 pub async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let started = Instant::now();
@@ -425,18 +370,6 @@ impl Tail {
     }
 }
 
-/// Waits for the child, failing the test if it outlives `limit`.
-pub fn wait_within(child: &mut Child, limit: Duration) -> ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("process did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use spotbatch_test_support::{example_bin, finish, signal, stderr, wait_within};

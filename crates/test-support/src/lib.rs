@@ -1,0 +1,98 @@
+//! Helpers shared by the workspace's end-to-end tests: find an example's
+//! binary, send real signals to real processes, wait for them with a limit.
+//! Not published.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Output};
+use std::time::{Duration, Instant};
+
+/// An example's binary, which `cargo test` builds next to the test binaries
+/// (`target/<profile>/examples/<name>`).
+///
+/// # Panics
+///
+/// When it is missing, saying how to build it.
+pub fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("examples").join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test` (or scripts/test), which builds the examples",
+        bin.display()
+    );
+    bin
+}
+
+/// A finished process's stderr, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Sends `sig` to the child.
+///
+/// # Panics
+///
+/// When kill(2) fails (the child was already reaped).
+pub fn signal(child: &Child, sig: i32) {
+    let pid = i32::try_from(child.id()).expect("pid");
+    // SAFETY: kill(2) with a pid we spawned and have not reaped: it cannot
+    // name another process.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+/// Waits for the child; returns its status and how long that took.
+///
+/// # Panics
+///
+/// When it outlives `limit` (it is killed first).
+pub fn wait_within(child: &mut Child, limit: Duration) -> (ExitStatus, Duration) {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return (status, started.elapsed());
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits for a child spawned with `stderr(Stdio::piped())`; returns its
+/// status, how long that took, and its stderr.
+///
+/// # Panics
+///
+/// When stderr was not piped, or the child outlives `limit` (it is killed
+/// first; the panic shows its stderr).
+pub fn finish(mut child: Child, limit: Duration) -> (ExitStatus, Duration, String) {
+    let mut err = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut err, &mut s).ok();
+        s
+    });
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return (
+                status,
+                started.elapsed(),
+                reader.join().expect("stderr reader"),
+            );
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "process did not exit within {limit:?}; stderr:\n{}",
+                reader.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
