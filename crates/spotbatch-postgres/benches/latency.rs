@@ -40,10 +40,11 @@
 //! baseline alternate (their order swapped every other time) after a
 //! warm-up. Everything runs on one current-thread tokio runtime.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use spotbatch::{Checkpoint, CheckpointStore, JobKey, Lease, RunRecord, Writer};
 use spotbatch_postgres::{PostgresStore, SharedTransaction};
+use spotbatch_test_support::table::{percentile_rows, print_table, Latencies, Row};
 use sqlx::{AssertSqlSafe, PgPool, SqlSafeStr, SqlStr};
 
 /// How much work each figure does.
@@ -496,112 +497,3 @@ impl Bench {
 
 // ---------------------------------------------------------------------------
 // Output and helpers
-
-/// Sorted latencies, with nearest-rank percentiles.
-struct Latencies(Vec<Duration>);
-
-impl Latencies {
-    fn new(mut samples: Vec<Duration>) -> Self {
-        samples.sort();
-        Self(samples)
-    }
-
-    fn percentile(&self, p: f64) -> f64 {
-        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
-        self.0[rank.clamp(1, self.0.len()) - 1].as_nanos() as f64
-    }
-}
-
-/// A section title and its median, p90 and p99 rows.
-fn percentile_rows(title: String, what: &str, ours: &Latencies, base: &Latencies) -> Vec<Row> {
-    let mut rows = vec![Row::section(title)];
-    for (name, p) in [("median", 50.0), ("p90", 90.0), ("p99", 99.0)] {
-        rows.push(Row::ns(
-            format!("{what}, {name}"),
-            ours.percentile(p),
-            base.percentile(p),
-        ));
-    }
-    rows
-}
-
-/// One line of the table: figure, spotbatch, baseline, diff, ratio.
-struct Row {
-    cells: [String; 5],
-}
-
-impl Row {
-    fn section(title: impl Into<String>) -> Self {
-        let mut cells: [String; 5] = Default::default();
-        cells[0] = format!("**{}**", title.into());
-        Self { cells }
-    }
-
-    /// A row of two times in ns, with their difference and ratio.
-    fn ns(figure: impl Into<String>, ours: f64, baseline: f64) -> Self {
-        Self {
-            cells: [
-                figure.into(),
-                time(ours),
-                time(baseline),
-                format!("+{}", time(ours - baseline)).replace("+-", "−"),
-                format!("{:.2}×", ours / baseline),
-            ],
-        }
-    }
-}
-
-/// A time given in ns, in a readable unit.
-fn time(ns: f64) -> String {
-    let abs = ns.abs();
-    if abs < 1_000.0 {
-        format!("{ns:.0} ns")
-    } else if abs < 1_000_000.0 {
-        format!("{:.1} µs", ns / 1e3)
-    } else {
-        format!("{:.2} ms", ns / 1e6)
-    }
-}
-
-fn print_table(rows: &[Row]) {
-    let header = ["figure", "spotbatch", "baseline", "diff", "ratio"];
-    let mut widths = header.map(|h| h.chars().count());
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(&row.cells) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[&str]| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .enumerate()
-            .map(|(i, (c, w))| {
-                let pad = " ".repeat(w - c.chars().count());
-                if i == 0 {
-                    format!("{c}{pad}")
-                } else {
-                    format!("{pad}{c}")
-                }
-            })
-            .collect();
-        println!("| {} |", padded.join(" | "));
-    };
-    line(&header);
-    let rule: Vec<String> = widths
-        .iter()
-        .enumerate()
-        .map(|(i, w)| {
-            if i == 0 {
-                "-".repeat(*w)
-            } else {
-                format!("{}:", "-".repeat(w - 1))
-            }
-        })
-        .collect();
-    println!("| {} |", rule.join(" | "));
-    for row in rows {
-        let cells: Vec<&str> = row.cells.iter().map(String::as_str).collect();
-        line(&cells);
-    }
-}

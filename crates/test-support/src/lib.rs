@@ -2,6 +2,8 @@
 //! binary, send real signals to real processes, wait for them with a limit.
 //! Not published.
 
+pub mod table;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Output};
 use std::time::{Duration, Instant};
