@@ -1116,3 +1116,43 @@ async fn a_save_whose_answer_was_lost_is_not_mistaken_for_another_runner() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Progress lines
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn progress_is_logged_between_checkpoints() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let store = MemoryStore::new();
+    // Ten chunks of one second, a progress line every 2 s, no periodic checkpoint.
+    let report = runner("count", Counter::ten(), &store)
+        .progress_every(Some(Duration::from_secs(2)))
+        .run()
+        .await;
+    assert!(report.is_complete(), "{:?}", report.outcome);
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<_> = text.lines().filter(|l| l.contains(" progress ")).collect();
+    assert!((4..=5).contains(&lines.len()), "{text}");
+    assert!(lines[0].contains("rate=\"10/s\""), "{}", lines[0]);
+    assert!(lines[0].contains("progress=\"unknown size\""), "{}", lines[0]);
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{error, info, warn};
 
-use super::{Runner, DEFAULT_STORE_DIR};
+use super::{progress, Runner, DEFAULT_STORE_DIR};
 use crate::aws::EcsTask;
 use crate::checkpoint::{Checkpoint, Status};
 use crate::error::{BoxError, Error};
@@ -34,6 +34,7 @@ impl<J: Job> Runner<J> {
             sources,
             lease,
             ecs_identity,
+            progress: progress_every,
             ..
         } = self;
         let key = JobKey::new(key).map_err(|e| Error::Config(e.to_string()))?;
@@ -117,6 +118,10 @@ impl<J: Job> Runner<J> {
         let mut ctx = ChunkContext::new(interrupts.cancel_token(), interrupts.stop_token());
         let total = job.total_items();
         let run_started = Instant::now();
+        let done = Arc::new(progress::Counter::default());
+        done.set(session.totals.items);
+        let _progress =
+            progress::Reporter::start(key.to_string(), done.clone(), total, progress_every);
         let mut since_chunks = 0u64;
         let mut since = Instant::now();
         let timed = lease.is_some() || policy.interval().is_some();
@@ -165,6 +170,7 @@ impl<J: Job> Runner<J> {
             stats.chunks += 1;
             stats.items += chunk.items();
             session.record_chunk(chunk.items());
+            done.set(session.totals.items);
             cursor = chunk.into_next();
             since_chunks += 1;
 
@@ -418,24 +424,14 @@ fn log_checkpoint(
         0.0
     };
     let done = session.totals.items;
-    let progress = total.map(|t| {
-        let pct = if t == 0 {
-            100.0
-        } else {
-            100.0 * done as f64 / t as f64
-        };
-        match (rate > 0.0).then(|| t.saturating_sub(done) as f64 / rate) {
-            Some(eta) => format!("{pct:.1}%, eta {eta:.0}s"),
-            None => format!("{pct:.1}%"),
-        }
-    });
+    let progress = progress::describe(done, total, rate);
     info!(
         job = %session.key,
         version = session.stored.unwrap_or_default(),
         chunks = session.totals.chunks,
         items = done,
         rate = format!("{rate:.0}/s"),
-        progress = progress.as_deref().unwrap_or("unknown size"),
+        progress = progress.as_str(),
         "checkpoint saved"
     );
 }

@@ -1,6 +1,7 @@
 //! The runner: its builder here, one run in `drive`.
 
 mod drive;
+mod progress;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -71,6 +72,7 @@ pub struct Runner<J: Job> {
     sources: Vec<Box<dyn StopSource>>,
     lease: Option<Duration>,
     ecs_identity: bool,
+    progress: Option<Duration>,
 }
 
 impl<J: Job> std::fmt::Debug for Runner<J> {
@@ -106,6 +108,7 @@ impl<J: Job> Runner<J> {
             sources: Vec::new(),
             lease: Some(Duration::from_secs(60)),
             ecs_identity: true,
+            progress: Some(Duration::from_secs(30)),
         }
     }
 
@@ -244,6 +247,14 @@ impl<J: Job> Runner<J> {
     /// history and in its logs; when it is not set, nothing is asked.
     pub fn ecs_identity(mut self, on: bool) -> Self {
         self.ecs_identity = on;
+        self
+    }
+
+    /// How often to log a progress line (items, rate, and percentage and ETA
+    /// when [`Job::total_items`] is known) between checkpoints; default every
+    /// 30 s, `None` for none. Checkpoint lines carry the same figures.
+    pub fn progress_every(mut self, every: Option<Duration>) -> Self {
+        self.progress = every;
         self
     }
 
