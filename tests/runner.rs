@@ -1154,5 +1154,9 @@ async fn progress_is_logged_between_checkpoints() {
     let lines: Vec<_> = text.lines().filter(|l| l.contains(" progress ")).collect();
     assert!((4..=5).contains(&lines.len()), "{text}");
     assert!(lines[0].contains("rate=\"10/s\""), "{}", lines[0]);
-    assert!(lines[0].contains("progress=\"unknown size\""), "{}", lines[0]);
+    assert!(
+        lines[0].contains("progress=\"unknown size\""),
+        "{}",
+        lines[0]
+    );
 }
