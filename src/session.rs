@@ -13,7 +13,33 @@ use crate::codec::Codec;
 use crate::error::Error;
 use crate::job::Job;
 use crate::key::JobKey;
+use crate::shutdown::Interrupts;
 use crate::store::{CheckpointStore, StoreError};
+
+/// What a save writes besides the envelope's fixed fields.
+#[derive(Clone)]
+struct Payload {
+    cursor: Vec<u8>,
+    state: Vec<u8>,
+    status: Status,
+    /// The job's counters as of `cursor` (checkpoints aside).
+    totals: Counters,
+    /// Chunks this run finished as of `cursor`.
+    run_chunks: u64,
+}
+
+/// How a write goes to the store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// A checkpoint: takes or renews the lease.
+    Save,
+    /// A lease renewal during a chunk ([`CheckpointStore::renew`]).
+    Renew,
+    /// The run's last write: records its end and releases the lease.
+    End,
+    /// An end written on the last saved cursor ([`CheckpointStore::renew`]).
+    Release,
+}
 
 /// Everything a save needs besides the cursor and state, and what the last save wrote.
 pub(crate) struct Session<'a> {
@@ -31,8 +57,8 @@ pub(crate) struct Session<'a> {
     pub(crate) totals: Counters,
     run_chunks: u64,
     history: Vec<RunRecord>,
-    /// What the last save wrote, for lease renewals.
-    last: Option<(Vec<u8>, Vec<u8>, Status)>,
+    /// What the last save wrote, for lease renewals and releases.
+    last: Option<Payload>,
     last_save: Instant,
 }
 
@@ -188,11 +214,13 @@ impl<'a> Session<'a> {
     }
 
     /// Marks the start of a run (and takes the lease, if any) with a first
-    /// save, retrying transient store errors for up to 30 s.
+    /// save, retrying transient store errors for up to 30 s unless a stop is
+    /// requested first.
     pub(crate) async fn begin<J: Job>(
         &mut self,
         cursor: &J::Cursor,
         state: &J::State,
+        interrupts: &Interrupts,
     ) -> Result<(), Error> {
         self.totals.runs += 1;
         if self.lease_ttl.is_none() {
@@ -202,7 +230,11 @@ impl<'a> Session<'a> {
         let mut delay = Duration::from_millis(100);
         loop {
             match self.save::<J>(cursor, state, Status::Running, false).await {
-                Err(Error::Store(e)) if e.is_transient() && Instant::now() + delay < give_up => {
+                Err(Error::Store(e))
+                    if e.is_transient()
+                        && !interrupts.stop_requested()
+                        && Instant::now() + delay < give_up =>
+                {
                     warn!(job = %self.key, error = %e, retry_in = ?delay, "cannot take the job's lease yet; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
@@ -224,9 +256,29 @@ impl<'a> Session<'a> {
             during: "encoding the cursor and state".into(),
             source: Box::new(source),
         };
-        let cursor = self.codec.encode(cursor).map_err(encode_error)?;
-        let state = self.codec.encode(state).map_err(encode_error)?;
-        self.write(cursor, state, status, end).await
+        let payload = Payload {
+            cursor: self.codec.encode(cursor).map_err(encode_error)?,
+            state: self.codec.encode(state).map_err(encode_error)?,
+            status,
+            totals: self.totals,
+            run_chunks: self.run_chunks,
+        };
+        self.write(payload, if end { Write::End } else { Write::Save })
+            .await
+    }
+
+    /// Ends a run that cannot save where it stands (its flush or encoding
+    /// failed, or it failed before its first chunk): records `status` on the
+    /// last saved cursor and state and releases the lease. Does nothing when
+    /// this run saved nothing yet, and so holds no lease.
+    pub(crate) async fn release(&mut self, status: Status) -> Result<(), Error> {
+        let Some(mut payload) = self.last.clone() else {
+            return Ok(());
+        };
+        payload.status = status;
+        payload.totals.interruptions = self.totals.interruptions;
+        payload.totals.runs = self.totals.runs;
+        self.write(payload, Write::Release).await
     }
 
     /// When the lease must be renewed by, if the run holds one.
@@ -234,12 +286,13 @@ impl<'a> Session<'a> {
         self.lease_ttl.map(|ttl| self.last_save + ttl / 3)
     }
 
-    /// Renews the lease by saving again what the last save wrote.
+    /// Renews the lease by saving again what the last save wrote (cursor,
+    /// state and counters), through [`CheckpointStore::renew`].
     pub(crate) async fn renew(&mut self) -> Result<(), Error> {
-        let Some((cursor, state, status)) = self.last.clone() else {
+        let Some(payload) = self.last.clone() else {
             return Ok(());
         };
-        match self.write(cursor, state, status, false).await {
+        match self.write(payload, Write::Renew).await {
             Err(Error::Store(e)) if e.is_transient() => {
                 warn!(job = %self.key, error = %e, "lease renewal failed; retrying shortly");
                 // Retry after a tenth of the lease rather than at once.
@@ -251,24 +304,19 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn write(
-        &mut self,
-        cursor: Vec<u8>,
-        state: Vec<u8>,
-        status: Status,
-        end: bool,
-    ) -> Result<(), Error> {
+    async fn write(&mut self, payload: Payload, how: Write) -> Result<(), Error> {
+        let end = matches!(how, Write::End | Write::Release);
         let now = now_ms();
         let mut checkpoint = Checkpoint::new(self.key.clone(), self.writer.clone());
         checkpoint.version = self.stored.map_or(1, |v| v + 1);
-        checkpoint.status = status.clone();
+        checkpoint.status = payload.status.clone();
         checkpoint.codec = self.codec;
         checkpoint.cursor_type = self.cursor_type.to_owned();
         checkpoint.schema = self.schema;
-        checkpoint.cursor = cursor;
-        checkpoint.state = state;
-        checkpoint.counters = self.totals;
-        checkpoint.counters.checkpoints += 1;
+        checkpoint.cursor = payload.cursor.clone();
+        checkpoint.state = payload.state.clone();
+        checkpoint.counters = payload.totals;
+        checkpoint.counters.checkpoints = self.totals.checkpoints + 1;
         checkpoint.created_ms = self.created_ms;
         checkpoint.updated_ms = now;
         checkpoint.lease = match self.lease_ttl {
@@ -276,14 +324,14 @@ impl<'a> Session<'a> {
             _ => None,
         };
         if let Some(run) = self.history.last_mut() {
-            run.chunks = self.run_chunks;
+            run.chunks = payload.run_chunks;
             if end {
                 run.ended_ms = now;
-                run.outcome = status.to_string();
+                run.outcome = payload.status.to_string();
             }
         }
         checkpoint.history = self.history.clone();
-        match self.store.save(&checkpoint, self.stored).await {
+        match self.put(&checkpoint, how).await {
             Ok(()) => {}
             Err(StoreError::Conflict {
                 found: Some(found), ..
@@ -292,15 +340,22 @@ impl<'a> Session<'a> {
                 // reported an error: carry on from it.
                 self.stored = Some(found);
                 checkpoint.version = found + 1;
-                self.store.save(&checkpoint, self.stored).await?;
+                self.put(&checkpoint, how).await?;
             }
             Err(e) => return Err(e.into()),
         }
         self.stored = Some(checkpoint.version);
         self.totals.checkpoints += 1;
         self.last_save = Instant::now();
-        self.last = Some((checkpoint.cursor, checkpoint.state, status));
+        self.last = Some(payload);
         Ok(())
+    }
+
+    async fn put(&self, checkpoint: &Checkpoint, how: Write) -> Result<(), StoreError> {
+        match how {
+            Write::Renew | Write::Release => self.store.renew(checkpoint, self.stored).await,
+            Write::Save | Write::End => self.store.save(checkpoint, self.stored).await,
+        }
     }
 }
 

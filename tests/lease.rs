@@ -246,3 +246,258 @@ async fn a_holder_in_another_pid_namespace_is_not_presumed_dead() {
         .await;
     assert_eq!(report.code(), 73, "{:?}", report.outcome);
 }
+
+/// A MemoryStore whose `stall_at`-th write (save or renewal) waits `for_` first.
+#[derive(Debug, Clone)]
+struct Stalling {
+    inner: MemoryStore,
+    writes: Arc<Mutex<u64>>,
+    stall_at: u64,
+    for_: Duration,
+}
+
+impl Stalling {
+    async fn stall(&self) {
+        let n = {
+            let mut writes = self.writes.lock().unwrap();
+            *writes += 1;
+            *writes
+        };
+        if n == self.stall_at {
+            tokio::time::sleep(self.for_).await;
+        }
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for Stalling {
+    fn location(&self) -> String {
+        "stalling://".into()
+    }
+
+    async fn load(&self, key: &JobKey) -> Result<Option<Checkpoint>, spotbatch::StoreError> {
+        self.inner.load(key).await
+    }
+
+    async fn save(
+        &self,
+        c: &Checkpoint,
+        expected: Option<u64>,
+    ) -> Result<(), spotbatch::StoreError> {
+        self.stall().await;
+        self.inner.save(c, expected).await
+    }
+
+    async fn list(&self) -> Result<Vec<spotbatch::Listing>, spotbatch::StoreError> {
+        self.inner.list().await
+    }
+
+    async fn delete(&self, key: &JobKey, expected: u64) -> Result<(), spotbatch::StoreError> {
+        self.inner.delete(key, expected).await
+    }
+}
+
+/// Records when each chunk's work ended.
+#[derive(Clone)]
+struct Timed {
+    chunks: u64,
+    secs: u64,
+    ended: Arc<Mutex<Vec<tokio::time::Instant>>>,
+}
+
+#[async_trait]
+impl Job for Timed {
+    type Cursor = u64;
+    type State = ();
+
+    async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>> {
+        Ok((*at < self.chunks).then(|| Chunk::between(*at, *at + 1)))
+    }
+
+    async fn process(&mut self, _: &Chunk<u64>, _: &mut (), _: &ChunkContext) -> Result<()> {
+        tokio::time::sleep(Duration::from_secs(self.secs)).await;
+        self.ended.lock().unwrap().push(tokio::time::Instant::now());
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_renewal_does_not_hold_up_the_chunk() {
+    // Lease 3 s: the renewal at 1 s (write 2) takes 5 s; the chunk ends at 2 s.
+    let inner = MemoryStore::new();
+    let store = Stalling {
+        inner: inner.clone(),
+        writes: Arc::default(),
+        stall_at: 2,
+        for_: Duration::from_secs(5),
+    };
+    let ended = Arc::default();
+    let job = Timed {
+        chunks: 1,
+        secs: 2,
+        ended: Arc::clone(&ended),
+    };
+    let started = tokio::time::Instant::now();
+    let report = Runner::new("leased", job)
+        .store(store)
+        .signals(&[])
+        .checkpoint(CheckpointPolicy::at_exit_only())
+        .lease(Duration::from_secs(3))
+        .run()
+        .await;
+    assert!(report.is_complete(), "{:?}", report.outcome);
+    let ended = ended.lock().unwrap()[0] - started;
+    assert!(
+        ended < Duration::from_millis(2_100),
+        "the chunk waited for the renewal: ended after {ended:?}"
+    );
+    let last = inner.load(&key()).await.unwrap().unwrap();
+    assert_eq!(
+        (last.version, last.lease),
+        (3, None),
+        "begin, renewal, final"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_renewal_gives_way_at_the_drain_deadline() {
+    // The renewal at 1 s hangs; SIGTERM-like stop at 1.5 s with a 10 s grace.
+    let inner = MemoryStore::new();
+    let store = Stalling {
+        inner: inner.clone(),
+        writes: Arc::default(),
+        stall_at: 2,
+        for_: Duration::from_secs(3_600),
+    };
+    let job = Timed {
+        chunks: 1,
+        secs: 600,
+        ended: Arc::default(),
+    };
+    let started = tokio::time::Instant::now();
+    let report = Runner::new("leased", job)
+        .store(store)
+        .signals(&[])
+        .checkpoint(CheckpointPolicy::at_exit_only())
+        .lease(Duration::from_secs(3))
+        .grace(Duration::from_secs(10))
+        .stop_on("test", tokio::time::sleep(Duration::from_millis(1_500)))
+        .run()
+        .await;
+    let took = started.elapsed();
+    assert!(
+        matches!(report.outcome, spotbatch::Outcome::Interrupted(_)),
+        "{:?}",
+        report.outcome
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "took {took:?}: past the grace period"
+    );
+    let last = inner.load(&key()).await.unwrap().unwrap();
+    assert_eq!(last.lease, None, "the final checkpoint releases the lease");
+    assert_eq!(Codec::Bincode.decode::<u64>(&last.cursor).unwrap(), 0);
+    assert!(
+        matches!(last.status, Status::Interrupted { .. }),
+        "{}",
+        last.status
+    );
+}
+
+/// Fails in `resume`, or in the `fail_flush`-th `flush`.
+struct Faulty {
+    fail_resume: bool,
+    fail_flush: u64,
+    flushes: u64,
+}
+
+#[async_trait]
+impl Job for Faulty {
+    type Cursor = u64;
+    type State = ();
+
+    async fn resume(&mut self, _: &u64, _: &()) -> Result<()> {
+        if self.fail_resume {
+            return Err("the source table is gone".into());
+        }
+        Ok(())
+    }
+
+    async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>> {
+        Ok((*at < 10).then(|| Chunk::between(*at, *at + 1)))
+    }
+
+    async fn process(&mut self, _: &Chunk<u64>, _: &mut (), _: &ChunkContext) -> Result<()> {
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.flushes += 1;
+        if self.flushes == self.fail_flush {
+            return Err("disk full".into());
+        }
+        Ok(())
+    }
+}
+
+async fn run_faulty(job: Faulty, store: &MemoryStore) -> spotbatch::Report {
+    Runner::new("leased", job)
+        .store(store.clone())
+        .signals(&[])
+        .checkpoint(spotbatch::Every::chunks(2))
+        .lease(Duration::from_secs(60))
+        .run()
+        .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_resume_records_the_failure_and_releases_the_lease() {
+    let store = MemoryStore::new();
+    let job = Faulty {
+        fail_resume: true,
+        fail_flush: 0,
+        flushes: 0,
+    };
+    let report = run_faulty(job, &store).await;
+    assert_eq!(report.code(), 1, "{:?}", report.outcome);
+    let last = store.load(&key()).await.unwrap().unwrap();
+    assert_eq!(last.lease, None, "the lease was left held");
+    let Status::Failed { message } = &last.status else {
+        panic!("status {}", last.status);
+    };
+    assert!(
+        message.contains("resume") && message.contains("source table"),
+        "{message}"
+    );
+    assert!(
+        last.history[0].outcome.starts_with("failed"),
+        "{:?}",
+        last.history
+    );
+    assert!(last.history[0].ended_ms > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_flush_records_the_failure_on_the_last_checkpoint() {
+    let store = MemoryStore::new();
+    // Flush 1 (after chunk 2) succeeds; flush 2 (after chunk 4) fails.
+    let job = Faulty {
+        fail_resume: false,
+        fail_flush: 2,
+        flushes: 0,
+    };
+    let report = run_faulty(job, &store).await;
+    assert_eq!(report.code(), 1, "{:?}", report.outcome);
+    let last = store.load(&key()).await.unwrap().unwrap();
+    assert_eq!(last.lease, None, "the lease was left held");
+    assert_eq!(
+        Codec::Bincode.decode::<u64>(&last.cursor).unwrap(),
+        2,
+        "the failure is recorded on the last durable cursor"
+    );
+    assert_eq!(last.counters.chunks, 2);
+    let Status::Failed { message } = &last.status else {
+        panic!("status {}", last.status);
+    };
+    assert!(message.contains("disk full"), "{message}");
+}

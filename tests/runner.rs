@@ -1118,6 +1118,87 @@ async fn a_save_whose_answer_was_lost_is_not_mistaken_for_another_runner() {
 }
 
 // ---------------------------------------------------------------------------
+// A stop before the first chunk
+// ---------------------------------------------------------------------------
+
+/// A store that cannot be reached: every operation fails with an I/O error.
+#[derive(Debug)]
+struct Unreachable;
+
+impl Unreachable {
+    fn error(&self, key: &str, operation: &'static str) -> StoreError {
+        StoreError::Io {
+            store: self.location(),
+            key: key.into(),
+            operation,
+            source: "connection refused".into(),
+        }
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for Unreachable {
+    fn location(&self) -> String {
+        "unreachable://".into()
+    }
+
+    async fn load(&self, key: &JobKey) -> Result<Option<Checkpoint>, StoreError> {
+        Err(self.error(key.as_str(), "load"))
+    }
+
+    async fn save(&self, c: &Checkpoint, _: Option<u64>) -> Result<(), StoreError> {
+        Err(self.error(c.job.as_str(), "save"))
+    }
+
+    async fn list(&self) -> Result<Vec<spotbatch::Listing>, StoreError> {
+        Err(self.error("", "list"))
+    }
+
+    async fn delete(&self, key: &JobKey, _: u64) -> Result<(), StoreError> {
+        Err(self.error(key.as_str(), "delete"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_while_the_store_is_unreachable_is_an_interruption() {
+    let started = Instant::now();
+    let report = Runner::new("count", Counter::ten())
+        .store(Unreachable)
+        .signals(&[])
+        .stop_on("test", sleep(SEC))
+        .run()
+        .await;
+    assert_eq!(interrupted_by(&report).to_string(), "stop request: test");
+    assert_eq!(report.code(), 0);
+    let took = started.elapsed();
+    assert!(
+        took < SEC + ms(10),
+        "took {took:?}: kept retrying after the stop"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_store_fails_the_run_after_30_seconds_of_retries() {
+    let started = Instant::now();
+    let report = Runner::new("count", Counter::ten())
+        .store(Unreachable)
+        .signals(&[])
+        .run()
+        .await;
+    let err = error(&report).to_string();
+    assert!(
+        err.contains("unreachable://") && err.contains("connection refused"),
+        "{err}"
+    );
+    assert_eq!(report.code(), 1);
+    let took = started.elapsed();
+    assert!(
+        (SEC * 25..=SEC * 31).contains(&took),
+        "gave up after {took:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Progress lines
 // ---------------------------------------------------------------------------
 

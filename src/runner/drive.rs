@@ -47,7 +47,9 @@ impl<J: Job> Runner<J> {
         // Let stop requests that are already due (a finished `stop_on` future) register.
         tokio::task::yield_now().await;
 
-        let loaded = load(&*store, &key, &interrupts).await?;
+        let Step::Done(loaded) = load(&*store, &key, &interrupts).await? else {
+            return stopped_before_start(&interrupts, &key);
+        };
         let mut session = Session::new::<J>(&*store, &key, codec, lease);
         if ecs_identity {
             match EcsTask::from_environment(Duration::from_secs(2)).await {
@@ -107,13 +109,28 @@ impl<J: Job> Runner<J> {
                 }
             }
         };
-        session.begin::<J>(&cursor, &state).await?;
-        job.resume(&cursor, &state)
-            .await
-            .map_err(|source| Error::Job {
+        // Taking the lease is a write: let it land unless the drain deadline passes.
+        let began = tokio::select! {
+            began = session.begin::<J>(&cursor, &state, &interrupts) => Some(began),
+            () = interrupts.abandon_point() => None,
+        };
+        match began {
+            Some(Ok(())) => {}
+            Some(Err(Error::Store(e))) if e.is_transient() && interrupts.stop_requested() => {
+                warn!(job = %key, error = %e, "could not take the job's lease before the stop request");
+                return stopped_before_start(&interrupts, &key);
+            }
+            Some(Err(e)) => return Err(e),
+            None => return stopped_before_start(&interrupts, &key),
+        }
+        if let Err(source) = job.resume(&cursor, &state).await {
+            let e = Error::Job {
                 during: "resume".into(),
                 source,
-            })?;
+            };
+            release_failed(&mut session, &e, &interrupts, budget.grace).await;
+            return Err(e);
+        }
 
         let mut ctx = ChunkContext::new(interrupts.cancel_token(), interrupts.stop_token());
         let total = job.total_items();
@@ -201,7 +218,12 @@ impl<J: Job> Runner<J> {
                     Some(Err(Error::Store(e))) if e.is_transient() => {
                         warn!(job = %key, error = %e, "periodic checkpoint failed; will retry at the next one");
                     }
-                    Some(Err(e)) => return Err(e),
+                    // Fenced: another runner has the job; write nothing more.
+                    Some(Err(e @ Error::Store(StoreError::Conflict { .. }))) => return Err(e),
+                    Some(Err(e)) => {
+                        release_failed(&mut session, &e, &interrupts, budget.grace).await;
+                        return Err(e);
+                    }
                     None => {
                         warn!(job = %key, "periodic checkpoint abandoned at the drain deadline")
                     }
@@ -238,7 +260,7 @@ impl<J: Job> Runner<J> {
             &cursor,
             &state,
             status,
-            interrupts.final_deadline(),
+            &interrupts,
             budget.grace,
         )
         .await;
@@ -257,28 +279,73 @@ impl<J: Job> Runner<J> {
     }
 }
 
+/// A start-up step that a stop request may cut short.
+enum Step<T> {
+    Done(T),
+    Stopped,
+}
+
 /// Loads the job's checkpoint, retrying transient store errors for up to
-/// 30 s (a store that restarts, throttles or is briefly unreachable) unless
-/// a stop is requested first.
+/// 30 s (a store that restarts, throttles or is briefly unreachable). A stop
+/// request gives up at once: nothing was written yet.
 async fn load(
     store: &dyn CheckpointStore,
     key: &JobKey,
     interrupts: &Interrupts,
-) -> Result<Option<Checkpoint>, Error> {
+) -> Result<Step<Option<Checkpoint>>, Error> {
     let give_up = Instant::now() + Duration::from_secs(30);
     let mut delay = Duration::from_millis(100);
+    let stop = interrupts.stop_token();
     loop {
-        match store.load(key).await {
-            Err(e)
-                if e.is_transient()
-                    && !interrupts.stop_requested()
-                    && Instant::now() + delay < give_up =>
-            {
+        let loaded = tokio::select! {
+            loaded = store.load(key) => loaded,
+            () = stop.cancelled() => return Ok(Step::Stopped),
+        };
+        match loaded {
+            Err(e) if e.is_transient() && Instant::now() + delay < give_up => {
                 warn!(job = %key, error = %e, retry_in = ?delay, "cannot read the checkpoint yet; retrying");
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = stop.cancelled() => return Ok(Step::Stopped),
+                }
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
-            other => return Ok(other?),
+            other => return Ok(Step::Done(other?)),
+        }
+    }
+}
+
+/// The outcome of a run stopped before its first chunk: nothing to checkpoint.
+fn stopped_before_start(interrupts: &Interrupts, key: &JobKey) -> Result<Outcome, Error> {
+    let source = interrupts
+        .source()
+        .ok_or_else(|| Error::Config("interrupted without a source".into()))?;
+    warn!(job = %key, %source, "stopped before the first chunk: nothing to checkpoint");
+    Ok(Outcome::Interrupted(source))
+}
+
+/// Records `error` as the run's end on the last saved checkpoint and releases
+/// the lease, for a run that cannot checkpoint where it stands. Logs if even
+/// that fails: the lease then expires by itself.
+async fn release_failed(
+    session: &mut Session<'_>,
+    error: &Error,
+    interrupts: &Interrupts,
+    retry_for: Duration,
+) {
+    let deadline = interrupts
+        .final_deadline()
+        .unwrap_or_else(|| Instant::now() + retry_for);
+    let status = Status::Failed {
+        message: error.to_string(),
+    };
+    match timeout_at(deadline, session.release(status)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            error!(job = %session.key, error = %e, "could not record the failure in the checkpoint")
+        }
+        Err(_) => {
+            error!(job = %session.key, "could not record the failure in the checkpoint before the grace period ran out")
         }
     }
 }
@@ -309,25 +376,51 @@ fn abandoned(interrupts: &Interrupts, error: &(dyn std::error::Error + 'static))
 
 /// Runs one chunk: renews the lease while it runs, cancels it at the abandon
 /// point and drops it if it does not return within the cooperative window.
+///
+/// A renewal runs concurrently with the chunk (which may hold what the
+/// store's saves need, e.g. its transaction) and gives way to the abandon
+/// point like the chunk.
 async fn run_chunk(
     work: impl Future<Output = Result<(), BoxError>>,
     interrupts: &Interrupts,
     session: &mut Session<'_>,
 ) -> ChunkResult {
     tokio::pin!(work);
+    let mut finished = None;
     loop {
         let renew_at = session.renew_at();
         tokio::select! {
             biased;
             result = &mut work => return ChunkResult::Done(result),
             () = interrupts.abandon_point() => break,
-            () = sleep_until_some(renew_at) => {
-                if let Err(e) = session.renew().await {
-                    interrupts.cancel_chunk();
-                    error!(job = %session.key, error = %e, "lost the job's lease: stopping at once, without writing");
-                    return ChunkResult::Fenced(e);
+            () = sleep_until_some(renew_at) => {}
+        }
+        let renewed = {
+            let renewal = session.renew();
+            tokio::pin!(renewal);
+            loop {
+                tokio::select! {
+                    biased;
+                    renewed = &mut renewal => break Some(renewed),
+                    result = &mut work, if finished.is_none() => finished = Some(result),
+                    () = interrupts.abandon_point() => break None,
                 }
             }
+        };
+        match renewed {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                interrupts.cancel_chunk();
+                error!(job = %session.key, error = %e, "lost the job's lease: stopping at once, without writing");
+                return ChunkResult::Fenced(e);
+            }
+            None => warn!(job = %session.key, "lease renewal abandoned at the drain deadline"),
+        }
+        if let Some(result) = finished {
+            return ChunkResult::Done(result);
+        }
+        if renewed.is_none() {
+            break;
         }
     }
     let window = interrupts.cancel_chunk();
@@ -361,9 +454,10 @@ async fn finish<J: Job>(
     cursor: &J::Cursor,
     state: &J::State,
     status: Status,
-    deadline: Option<Instant>,
+    interrupts: &Interrupts,
     retry_for: Duration,
 ) -> Result<(), Error> {
+    let deadline = interrupts.final_deadline();
     let flushed = match deadline {
         Some(deadline) => timeout_at(deadline, job.flush()).await,
         None => Ok(job.flush().await),
@@ -371,10 +465,14 @@ async fn finish<J: Job>(
     match flushed {
         Ok(Ok(())) => {}
         Ok(Err(source)) => {
-            return Err(Error::Job {
+            // The output since the last checkpoint is not durable: record
+            // the failure on the last checkpoint, which it does not cover.
+            let e = Error::Job {
                 during: "flush".into(),
                 source,
-            })
+            };
+            release_failed(session, &e, interrupts, retry_for).await;
+            return Err(e);
         }
         Err(_) => return Err(session.not_saved(timed_out(session, "flush"))),
     }
@@ -395,6 +493,10 @@ async fn finish<J: Job>(
                 warn!(job = %session.key, error = %e, retry_in = ?delay, "final checkpoint failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Ok(Err(e @ Error::Job { .. })) => {
+                release_failed(session, &e, interrupts, retry_for).await;
+                return Err(e);
             }
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(session.not_saved(timed_out(session, "save"))),

@@ -62,6 +62,29 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// case the old checkpoint is still whole.
     async fn save(&self, checkpoint: &Checkpoint, expected: Option<u64>) -> Result<(), StoreError>;
 
+    /// Saves a checkpoint that covers no new work, with every promise of
+    /// [`save`](Self::save): it carries the cursor, state and counters of
+    /// the last save. The runner uses it to renew its lease *while a chunk
+    /// runs*, concurrently with the chunk, and to record the end of a run
+    /// that cannot checkpoint where it stands (a failed flush), releasing
+    /// the lease.
+    ///
+    /// A store whose saves wait for or commit the chunks' own work (a save
+    /// that commits the chunks' database transaction) must override it with
+    /// a save that touches none of that work. The default calls `save`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`save`](Self::save); [`StoreError::Conflict`] means another
+    /// runner took the job over.
+    async fn renew(
+        &self,
+        checkpoint: &Checkpoint,
+        expected: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.save(checkpoint, expected).await
+    }
+
     /// Every checkpoint in the store, unreadable ones included, in key order.
     ///
     /// # Errors

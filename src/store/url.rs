@@ -10,6 +10,7 @@ use crate::error::Error;
 /// | URL | store |
 /// |---|---|
 /// | `file:///var/lib/ckpt` | [`FileStore`] in `/var/lib/ckpt` |
+/// | `file://localhost/var/lib/ckpt` | the same (RFC 8089's host form) |
 /// | `file://.spotbatch` | [`FileStore`] in `.spotbatch`, relative to the working directory |
 /// | `memory://` | a new, empty [`MemoryStore`] |
 ///
@@ -34,7 +35,9 @@ pub fn open_store(url: &str) -> Result<Arc<dyn CheckpointStore>, Error> {
             if rest.contains(['?', '#']) {
                 return Err(bad("file:// URLs take no query or fragment"));
             }
-            Ok(Arc::new(FileStore::new(rest)))
+            // RFC 8089: `file://localhost/path` is `file:///path`.
+            let dir = rest.strip_prefix("localhost").filter(|p| p.starts_with('/')).unwrap_or(rest);
+            Ok(Arc::new(FileStore::new(dir)))
         }
         "memory" if rest.is_empty() => Ok(Arc::new(MemoryStore::new())),
         "memory" => Err(bad("memory:// takes nothing after the scheme")),
@@ -63,6 +66,16 @@ mod tests {
         assert_eq!(
             open_store("file://.spotbatch").unwrap().location(),
             "file://.spotbatch (relative)"
+        );
+        assert_eq!(
+            open_store("file://localhost/var/lib/ckpt")
+                .unwrap()
+                .location(),
+            "file:///var/lib/ckpt"
+        );
+        assert_eq!(
+            open_store("file://localhost.d/x").unwrap().location(),
+            "file://localhost.d/x (relative)"
         );
         assert_eq!(open_store("memory://").unwrap().location(), "memory://");
     }

@@ -421,6 +421,21 @@ impl CheckpointStore for PostgresStore {
         }
     }
 
+    /// A plain save on a pooled connection, outside the shared transaction
+    /// (whose chunk may be running): the lease is renewed without committing,
+    /// waiting for or touching the chunks' uncommitted writes.
+    async fn renew(
+        &self,
+        checkpoint: &Checkpoint,
+        expected: Option<u64>,
+    ) -> Result<(), StoreError> {
+        if let Some(tx) = &self.tx {
+            tx.bind_key(&checkpoint.job)
+                .map_err(|e| self.io_error(checkpoint.job.as_str(), "save", PgError::Refused(e)))?;
+        }
+        self.save_plain(checkpoint, expected).await
+    }
+
     async fn list(&self) -> Result<Vec<Listing>, StoreError> {
         let rows: Vec<ListRow> = self
             .retrying("", "list", |_| async {

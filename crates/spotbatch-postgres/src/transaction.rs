@@ -340,7 +340,7 @@ impl TxShared {
         Ok(())
     }
 
-    fn bind_key(&self, key: &JobKey) -> Result<(), String> {
+    pub(crate) fn bind_key(&self, key: &JobKey) -> Result<(), String> {
         let mut bound = lock(&self.key);
         match &*bound {
             Some(k) if k != key => Err(format!(
@@ -384,6 +384,15 @@ impl TxShared {
                 self.lose("internal error: transaction vanished".into()),
             ));
         };
+        // From here until the outcome is known, a save dropped half-way (the
+        // runner gave up on it at the end of the grace period) leaves the
+        // chunks' writes committed or rolled back, nobody knows which: the
+        // transaction counts as lost, so no later save can commit a cursor
+        // past writes that may be gone.
+        let mut guard = LoseOnDrop {
+            shared: self,
+            armed: true,
+        };
         let saved = args.query(&store.inner.sql).fetch_one(&mut *tx).await;
         match saved {
             Ok((1, _)) => {}
@@ -404,7 +413,11 @@ impl TxShared {
                 ));
             }
         }
-        match tx.commit().await {
+        let committed = tx.commit().await;
+        if committed.is_ok() {
+            guard.disarm();
+        }
+        match committed {
             Ok(()) => {
                 debug!(
                     key,
@@ -426,6 +439,7 @@ impl TxShared {
                     Ok(Some((version, bytes)))
                         if version == args.version && bytes == args.envelope =>
                     {
+                        guard.disarm();
                         info!(
                             key,
                             version, "the commit's reply was lost, but it committed"
@@ -436,6 +450,31 @@ impl TxShared {
                 }
             }
             Err(e) => Err(lost(self.lose(format!("the commit failed: {e}")))),
+        }
+    }
+}
+
+/// Marks the transaction lost when dropped armed: a save cut off between
+/// taking the transaction and learning whether it committed.
+struct LoseOnDrop<'a> {
+    shared: &'a TxShared,
+    armed: bool,
+}
+
+impl LoseOnDrop<'_> {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for LoseOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.lose(
+                "a save was cut off before its commit was known to succeed (the grace period ran \
+                 out): the chunks' writes may be committed or gone"
+                    .into(),
+            );
         }
     }
 }

@@ -231,3 +231,144 @@ impl Fixture {
         self.tx.check().await.expect("check");
     }
 }
+
+impl Fixture {
+    /// The checkpoints table of the fixture's schema.
+    fn checkpoints(&self) -> String {
+        self.table.replace(".rows", ".spotbatch_checkpoints")
+    }
+}
+
+#[tokio::test]
+async fn a_save_cut_off_half_way_loses_the_transaction() {
+    let mut f = Fixture::new().await;
+    f.save().await.expect("first save");
+    f.chunk(&[1], true).await.expect("chunk");
+    // Another session holds the checkpoint row, so the save's UPDATE waits
+    // inside the transaction until the caller gives up on it (as the runner
+    // does at the end of the grace period).
+    let mut blocker = f.admin.begin().await.expect("begin");
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT 1 FROM {} WHERE key = $1 FOR UPDATE",
+        f.checkpoints()
+    )))
+    .bind(f.key.as_str())
+    .execute(&mut *blocker)
+    .await
+    .expect("lock the row");
+    let cut = tokio::time::timeout(std::time::Duration::from_millis(500), f.save()).await;
+    assert!(cut.is_err(), "the save was not held up: {cut:?}");
+    blocker.rollback().await.expect("rollback");
+
+    // Whether the chunk's rows committed is unknown to the store: no later
+    // save may move the cursor past them.
+    let err = f.save().await.expect_err("a save after a cut-off save");
+    assert!(err.to_string().contains("cut off"), "{err}");
+    assert!(f.committed().await.is_empty());
+    assert_eq!(
+        f.store.load(&f.key).await.expect("load").map(|c| c.version),
+        Some(1),
+        "the checkpoint moved without its writes"
+    );
+}
+
+/// Chunks that hold their `ChunkTx` for longer than a third of the lease,
+/// and check that the committed rows are exactly those the stored
+/// checkpoint covers.
+struct LongChunks {
+    tx: SharedTransaction,
+    store: PostgresStore,
+    admin: PgPool,
+    key: JobKey,
+    table: String,
+    chunks: u64,
+}
+
+#[spotbatch::async_trait]
+impl spotbatch::Job for LongChunks {
+    type Cursor = u64;
+    type State = ();
+
+    async fn next_chunk(
+        &mut self,
+        at: &u64,
+    ) -> spotbatch::prelude::Result<Option<spotbatch::Chunk<u64>>> {
+        Ok((*at < self.chunks).then(|| spotbatch::Chunk::between(*at, *at + 1)))
+    }
+
+    async fn process(
+        &mut self,
+        chunk: &spotbatch::Chunk<u64>,
+        _: &mut (),
+        _: &spotbatch::ChunkContext,
+    ) -> spotbatch::prelude::Result<()> {
+        let committed: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {}",
+            self.table
+        )))
+        .fetch_one(&self.admin)
+        .await?;
+        let covered = match self.store.load(&self.key).await? {
+            Some(c) => spotbatch::Codec::Bincode.decode::<u64>(&c.cursor)?,
+            None => 0,
+        };
+        if u64::try_from(committed)? != covered {
+            return Err(format!(
+                "{committed} rows committed, the checkpoint covers {covered}: a renewal committed the chunks' writes"
+            )
+            .into());
+        }
+        let mut tx = self.tx.chunk().await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} VALUES ($1)",
+            self.table
+        )))
+        .bind(i64::try_from(*chunk.start())?)
+        .execute(&mut *tx)
+        .await?;
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        tx.done().await?;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> spotbatch::prelude::Result<()> {
+        Ok(self.tx.check().await?)
+    }
+}
+
+#[tokio::test]
+async fn the_lease_is_renewed_while_a_chunk_holds_the_transaction() {
+    let f = Fixture::new().await;
+    let job = LongChunks {
+        tx: f.tx.clone(),
+        store: f.store.clone(),
+        admin: f.admin.clone(),
+        key: f.key.clone(),
+        table: f.table.clone(),
+        chunks: 3,
+    };
+    // A 900 ms lease is renewed every 300 ms: twice during each chunk.
+    let run = spotbatch::Runner::new(f.key.as_str(), job)
+        .store(f.tx.store())
+        .signals(&[])
+        .checkpoint(spotbatch::Every::chunks(2))
+        .lease(std::time::Duration::from_millis(900))
+        .run();
+    let report = tokio::time::timeout(std::time::Duration::from_secs(30), run)
+        .await
+        .expect("the renewal waited for the chunk's transaction: deadlock");
+    assert!(report.is_complete(), "{:?}", report.outcome);
+    assert_eq!(f.committed().await, [0, 1, 2]);
+    let last = f
+        .store
+        .load(&f.key)
+        .await
+        .expect("load")
+        .expect("a checkpoint");
+    assert_eq!((last.counters.chunks, last.lease), (3, None));
+    assert!(
+        last.version >= 6,
+        "version {}: no renewals during the chunks",
+        last.version
+    );
+}
