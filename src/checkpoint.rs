@@ -559,7 +559,8 @@ pub enum CheckpointError {
     /// The job's cursor or state type, or its declared schema version, changed.
     #[error(
         "checkpoint holds a cursor of type {found} (schema {found_schema}), \
-         but the job now uses {expected} (schema {expected_schema})"
+         but the job now uses {expected} (schema {expected_schema}); if only the \
+         types' names or paths changed, return the stored name from Job::cursor_type"
     )]
     CursorTypeChanged {
         /// The type the job uses now.

@@ -43,6 +43,20 @@ pub trait Job: Send {
     /// on load instead of being misread.
     const SCHEMA_VERSION: u32 = 1;
 
+    /// The name recorded in each checkpoint for the cursor and state types,
+    /// and compared on load together with [`SCHEMA_VERSION`](Self::SCHEMA_VERSION).
+    ///
+    /// The default is the Rust type name of `(Cursor, State)`, module paths
+    /// included: renaming or moving the types makes stored checkpoints refused
+    /// until restarted, and Rust does not promise that
+    /// [`type_name`](std::any::type_name) stays the same across compiler
+    /// versions. Return a fixed name (e.g. `"nightly-etl/page-cursor"`) to make
+    /// renames and toolchain upgrades safe; for a job already in production,
+    /// return the name its checkpoints hold (`spotbatch show` prints it).
+    fn cursor_type() -> &'static str {
+        std::any::type_name::<(Self::Cursor, Self::State)>()
+    }
+
     /// Called once before the first chunk of every run, with the cursor and
     /// state the run starts from (the defaults on a fresh start). Undo here
     /// whatever a killed run may have done past the checkpoint.

@@ -99,6 +99,6 @@ pub mod prelude {
         Outcome, Runner, Signal,
     };
 
-    /// `Result` with [`BoxError`](crate::BoxError) as the default error: any error converts with `?`.
+    /// `Result` with [`BoxError`] as the default error: any error converts with `?`.
     pub type Result<T, E = crate::BoxError> = std::result::Result<T, E>;
 }

@@ -75,7 +75,7 @@ impl<'a> Session<'a> {
             store,
             key,
             codec,
-            cursor_type: std::any::type_name::<(J::Cursor, J::State)>(),
+            cursor_type: J::cursor_type(),
             schema: J::SCHEMA_VERSION,
             history: vec![RunRecord::started(&writer, now_ms())],
             writer,

@@ -204,6 +204,32 @@ impl Job for CounterV2 {
     }
 }
 
+/// A `Counter` that records a fixed name for its cursor type.
+struct Pinned(Counter);
+
+#[async_trait]
+impl Job for Pinned {
+    type Cursor = u64;
+    type State = u64;
+
+    fn cursor_type() -> &'static str {
+        "counter/sum"
+    }
+
+    async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>, BoxError> {
+        self.0.next_chunk(at).await
+    }
+
+    async fn process(
+        &mut self,
+        chunk: &Chunk<u64>,
+        sum: &mut u64,
+        ctx: &ChunkContext,
+    ) -> Result<(), BoxError> {
+        self.0.process(chunk, sum, ctx).await
+    }
+}
+
 /// A one-chunk job whose cursor is a `String`.
 struct Named;
 
@@ -897,6 +923,30 @@ async fn a_checkpoint_of_another_cursor_type_is_refused() {
     assert!(
         message.contains("String") && message.contains("(u64, u64)"),
         "{message}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_may_name_its_cursor_type_itself() {
+    let store = MemoryStore::new();
+    let report = runner("mine", Pinned(Counter::ten()), &store)
+        .max_runtime(ms(2_500))
+        .run()
+        .await;
+    assert_eq!(report.code(), 0, "{:?}", report.outcome);
+    assert_eq!(stored(&store, "mine").await.cursor_type, "counter/sum");
+
+    // The same Rust types under the default name are another type.
+    let message = refused(&store, false).await;
+    assert!(
+        message.contains("counter/sum") && message.contains("Job::cursor_type"),
+        "{message}"
+    );
+    let report = runner("mine", Pinned(Counter::ten()), &store).run().await;
+    assert!(report.is_complete(), "{:?}", report.outcome);
+    assert_eq!(
+        cursor_and_sum(&stored(&store, "mine").await),
+        (100, sum_below(100))
     );
 }
 

@@ -49,7 +49,7 @@ pub const DEFAULT_STORE_DIR: &str = ".spotbatch";
 /// | event | what the runner does |
 /// |---|---|
 /// | first SIGTERM/SIGINT (or other stop request) | starts no new chunk; lets the chunk in hand finish until the drain deadline (grace − reserve); flushes; writes the final checkpoint; returns [`Outcome::Interrupted`] |
-/// | chunk still running at the drain deadline | cancels it through [`ChunkContext`]; drops it if it has not returned shortly after; the checkpoint stays at the last finished chunk |
+/// | chunk still running at the drain deadline | cancels it through [`ChunkContext`](crate::ChunkContext); drops it if it has not returned shortly after; the checkpoint stays at the last finished chunk |
 /// | second SIGTERM/SIGINT | skips the drain: cancels the chunk in hand at once, checkpoints what is finished, returns |
 /// | final checkpoint cannot be saved by the end of the grace period | returns [`Error::CheckpointNotSaved`] (exit code `checkpoint_not_saved`), naming the version the next run resumes from |
 /// | SIGKILL (grace exceeded, OOM, host loss) | nothing runs; the store keeps the last checkpoint, whole; the next run redoes the chunks since it |
@@ -226,6 +226,11 @@ impl<J: Job> Runner<J> {
     /// job over once it has expired, or at once when the holder ran on this
     /// host and its process is gone. A renewal that finds another version
     /// (someone took the job over) stops the run at once, without writing.
+    ///
+    /// Renewals during a chunk run concurrently with it (through
+    /// [`CheckpointStore::renew`], which never waits for the chunk's work) and
+    /// give up at the drain deadline like the chunk; a chunk that blocks its
+    /// thread without `.await` for longer than `ttl / 3` delays them.
     ///
     /// Expiry compares the holder's clock with the newcomer's: keep `ttl` well
     /// above the clock skew between your hosts.

@@ -18,7 +18,7 @@ use crate::BoxError;
 ///
 /// # Contract
 ///
-/// Every implementation keeps these promises, and the [`conformance`](crate::conformance)
+/// Every implementation keeps these promises, and the `conformance`
 /// suite checks them against each store:
 ///
 /// - **Whole or nothing.** A [`save`](Self::save) either stores the entire
