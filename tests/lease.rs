@@ -440,64 +440,58 @@ impl Job for Faulty {
     }
 }
 
-async fn run_faulty(job: Faulty, store: &MemoryStore) -> spotbatch::Report {
-    Runner::new("leased", job)
+/// Runs `job` to its failure; returns the checkpoint it left and its failure message.
+async fn run_to_failure(job: Faulty) -> (Checkpoint, String) {
+    let store = MemoryStore::new();
+    let report = Runner::new("leased", job)
         .store(store.clone())
         .signals(&[])
         .checkpoint(spotbatch::Every::chunks(2))
         .lease(Duration::from_secs(60))
         .run()
-        .await
+        .await;
+    assert_eq!(report.code(), 1, "{:?}", report.outcome);
+    let last = store.load(&key()).await.unwrap().unwrap();
+    assert_eq!(last.lease, None, "the lease was left held");
+    let Status::Failed { message } = last.status.clone() else {
+        panic!("status {}", last.status);
+    };
+    let run = &last.history[0];
+    assert!(
+        run.outcome.starts_with("failed") && run.ended_ms > 0,
+        "{run:?}"
+    );
+    (last, message)
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_resume_records_the_failure_and_releases_the_lease() {
-    let store = MemoryStore::new();
-    let job = Faulty {
+    let (_, message) = run_to_failure(Faulty {
         fail_resume: true,
         fail_flush: 0,
         flushes: 0,
-    };
-    let report = run_faulty(job, &store).await;
-    assert_eq!(report.code(), 1, "{:?}", report.outcome);
-    let last = store.load(&key()).await.unwrap().unwrap();
-    assert_eq!(last.lease, None, "the lease was left held");
-    let Status::Failed { message } = &last.status else {
-        panic!("status {}", last.status);
-    };
+    })
+    .await;
     assert!(
         message.contains("resume") && message.contains("source table"),
         "{message}"
     );
-    assert!(
-        last.history[0].outcome.starts_with("failed"),
-        "{:?}",
-        last.history
-    );
-    assert!(last.history[0].ended_ms > 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_flush_records_the_failure_on_the_last_checkpoint() {
-    let store = MemoryStore::new();
     // Flush 1 (after chunk 2) succeeds; flush 2 (after chunk 4) fails.
-    let job = Faulty {
+    let (last, message) = run_to_failure(Faulty {
         fail_resume: false,
         fail_flush: 2,
         flushes: 0,
-    };
-    let report = run_faulty(job, &store).await;
-    assert_eq!(report.code(), 1, "{:?}", report.outcome);
-    let last = store.load(&key()).await.unwrap().unwrap();
-    assert_eq!(last.lease, None, "the lease was left held");
+    })
+    .await;
+    assert!(message.contains("disk full"), "{message}");
     assert_eq!(
         Codec::Bincode.decode::<u64>(&last.cursor).unwrap(),
         2,
         "the failure is recorded on the last durable cursor"
     );
     assert_eq!(last.counters.chunks, 2);
-    let Status::Failed { message } = &last.status else {
-        panic!("status {}", last.status);
-    };
-    assert!(message.contains("disk full"), "{message}");
 }

@@ -181,39 +181,33 @@ impl Job for Counter {
     }
 }
 
-/// A `Counter` whose declared schema is 2 (same Rust cursor and state types).
-struct CounterV2(Counter);
+/// A `Counter` declaring schema version `SCHEMA` and, if `PINNED`, naming
+/// its cursor type `counter/sum` itself (same Rust cursor and state types).
+struct Variant<const SCHEMA: u32, const PINNED: bool>(Counter);
 
-#[async_trait]
-impl Job for CounterV2 {
-    type Cursor = u64;
-    type State = u64;
-    const SCHEMA_VERSION: u32 = 2;
-
-    async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>, BoxError> {
-        self.0.next_chunk(at).await
-    }
-
-    async fn process(
-        &mut self,
-        chunk: &Chunk<u64>,
-        sum: &mut u64,
-        ctx: &ChunkContext,
-    ) -> Result<(), BoxError> {
-        self.0.process(chunk, sum, ctx).await
+impl<const SCHEMA: u32, const PINNED: bool> From<Counter> for Variant<SCHEMA, PINNED> {
+    fn from(counter: Counter) -> Self {
+        Self(counter)
     }
 }
 
-/// A `Counter` that records a fixed name for its cursor type.
-struct Pinned(Counter);
+/// Schema version 2.
+type CounterV2 = Variant<2, false>;
+/// A fixed cursor type name.
+type Pinned = Variant<1, true>;
 
 #[async_trait]
-impl Job for Pinned {
+impl<const SCHEMA: u32, const PINNED: bool> Job for Variant<SCHEMA, PINNED> {
     type Cursor = u64;
     type State = u64;
+    const SCHEMA_VERSION: u32 = SCHEMA;
 
     fn cursor_type() -> &'static str {
-        "counter/sum"
+        if PINNED {
+            "counter/sum"
+        } else {
+            Counter::cursor_type()
+        }
     }
 
     async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>, BoxError> {
@@ -929,7 +923,7 @@ async fn a_checkpoint_of_another_cursor_type_is_refused() {
 #[tokio::test(start_paused = true)]
 async fn a_job_may_name_its_cursor_type_itself() {
     let store = MemoryStore::new();
-    let report = runner("mine", Pinned(Counter::ten()), &store)
+    let report = runner("mine", Pinned::from(Counter::ten()), &store)
         .max_runtime(ms(2_500))
         .run()
         .await;
@@ -942,7 +936,9 @@ async fn a_job_may_name_its_cursor_type_itself() {
         message.contains("counter/sum") && message.contains("Job::cursor_type"),
         "{message}"
     );
-    let report = runner("mine", Pinned(Counter::ten()), &store).run().await;
+    let report = runner("mine", Pinned::from(Counter::ten()), &store)
+        .run()
+        .await;
     assert!(report.is_complete(), "{:?}", report.outcome);
     assert_eq!(
         cursor_and_sum(&stored(&store, "mine").await),
@@ -953,7 +949,7 @@ async fn a_job_may_name_its_cursor_type_itself() {
 #[tokio::test(start_paused = true)]
 async fn a_checkpoint_of_another_schema_version_is_refused() {
     let store = MemoryStore::new();
-    let report = runner("mine", CounterV2(Counter::ten()), &store)
+    let report = runner("mine", CounterV2::from(Counter::ten()), &store)
         .max_runtime(ms(2_500))
         .run()
         .await;
