@@ -18,6 +18,8 @@ struct Slow {
     store: MemoryStore,
     /// What the store held as each chunk started.
     seen: Arc<Mutex<Vec<Option<Checkpoint>>>>,
+    /// When each chunk's work ended.
+    ended: Arc<Mutex<Vec<tokio::time::Instant>>>,
 }
 
 #[async_trait]
@@ -33,6 +35,7 @@ impl Job for Slow {
         let now = self.store.load(&key()).await?;
         self.seen.lock().unwrap().push(now);
         tokio::time::sleep(Duration::from_secs(self.secs)).await;
+        self.ended.lock().unwrap().push(tokio::time::Instant::now());
         Ok(())
     }
 }
@@ -54,6 +57,7 @@ fn slow(chunks: u64, secs: u64, store: &MemoryStore) -> Slow {
         secs,
         store: store.clone(),
         seen: Arc::default(),
+        ended: Arc::default(),
     }
 }
 
@@ -297,54 +301,26 @@ impl CheckpointStore for Stalling {
     }
 }
 
-/// Records when each chunk's work ended.
-#[derive(Clone)]
-struct Timed {
-    chunks: u64,
-    secs: u64,
-    ended: Arc<Mutex<Vec<tokio::time::Instant>>>,
-}
-
-#[async_trait]
-impl Job for Timed {
-    type Cursor = u64;
-    type State = ();
-
-    async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>> {
-        Ok((*at < self.chunks).then(|| Chunk::between(*at, *at + 1)))
-    }
-
-    async fn process(&mut self, _: &Chunk<u64>, _: &mut (), _: &ChunkContext) -> Result<()> {
-        tokio::time::sleep(Duration::from_secs(self.secs)).await;
-        self.ended.lock().unwrap().push(tokio::time::Instant::now());
-        Ok(())
-    }
+/// `runner` with a 3 s lease, on a store whose second write (the first
+/// renewal, at 1 s) takes `stall` first.
+fn stalled(job: Slow, stall: Duration) -> Runner<Slow> {
+    let store = Stalling {
+        inner: job.store.clone(),
+        writes: Arc::default(),
+        stall_at: 2,
+        for_: stall,
+    };
+    runner(job, Duration::from_secs(3)).store(store)
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_slow_renewal_does_not_hold_up_the_chunk() {
     // Lease 3 s: the renewal at 1 s (write 2) takes 5 s; the chunk ends at 2 s.
     let inner = MemoryStore::new();
-    let store = Stalling {
-        inner: inner.clone(),
-        writes: Arc::default(),
-        stall_at: 2,
-        for_: Duration::from_secs(5),
-    };
-    let ended = Arc::default();
-    let job = Timed {
-        chunks: 1,
-        secs: 2,
-        ended: Arc::clone(&ended),
-    };
+    let job = slow(1, 2, &inner);
+    let ended = Arc::clone(&job.ended);
     let started = tokio::time::Instant::now();
-    let report = Runner::new("leased", job)
-        .store(store)
-        .signals(&[])
-        .checkpoint(CheckpointPolicy::at_exit_only())
-        .lease(Duration::from_secs(3))
-        .run()
-        .await;
+    let report = stalled(job, Duration::from_secs(5)).run().await;
     assert!(report.is_complete(), "{:?}", report.outcome);
     let ended = ended.lock().unwrap()[0] - started;
     assert!(
@@ -363,23 +339,8 @@ async fn a_slow_renewal_does_not_hold_up_the_chunk() {
 async fn a_hung_renewal_gives_way_at_the_drain_deadline() {
     // The renewal at 1 s hangs; SIGTERM-like stop at 1.5 s with a 10 s grace.
     let inner = MemoryStore::new();
-    let store = Stalling {
-        inner: inner.clone(),
-        writes: Arc::default(),
-        stall_at: 2,
-        for_: Duration::from_secs(3_600),
-    };
-    let job = Timed {
-        chunks: 1,
-        secs: 600,
-        ended: Arc::default(),
-    };
     let started = tokio::time::Instant::now();
-    let report = Runner::new("leased", job)
-        .store(store)
-        .signals(&[])
-        .checkpoint(CheckpointPolicy::at_exit_only())
-        .lease(Duration::from_secs(3))
+    let report = stalled(slow(1, 600, &inner), Duration::from_secs(3_600))
         .grace(Duration::from_secs(10))
         .stop_on("test", tokio::time::sleep(Duration::from_millis(1_500)))
         .run()
