@@ -60,6 +60,9 @@ pub(crate) struct Session<'a> {
     /// What the last save wrote, for lease renewals and releases.
     last: Option<Payload>,
     last_save: Instant,
+    /// A write whose outcome is unknown (it failed or was cut off, and may
+    /// have landed): its version and payload, until the store is asked.
+    unsure: Option<(u64, Payload)>,
 }
 
 impl<'a> Session<'a> {
@@ -86,6 +89,7 @@ impl<'a> Session<'a> {
             run_chunks: 0,
             last: None,
             last_save: Instant::now(),
+            unsure: None,
         }
     }
 
@@ -272,6 +276,7 @@ impl<'a> Session<'a> {
     /// last saved cursor and state and releases the lease. Does nothing when
     /// this run saved nothing yet, and so holds no lease.
     pub(crate) async fn release(&mut self, status: Status) -> Result<(), Error> {
+        self.reconcile().await;
         let Some(mut payload) = self.last.clone() else {
             return Ok(());
         };
@@ -289,6 +294,7 @@ impl<'a> Session<'a> {
     /// Renews the lease by saving again what the last save wrote (cursor,
     /// state and counters), through [`CheckpointStore::renew`].
     pub(crate) async fn renew(&mut self) -> Result<(), Error> {
+        self.reconcile().await;
         let Some(payload) = self.last.clone() else {
             return Ok(());
         };
@@ -305,6 +311,21 @@ impl<'a> Session<'a> {
     }
 
     async fn write(&mut self, payload: Payload, how: Write) -> Result<(), Error> {
+        self.reconcile().await;
+        if let Some((version, _)) = &self.unsure {
+            // Writing now could fence this run off with its own write, or
+            // (renewals, releases) put an older cursor over it.
+            return Err(StoreError::Io {
+                store: self.location.clone(),
+                key: self.key.to_string(),
+                operation: "save",
+                source: format!(
+                    "cannot tell whether the earlier save of version {version} reached the store"
+                )
+                .into(),
+            }
+            .into());
+        }
         let end = matches!(how, Write::End | Write::Release);
         let now = now_ms();
         let mut checkpoint = Checkpoint::new(self.key.clone(), self.writer.clone());
@@ -331,19 +352,24 @@ impl<'a> Session<'a> {
             }
         }
         checkpoint.history = self.history.clone();
+        self.unsure = Some((checkpoint.version, payload.clone()));
         match self.put(&checkpoint, how).await {
             Ok(()) => {}
             Err(StoreError::Conflict {
                 found: Some(found), ..
-            }) if self.landed_earlier(found).await => {
-                // An earlier save of ours reached the store although it
-                // reported an error: carry on from it.
-                self.stored = Some(found);
-                checkpoint.version = found + 1;
-                self.put(&checkpoint, how).await?;
+            }) if found == checkpoint.version && self.wrote(found).await => {
+                // This very save reached the store on an attempt whose
+                // answer was lost, and a retry inside the store conflicted with it.
             }
+            Err(e @ (StoreError::Conflict { .. } | StoreError::Corrupt { .. })) => {
+                // Nothing was written.
+                self.unsure = None;
+                return Err(e.into());
+            }
+            // It may have landed: the next write asks the store first.
             Err(e) => return Err(e.into()),
         }
+        self.unsure = None;
         self.stored = Some(checkpoint.version);
         self.totals.checkpoints += 1;
         self.last_save = Instant::now();
@@ -360,15 +386,32 @@ impl<'a> Session<'a> {
 }
 
 impl Session<'_> {
-    /// Whether version `found`, which a save conflicted with, is one this run
-    /// wrote itself (a save whose success was lost on the way back).
-    async fn landed_earlier(&self, found: u64) -> bool {
-        if Some(found) != self.stored.map(|v| v + 1).or(Some(1)) {
-            return false;
-        }
+    /// Whether the stored checkpoint is version `version`, written by this run.
+    async fn wrote(&self, version: u64) -> bool {
         match self.store.load(self.key).await {
-            Ok(Some(stored)) => stored.version == found && stored.writer == self.writer,
+            Ok(Some(stored)) => stored.version == version && stored.writer == self.writer,
             _ => false,
+        }
+    }
+
+    /// Settles a write whose outcome is unknown by asking the store: if it
+    /// landed, it becomes the last save (so later renewals and releases
+    /// carry its cursor, never an older one). Stays unknown when the store
+    /// cannot be read.
+    async fn reconcile(&mut self) {
+        let Some((version, payload)) = self.unsure.take() else {
+            return;
+        };
+        match self.store.load(self.key).await {
+            Ok(Some(stored)) if stored.version == version && stored.writer == self.writer => {
+                info!(job = %self.key, version, "an earlier save reached the store although it was not confirmed");
+                self.stored = Some(version);
+                self.totals.checkpoints += 1;
+                self.last_save = Instant::now();
+                self.last = Some(payload);
+            }
+            Ok(_) => {}
+            Err(_) => self.unsure = Some((version, payload)),
         }
     }
 }

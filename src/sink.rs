@@ -32,8 +32,8 @@ pub struct FileSink {
 
 impl FileSink {
     /// Opens (or creates, `0644`) the file for appending, keeping its contents.
-    /// A file it creates has its directory entry synced too, so the file
-    /// itself survives a crash along with the bytes later flushed to it.
+    /// Its directory is synced too, so a file it created survives a crash
+    /// along with the bytes later flushed to it.
     ///
     /// # Errors
     ///
@@ -42,24 +42,16 @@ impl FileSink {
         let path = path.as_ref().to_path_buf();
         let opened = path.clone();
         let (file, written) = blocking(move || {
-            let created = OpenOptions::new()
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
                 .write(true)
-                .create_new(true)
-                .open(&opened);
-            let file = match created {
-                Ok(file) => {
-                    let dir = match opened.parent() {
-                        Some(dir) if !dir.as_os_str().is_empty() => dir,
-                        _ => Path::new("."),
-                    };
-                    File::open(dir)?.sync_all()?;
-                    file
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    OpenOptions::new().write(true).open(&opened)?
-                }
-                Err(e) => return Err(e),
+                .open(&opened)?;
+            let dir = match opened.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => Path::new("."),
             };
+            File::open(dir)?.sync_all()?;
             let len = file.metadata()?.len();
             Ok((file, len))
         })

@@ -251,24 +251,32 @@ async fn a_holder_in_another_pid_namespace_is_not_presumed_dead() {
     assert_eq!(report.code(), 73, "{:?}", report.outcome);
 }
 
-/// A MemoryStore whose `stall_at`-th write (save or renewal) waits `for_` first.
+/// A MemoryStore whose `stall_at`-th write (save or renewal) misbehaves.
 #[derive(Debug, Clone)]
 struct Stalling {
     inner: MemoryStore,
     writes: Arc<Mutex<u64>>,
     stall_at: u64,
-    for_: Duration,
+    how: Misbehave,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Misbehave {
+    /// Waits this long, then writes.
+    StallBefore(Duration),
+    /// Writes, then waits this long before answering.
+    StallAfter(Duration),
+    /// Writes, then answers with an I/O error (the answer was lost).
+    LoseAnswer,
 }
 
 impl Stalling {
-    async fn stall(&self) {
-        let n = {
-            let mut writes = self.writes.lock().unwrap();
-            *writes += 1;
-            *writes
-        };
-        if n == self.stall_at {
-            tokio::time::sleep(self.for_).await;
+    fn new(inner: &MemoryStore, stall_at: u64, how: Misbehave) -> Self {
+        Self {
+            inner: inner.clone(),
+            writes: Arc::default(),
+            stall_at,
+            how,
         }
     }
 }
@@ -288,8 +296,34 @@ impl CheckpointStore for Stalling {
         c: &Checkpoint,
         expected: Option<u64>,
     ) -> Result<(), spotbatch::StoreError> {
-        self.stall().await;
-        self.inner.save(c, expected).await
+        let n = {
+            let mut writes = self.writes.lock().unwrap();
+            *writes += 1;
+            *writes
+        };
+        if n != self.stall_at {
+            return self.inner.save(c, expected).await;
+        }
+        match self.how {
+            Misbehave::StallBefore(d) => {
+                tokio::time::sleep(d).await;
+                self.inner.save(c, expected).await
+            }
+            Misbehave::StallAfter(d) => {
+                self.inner.save(c, expected).await?;
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+            Misbehave::LoseAnswer => {
+                self.inner.save(c, expected).await?;
+                Err(spotbatch::StoreError::Io {
+                    store: self.location(),
+                    key: c.job.to_string(),
+                    operation: "save",
+                    source: "connection reset after the write".into(),
+                })
+            }
+        }
     }
 
     async fn list(&self) -> Result<Vec<spotbatch::Listing>, spotbatch::StoreError> {
@@ -302,14 +336,9 @@ impl CheckpointStore for Stalling {
 }
 
 /// `runner` with a 3 s lease, on a store whose second write (the first
-/// renewal, at 1 s) takes `stall` first.
-fn stalled(job: Slow, stall: Duration) -> Runner<Slow> {
-    let store = Stalling {
-        inner: job.store.clone(),
-        writes: Arc::default(),
-        stall_at: 2,
-        for_: stall,
-    };
+/// renewal, at 1 s) misbehaves.
+fn stalled(job: Slow, how: Misbehave) -> Runner<Slow> {
+    let store = Stalling::new(&job.store, 2, how);
     runner(job, Duration::from_secs(3)).store(store)
 }
 
@@ -320,7 +349,9 @@ async fn a_slow_renewal_does_not_hold_up_the_chunk() {
     let job = slow(1, 2, &inner);
     let ended = Arc::clone(&job.ended);
     let started = tokio::time::Instant::now();
-    let report = stalled(job, Duration::from_secs(5)).run().await;
+    let report = stalled(job, Misbehave::StallBefore(Duration::from_secs(5)))
+        .run()
+        .await;
     assert!(report.is_complete(), "{:?}", report.outcome);
     let ended = ended.lock().unwrap()[0] - started;
     assert!(
@@ -337,32 +368,37 @@ async fn a_slow_renewal_does_not_hold_up_the_chunk() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hung_renewal_gives_way_at_the_drain_deadline() {
-    // The renewal at 1 s hangs; SIGTERM-like stop at 1.5 s with a 10 s grace.
-    let inner = MemoryStore::new();
-    let started = tokio::time::Instant::now();
-    let report = stalled(slow(1, 600, &inner), Duration::from_secs(3_600))
-        .grace(Duration::from_secs(10))
-        .stop_on("test", tokio::time::sleep(Duration::from_millis(1_500)))
-        .run()
-        .await;
-    let took = started.elapsed();
-    assert!(
-        matches!(report.outcome, spotbatch::Outcome::Interrupted(_)),
-        "{:?}",
-        report.outcome
-    );
-    assert!(
-        took < Duration::from_secs(10),
-        "took {took:?}: past the grace period"
-    );
-    let last = inner.load(&key()).await.unwrap().unwrap();
-    assert_eq!(last.lease, None, "the final checkpoint releases the lease");
-    assert_eq!(Codec::Bincode.decode::<u64>(&last.cursor).unwrap(), 0);
-    assert!(
-        matches!(last.status, Status::Interrupted { .. }),
-        "{}",
-        last.status
-    );
+    // The renewal at 1 s hangs, before or after it reached the store; a
+    // SIGTERM-like stop at 1.5 s with a 10 s grace.
+    for (how, landed) in [
+        (Misbehave::StallBefore(Duration::from_secs(3_600)), false),
+        (Misbehave::StallAfter(Duration::from_secs(3_600)), true),
+    ] {
+        let inner = MemoryStore::new();
+        let started = tokio::time::Instant::now();
+        let report = stalled(slow(1, 600, &inner), how)
+            .grace(Duration::from_secs(10))
+            .stop_on("test", tokio::time::sleep(Duration::from_millis(1_500)))
+            .run()
+            .await;
+        let took = started.elapsed();
+        assert!(
+            matches!(report.outcome, spotbatch::Outcome::Interrupted(_)),
+            "{how:?}: {:?}",
+            report.outcome
+        );
+        assert!(took < Duration::from_secs(10), "{how:?}: took {took:?}");
+        let last = inner.load(&key()).await.unwrap().unwrap();
+        assert_eq!(last.lease, None, "{how:?}: the lease was left held");
+        assert_eq!(Codec::Bincode.decode::<u64>(&last.cursor).unwrap(), 0);
+        assert!(
+            matches!(last.status, Status::Interrupted { .. }),
+            "{how:?}: {}",
+            last.status
+        );
+        // Begin, (the renewal,) the final checkpoint.
+        assert_eq!(last.version, if landed { 3 } else { 2 }, "{how:?}");
+    }
 }
 
 /// Fails in `resume`, or in the `fail_flush`-th `flush`.
@@ -404,8 +440,17 @@ impl Job for Faulty {
 /// Runs `job` to its failure; returns the checkpoint it left and its failure message.
 async fn run_to_failure(job: Faulty) -> (Checkpoint, String) {
     let store = MemoryStore::new();
+    run_to_failure_on(job, &store, store.clone()).await
+}
+
+/// Runs `job` to its failure on `through`, a store over `store`.
+async fn run_to_failure_on(
+    job: Faulty,
+    store: &MemoryStore,
+    through: impl CheckpointStore + 'static,
+) -> (Checkpoint, String) {
     let report = Runner::new("leased", job)
-        .store(store.clone())
+        .store(through)
         .signals(&[])
         .checkpoint(spotbatch::Every::chunks(2))
         .lease(Duration::from_secs(60))
@@ -455,4 +500,27 @@ async fn a_failed_flush_records_the_failure_on_the_last_checkpoint() {
         "the failure is recorded on the last durable cursor"
     );
     assert_eq!(last.counters.chunks, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_after_an_unconfirmed_save_keeps_that_save_s_cursor() {
+    // Write 2, the checkpoint at cursor 2, lands but its answer is lost; the
+    // flush before the checkpoint at cursor 4 fails. The failure must be
+    // recorded on cursor 2, not on the cursor of the last confirmed save (0):
+    // moving the cursor back would redo work that is already done.
+    let store = MemoryStore::new();
+    let through = Stalling::new(&store, 2, Misbehave::LoseAnswer);
+    let (last, message) = run_to_failure_on(
+        Faulty {
+            fail_resume: false,
+            fail_flush: 2,
+            flushes: 0,
+        },
+        &store,
+        through,
+    )
+    .await;
+    assert!(message.contains("disk full"), "{message}");
+    assert_eq!(Codec::Bincode.decode::<u64>(&last.cursor).unwrap(), 2);
+    assert_eq!((last.version, last.counters.chunks), (3, 2));
 }

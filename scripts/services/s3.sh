@@ -63,12 +63,17 @@ export AWS_SECRET_ACCESS_KEY=spotbatch-test-secret
 export AWS_REGION=us-east-1
 export AWS_EC2_METADATA_DISABLED=true
 
+# Each test bucket is a collection of its own, with volumes of its own: by
+# default their count is capped by free disk / volume size (128 MB), and on a
+# disk with a few GB free PutObject fails with 500 once the cap is hit. Small
+# volumes (checkpoints are small) and an explicit cap keep writes working.
 "$s3_weed" mini -dir="$s3_data" \
   -ip=127.0.0.1 -ip.bind=127.0.0.1 \
   -master.port="$s3_master" -volume.port="$s3_volume" -filer.port="$s3_filer" \
   -admin.port="$s3_admin" -s3.port="$s3_port" -s3.port.lance=0 -s3.port.iceberg=0 \
   -filer.localSocket="$s3_data/filer.sock" \
   -admin.ui=false -webdav=false -master.telemetry=false \
+  -master.volumeSizeLimitMB=16 -volume.max=1000 \
   >"$s3_log" 2>&1 </dev/null &
 s3_pid=$!
 on_exit "kill $s3_pid 2>/dev/null; wait $s3_pid 2>/dev/null; rm -rf '$s3_data'"
@@ -88,6 +93,30 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 [ -n "$s3_ready" ] || { tail -n 30 "$s3_log" >&2; s3_fail "SeaweedFS did not become ready in 60 s (last status $s3_code; log above)"; }
+
+# The gateway answers before the volume server can take writes (PutObject
+# fails with 500 until a volume is allocated): ready when a probe object can
+# be written, then remove the probe.
+s3_url="http://127.0.0.1:$s3_port"
+s3_curl() {
+  curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
+    --aws-sigv4 "aws:amz:$AWS_REGION:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+    -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@" || true
+}
+s3_code="$(s3_curl -X PUT "$s3_url/spotbatch-ready-probe")"
+case "$s3_code" in 200 | 409) ;; *) tail -n 30 "$s3_log" >&2; s3_fail "cannot create a probe bucket (HTTP $s3_code; log above)" ;; esac
+s3_ready=""
+for _ in $(seq 1 600); do
+  s3_code="$(s3_curl -X PUT --data-binary probe "$s3_url/spotbatch-ready-probe/probe")"
+  if [ "$s3_code" = 200 ]; then
+    s3_ready=1
+    break
+  fi
+  sleep 0.1
+done
+[ -n "$s3_ready" ] || { tail -n 30 "$s3_log" >&2; s3_fail "SeaweedFS takes no writes after 60 s (last PutObject status $s3_code; log above)"; }
+s3_curl -X DELETE "$s3_url/spotbatch-ready-probe/probe" >/dev/null
+s3_curl -X DELETE "$s3_url/spotbatch-ready-probe" >/dev/null
 
 export SPOTBATCH_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
 export SPOTBATCH_TEST_WEED_BIN="$s3_weed"

@@ -118,17 +118,23 @@ impl<J: Job> Runner<J> {
             Some(Ok(())) => {}
             Some(Err(Error::Store(e))) if e.is_transient() && interrupts.stop_requested() => {
                 warn!(job = %key, error = %e, "could not take the job's lease before the stop request");
-                return stopped_before_start(&interrupts, &key);
+                let outcome = stopped_before_start(&interrupts, &key)?;
+                release_lease(&mut session, &outcome, &interrupts, budget.grace).await;
+                return Ok(outcome);
             }
             Some(Err(e)) => return Err(e),
-            None => return stopped_before_start(&interrupts, &key),
+            None => {
+                let outcome = stopped_before_start(&interrupts, &key)?;
+                release_lease(&mut session, &outcome, &interrupts, budget.grace).await;
+                return Ok(outcome);
+            }
         }
         if let Err(source) = job.resume(&cursor, &state).await {
             let e = Error::Job {
                 during: "resume".into(),
                 source,
             };
-            release_failed(&mut session, &e, &interrupts, budget.grace).await;
+            release(&mut session, failed(&e), &interrupts, budget.grace).await;
             return Err(e);
         }
 
@@ -221,7 +227,7 @@ impl<J: Job> Runner<J> {
                     // Fenced: another runner has the job; write nothing more.
                     Some(Err(e @ Error::Store(StoreError::Conflict { .. }))) => return Err(e),
                     Some(Err(e)) => {
-                        release_failed(&mut session, &e, &interrupts, budget.grace).await;
+                        release(&mut session, failed(&e), &interrupts, budget.grace).await;
                         return Err(e);
                     }
                     None => {
@@ -324,28 +330,46 @@ fn stopped_before_start(interrupts: &Interrupts, key: &JobKey) -> Result<Outcome
     Ok(Outcome::Interrupted(source))
 }
 
-/// Records `error` as the run's end on the last saved checkpoint and releases
-/// the lease, for a run that cannot checkpoint where it stands. Logs if even
-/// that fails: the lease then expires by itself.
-async fn release_failed(
+fn failed(error: &Error) -> Status {
+    Status::Failed {
+        message: error.to_string(),
+    }
+}
+
+/// Releases a lease that a start cut short by a stop request may have taken.
+async fn release_lease(
     session: &mut Session<'_>,
-    error: &Error,
+    outcome: &Outcome,
+    interrupts: &Interrupts,
+    retry_for: Duration,
+) {
+    if let Outcome::Interrupted(source) = outcome {
+        let status = Status::Interrupted {
+            source: source.to_string(),
+        };
+        release(session, status, interrupts, retry_for).await;
+    }
+}
+
+/// Records `status` as the run's end on the last saved checkpoint and
+/// releases the lease, for a run that cannot checkpoint where it stands.
+/// Logs if even that fails: the lease then expires by itself.
+async fn release(
+    session: &mut Session<'_>,
+    status: Status,
     interrupts: &Interrupts,
     retry_for: Duration,
 ) {
     let deadline = interrupts
         .final_deadline()
         .unwrap_or_else(|| Instant::now() + retry_for);
-    let status = Status::Failed {
-        message: error.to_string(),
-    };
     match timeout_at(deadline, session.release(status)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            error!(job = %session.key, error = %e, "could not record the failure in the checkpoint")
+            error!(job = %session.key, error = %e, "could not record the run's end in the checkpoint")
         }
         Err(_) => {
-            error!(job = %session.key, "could not record the failure in the checkpoint before the grace period ran out")
+            error!(job = %session.key, "could not record the run's end in the checkpoint before the grace period ran out")
         }
     }
 }
@@ -471,7 +495,13 @@ async fn finish<J: Job>(
                 during: "flush".into(),
                 source,
             };
-            release_failed(session, &e, interrupts, retry_for).await;
+            let recorded = match &status {
+                Status::Failed { message } => Status::Failed {
+                    message: format!("{message}; then the final flush failed too: {e}"),
+                },
+                _ => failed(&e),
+            };
+            release(session, recorded, interrupts, retry_for).await;
             return Err(e);
         }
         Err(_) => return Err(session.not_saved(timed_out(session, "flush"))),
@@ -495,7 +525,7 @@ async fn finish<J: Job>(
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
             Ok(Err(e @ Error::Job { .. })) => {
-                release_failed(session, &e, interrupts, retry_for).await;
+                release(session, failed(&e), interrupts, retry_for).await;
                 return Err(e);
             }
             Ok(Err(e)) => return Err(e),

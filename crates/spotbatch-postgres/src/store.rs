@@ -211,7 +211,20 @@ impl PostgresStore {
 
     /// A transaction shared by a job and this store, for exactly-once writes:
     /// see [`SharedTransaction`]. Give the runner [`SharedTransaction::store`].
+    ///
+    /// The open transaction keeps one pooled connection, and lease renewals
+    /// need another: a pool of one connection logs a warning here, and its
+    /// renewals wait until the next checkpoint.
     pub fn transactional(&self) -> SharedTransaction {
+        let connections = self.inner.pool.options().get_max_connections();
+        if connections < 2 {
+            warn!(
+                store = %self.inner.location,
+                connections,
+                "a SharedTransaction holds a connection while chunks run: with a pool of {connections}, \
+                 lease renewals during chunks cannot get one (set max_connections to 2 or more)"
+            );
+        }
         SharedTransaction::new(self.without_transaction())
     }
 

@@ -294,7 +294,12 @@ impl TxShared {
 
     async fn begin(&self, state: &mut TxState) -> Result<(), TxError> {
         let mark = uuid::Uuid::new_v4().simple().to_string();
-        let begin = format!("BEGIN; SELECT set_config('{TX_MARK}', '{mark}', true)");
+        // READ COMMITTED whatever the server's default: the checkpoint's
+        // compare-and-swap must see renewals committed on other connections
+        // since the transaction began.
+        let begin = format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT set_config('{TX_MARK}', '{mark}', true)"
+        );
         let pool = &self.store.inner.pool;
         // Nothing is lost before the transaction exists: retry like any store operation.
         let tx = self

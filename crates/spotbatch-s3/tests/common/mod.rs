@@ -166,6 +166,9 @@ impl PrivateServer {
                 "-admin.ui=false",
                 "-webdav=false",
                 "-master.telemetry=false",
+                // As scripts/services/s3.sh: writes must not depend on free disk.
+                "-master.volumeSizeLimitMB=16",
+                "-volume.max=1000",
             ])
             .env("AWS_ACCESS_KEY_ID", access)
             .env("AWS_SECRET_ACCESS_KEY", secret)
