@@ -91,6 +91,13 @@ fn no_transaction(e: &sqlx::Error) -> bool {
 ///   finished chunks' writes.
 /// - A failed compare-and-swap (another runner advanced the job) rolls back
 ///   everything and the save fails with [`StoreError::Conflict`].
+/// - Lease renewals during a chunk ([`CheckpointStore::renew`](spotbatch::CheckpointStore::renew))
+///   are plain saves on another pooled connection: they carry the last
+///   committed cursor and touch none of the chunks' writes. The transaction
+///   runs at `READ COMMITTED` so that its compare-and-swap sees them. Give
+///   the pool at least two connections.
+/// - A save cut off before its commit is known (the runner gave up on it at
+///   the end of the grace period) counts the transaction as lost.
 /// - If the transaction is lost (the connection dropped, the server
 ///   restarted, the commit failed), its writes are gone together with the
 ///   cursor advance they belonged to: every later `chunk`, `check` and save
