@@ -60,9 +60,9 @@ pub(crate) struct Session<'a> {
     /// What the last save wrote, for lease renewals and releases.
     last: Option<Payload>,
     last_save: Instant,
-    /// A write whose outcome is unknown (it failed or was cut off, and may
-    /// have landed): its version and payload, until the store is asked.
-    unsure: Option<(u64, Payload)>,
+    /// A write's outcome is unknown (it failed or was cut off, and may have
+    /// landed): the store is asked before the next write.
+    unsure: bool,
 }
 
 impl<'a> Session<'a> {
@@ -89,7 +89,7 @@ impl<'a> Session<'a> {
             run_chunks: 0,
             last: None,
             last_save: Instant::now(),
-            unsure: None,
+            unsure: false,
         }
     }
 
@@ -276,14 +276,25 @@ impl<'a> Session<'a> {
     /// last saved cursor and state and releases the lease. Does nothing when
     /// this run saved nothing yet, and so holds no lease.
     pub(crate) async fn release(&mut self, status: Status) -> Result<(), Error> {
-        self.reconcile().await;
-        let Some(mut payload) = self.last.clone() else {
-            return Ok(());
-        };
-        payload.status = status;
-        payload.totals.interruptions = self.totals.interruptions;
-        payload.totals.runs = self.totals.runs;
-        self.write(payload, Write::Release).await
+        // Twice at most: the first attempt may find (and adopt) a write of
+        // this run that landed late, whose cursor the release must carry.
+        let mut attempts = 2;
+        loop {
+            self.reconcile().await;
+            let Some(mut payload) = self.last.clone() else {
+                return Ok(());
+            };
+            payload.status = status.clone();
+            payload.totals.interruptions = self.totals.interruptions;
+            payload.totals.runs = self.totals.runs;
+            attempts -= 1;
+            match self.write(payload, Write::Release).await {
+                Err(Error::Store(e)) if e.is_transient() && attempts > 0 => {
+                    warn!(job = %self.key, error = %e, "recording the run's end failed; once more");
+                }
+                other => return other,
+            }
+        }
     }
 
     /// When the lease must be renewed by, if the run holds one.
@@ -312,19 +323,10 @@ impl<'a> Session<'a> {
 
     async fn write(&mut self, payload: Payload, how: Write) -> Result<(), Error> {
         self.reconcile().await;
-        if let Some((version, _)) = &self.unsure {
+        if self.unsure {
             // Writing now could fence this run off with its own write, or
             // (renewals, releases) put an older cursor over it.
-            return Err(StoreError::Io {
-                store: self.location.clone(),
-                key: self.key.to_string(),
-                operation: "save",
-                source: format!(
-                    "cannot tell whether the earlier save of version {version} reached the store"
-                )
-                .into(),
-            }
-            .into());
+            return Err(self.unknown("cannot tell whether the previous save reached the store"));
         }
         let end = matches!(how, Write::End | Write::Release);
         let now = now_ms();
@@ -352,29 +354,53 @@ impl<'a> Session<'a> {
             }
         }
         checkpoint.history = self.history.clone();
-        self.unsure = Some((checkpoint.version, payload.clone()));
+        self.unsure = true;
         match self.put(&checkpoint, how).await {
             Ok(()) => {}
-            Err(StoreError::Conflict {
-                found: Some(found), ..
-            }) if found == checkpoint.version && self.wrote(found).await => {
-                // This very save reached the store on an attempt whose
-                // answer was lost, and a retry inside the store conflicted with it.
+            Err(conflict @ StoreError::Conflict { .. }) => {
+                // Another runner's save, or one of ours: this very save (a
+                // retry inside the store conflicting with its own first
+                // attempt, whose answer was lost), or an earlier one that was
+                // cut off and landed late.
+                match self.store.load(self.key).await {
+                    Ok(Some(stored)) if stored == checkpoint => {}
+                    Ok(Some(stored)) if self.adopt_own(&stored) => {
+                        self.unsure = false;
+                        return Err(self.unknown(
+                            "an earlier save of this run landed late; the next attempt writes over it",
+                        ));
+                    }
+                    Ok(_) => {
+                        self.unsure = false;
+                        return Err(conflict.into());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
-            Err(e @ (StoreError::Conflict { .. } | StoreError::Corrupt { .. })) => {
+            Err(corrupt @ StoreError::Corrupt { .. }) => {
                 // Nothing was written.
-                self.unsure = None;
-                return Err(e.into());
+                self.unsure = false;
+                return Err(corrupt.into());
             }
             // It may have landed: the next write asks the store first.
             Err(e) => return Err(e.into()),
         }
-        self.unsure = None;
+        self.unsure = false;
         self.stored = Some(checkpoint.version);
         self.totals.checkpoints += 1;
         self.last_save = Instant::now();
         self.last = Some(payload);
         Ok(())
+    }
+
+    fn unknown(&self, why: &str) -> Error {
+        StoreError::Io {
+            store: self.location.clone(),
+            key: self.key.to_string(),
+            operation: "save",
+            source: why.into(),
+        }
+        .into()
     }
 
     async fn put(&self, checkpoint: &Checkpoint, how: Write) -> Result<(), StoreError> {
@@ -386,33 +412,45 @@ impl<'a> Session<'a> {
 }
 
 impl Session<'_> {
-    /// Whether the stored checkpoint is version `version`, written by this run.
-    async fn wrote(&self, version: u64) -> bool {
-        match self.store.load(self.key).await {
-            Ok(Some(stored)) => stored.version == version && stored.writer == self.writer,
-            _ => false,
+    /// Settles a write whose outcome is unknown by asking the store. Stays
+    /// unknown when the store cannot be read.
+    async fn reconcile(&mut self) {
+        if !self.unsure {
+            return;
+        }
+        if let Ok(stored) = self.store.load(self.key).await {
+            self.unsure = false;
+            if let Some(stored) = stored {
+                self.adopt_own(&stored);
+            }
         }
     }
 
-    /// Settles a write whose outcome is unknown by asking the store: if it
-    /// landed, it becomes the last save (so later renewals and releases
-    /// carry its cursor, never an older one). Stays unknown when the store
-    /// cannot be read.
-    async fn reconcile(&mut self) {
-        let Some((version, payload)) = self.unsure.take() else {
-            return;
-        };
-        match self.store.load(self.key).await {
-            Ok(Some(stored)) if stored.version == version && stored.writer == self.writer => {
-                info!(job = %self.key, version, "an earlier save reached the store although it was not confirmed");
-                self.stored = Some(version);
-                self.totals.checkpoints += 1;
-                self.last_save = Instant::now();
-                self.last = Some(payload);
-            }
-            Ok(_) => {}
-            Err(_) => self.unsure = Some((version, payload)),
+    /// Takes `stored` as the last save if this run wrote it after the last
+    /// save it knows of (a save whose answer was lost, or that was cut off
+    /// and landed anyway): later renewals and releases then carry its
+    /// cursor, never an older one.
+    fn adopt_own(&mut self, stored: &Checkpoint) -> bool {
+        if stored.writer != self.writer || Some(stored.version) <= self.stored {
+            return false;
         }
+        info!(job = %self.key, version = stored.version, "a save of this run reached the store although it was not confirmed");
+        let run_chunks = stored
+            .history
+            .iter()
+            .find(|run| run.run_id == self.writer.run_id)
+            .map_or(0, |run| run.chunks);
+        self.stored = Some(stored.version);
+        self.totals.checkpoints = self.totals.checkpoints.max(stored.counters.checkpoints);
+        self.last_save = Instant::now();
+        self.last = Some(Payload {
+            cursor: stored.cursor.clone(),
+            state: stored.state.clone(),
+            status: stored.status.clone(),
+            totals: stored.counters,
+            run_chunks,
+        });
+        true
     }
 }
 

@@ -258,7 +258,12 @@ struct Stalling {
     writes: Arc<Mutex<u64>>,
     stall_at: u64,
     how: Misbehave,
+    /// A write held back by `LandLate`, applied before the next one.
+    late: Arc<Mutex<Option<LateWrite>>>,
 }
+
+/// A checkpoint and the version it expects to replace.
+type LateWrite = (Checkpoint, Option<u64>);
 
 #[derive(Debug, Clone, Copy)]
 enum Misbehave {
@@ -268,6 +273,9 @@ enum Misbehave {
     StallAfter(Duration),
     /// Writes, then answers with an I/O error (the answer was lost).
     LoseAnswer,
+    /// Never answers; the write lands later, just before the next one (a
+    /// request already on its way when the runner gave up on it).
+    LandLate,
 }
 
 impl Stalling {
@@ -277,6 +285,7 @@ impl Stalling {
             writes: Arc::default(),
             stall_at,
             how,
+            late: Arc::default(),
         }
     }
 }
@@ -301,6 +310,10 @@ impl CheckpointStore for Stalling {
             *writes += 1;
             *writes
         };
+        let late = self.late.lock().unwrap().take();
+        if let Some((late, expected)) = late {
+            let _ = self.inner.save(&late, expected).await;
+        }
         if n != self.stall_at {
             return self.inner.save(c, expected).await;
         }
@@ -313,6 +326,10 @@ impl CheckpointStore for Stalling {
                 self.inner.save(c, expected).await?;
                 tokio::time::sleep(d).await;
                 Ok(())
+            }
+            Misbehave::LandLate => {
+                *self.late.lock().unwrap() = Some((c.clone(), expected));
+                std::future::pending().await
             }
             Misbehave::LoseAnswer => {
                 self.inner.save(c, expected).await?;
@@ -373,6 +390,7 @@ async fn a_hung_renewal_gives_way_at_the_drain_deadline() {
     for (how, landed) in [
         (Misbehave::StallBefore(Duration::from_secs(3_600)), false),
         (Misbehave::StallAfter(Duration::from_secs(3_600)), true),
+        (Misbehave::LandLate, true),
     ] {
         let inner = MemoryStore::new();
         let started = tokio::time::Instant::now();

@@ -122,7 +122,11 @@ impl<J: Job> Runner<J> {
                 release_lease(&mut session, &outcome, &interrupts, budget.grace).await;
                 return Ok(outcome);
             }
-            Some(Err(e)) => return Err(e),
+            Some(Err(e)) => {
+                // The last attempt may have landed (its answer lost): let go of the lease.
+                release(&mut session, failed(&e), &interrupts, budget.grace).await;
+                return Err(e);
+            }
             None => {
                 let outcome = stopped_before_start(&interrupts, &key)?;
                 release_lease(&mut session, &outcome, &interrupts, budget.grace).await;

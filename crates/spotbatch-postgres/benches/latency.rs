@@ -403,7 +403,7 @@ impl Bench {
     }
 
     async fn transactional(&self, sizes: Sizes) -> Vec<Row> {
-        let tx: SharedTransaction = self.store.transactional();
+        let tx: SharedTransaction = self.store.transactional().expect("a pool of 2 or more");
         let tx_store = tx.store();
         let mut progress = Progress::new("nightly-etl/tx");
         tx_store

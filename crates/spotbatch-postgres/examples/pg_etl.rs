@@ -189,7 +189,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
 
     let store = PostgresStore::connect(&args.store).await?;
     let sql = set_up(store.pool(), store.schema(), args.rows).await?;
-    let tx = store.transactional();
+    let tx = store.transactional()?;
     let job = Etl {
         tx: tx.clone(),
         pool: store.pool().clone(),

@@ -76,6 +76,18 @@ pub enum TxError {
         /// The store's error.
         source: Box<spotbatch::StoreError>,
     },
+    /// The store's pool cannot serve a shared transaction: the open
+    /// transaction keeps one connection and lease renewals need another.
+    #[error(
+        "{store}: a SharedTransaction needs a pool of at least 2 connections \
+         (the open transaction keeps one, lease renewals use another); this pool has {connections}"
+    )]
+    PoolTooSmall {
+        /// The store.
+        store: String,
+        /// The pool's maximum.
+        connections: u32,
+    },
     /// A statement failed.
     #[error("{store}: {source}")]
     Sql {

@@ -70,7 +70,7 @@ mod tests {
         send(PostgresStore::connect(""));
         send(PostgresStore::connect_with("", PostgresOptions::default()));
         send(PostgresStore::from_pool(pool, PostgresOptions::default()));
-        let tx = store.transactional();
+        let tx = store.transactional().unwrap();
         send(tx.chunk());
         send(tx.check());
         send(tx.is_open());

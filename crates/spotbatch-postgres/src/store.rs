@@ -12,7 +12,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool};
 use tracing::{debug, info, warn};
 
-use crate::error::{is_transient, ConnectError, Failure, PgError};
+use crate::error::{is_transient, ConnectError, Failure, PgError, TxError};
 use crate::options::{describe, parse_url, redact, PostgresOptions};
 use crate::sql::{Queries, SaveArgs};
 use crate::startup::{acquire_retrying, connect_retrying, migrate, Backoff};
@@ -212,20 +212,20 @@ impl PostgresStore {
     /// A transaction shared by a job and this store, for exactly-once writes:
     /// see [`SharedTransaction`]. Give the runner [`SharedTransaction::store`].
     ///
-    /// The open transaction keeps one pooled connection, and lease renewals
-    /// need another: a pool of one connection logs a warning here, and its
-    /// renewals wait until the next checkpoint.
-    pub fn transactional(&self) -> SharedTransaction {
+    /// # Errors
+    ///
+    /// [`TxError::PoolTooSmall`] when the pool has fewer than 2 connections:
+    /// the open transaction keeps one while chunks run, and lease renewals
+    /// need another.
+    pub fn transactional(&self) -> Result<SharedTransaction, TxError> {
         let connections = self.inner.pool.options().get_max_connections();
         if connections < 2 {
-            warn!(
-                store = %self.inner.location,
+            return Err(TxError::PoolTooSmall {
+                store: self.inner.location.clone(),
                 connections,
-                "a SharedTransaction holds a connection while chunks run: with a pool of {connections}, \
-                 lease renewals during chunks cannot get one (set max_connections to 2 or more)"
-            );
+            });
         }
-        SharedTransaction::new(self.without_transaction())
+        Ok(SharedTransaction::new(self.without_transaction()))
     }
 
     pub(crate) fn without_transaction(&self) -> Self {

@@ -65,7 +65,7 @@ fn no_transaction(e: &sqlx::Error) -> bool {
 ///
 /// # async fn f() -> Result<std::process::ExitCode> {
 /// let store = PostgresStore::connect("postgres://app@db/jobs").await?;
-/// let tx = store.transactional();
+/// let tx = store.transactional()?;
 /// let report = Runner::new("copy-rows", CopyRows { tx: tx.clone(), total: 1_000_000 })
 ///     .store(tx.store()) // this store's saves commit the transaction
 ///     .run()
@@ -94,8 +94,9 @@ fn no_transaction(e: &sqlx::Error) -> bool {
 /// - Lease renewals during a chunk ([`CheckpointStore::renew`](spotbatch::CheckpointStore::renew))
 ///   are plain saves on another pooled connection: they carry the last
 ///   committed cursor and touch none of the chunks' writes. The transaction
-///   runs at `READ COMMITTED` so that its compare-and-swap sees them. Give
-///   the pool at least two connections.
+///   runs at `READ COMMITTED` so that its compare-and-swap sees them.
+///   [`PostgresStore::transactional`] refuses a pool of fewer than two
+///   connections.
 /// - A save cut off before its commit is known (the runner gave up on it at
 ///   the end of the grace period) counts the transaction as lost.
 /// - If the transaction is lost (the connection dropped, the server

@@ -31,7 +31,7 @@ impl Fixture {
         .execute(&admin)
         .await
         .expect("create table");
-        let tx = store.transactional();
+        let tx = store.transactional().expect("transactional");
         Self {
             store,
             tx,
@@ -371,4 +371,19 @@ async fn the_lease_is_renewed_while_a_chunk_holds_the_transaction() {
         "version {}: no renewals during the chunks",
         last.version
     );
+}
+
+#[tokio::test]
+async fn a_pool_of_one_connection_is_refused() {
+    let schema = fresh_name("tx_pool");
+    let options = spotbatch_postgres::PostgresOptions::default().max_connections(1);
+    let store = PostgresStore::connect_with(&with_schema(&pg_url(), &schema), options)
+        .await
+        .expect("connect");
+    let err = store.transactional().expect_err("a pool of one");
+    assert!(
+        matches!(err, TxError::PoolTooSmall { connections: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("at least 2 connections"), "{err}");
 }
