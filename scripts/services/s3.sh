@@ -78,46 +78,41 @@ export AWS_EC2_METADATA_DISABLED=true
 s3_pid=$!
 on_exit "kill $s3_pid 2>/dev/null; wait $s3_pid 2>/dev/null; rm -rf '$s3_data'"
 
-# Ready when a signed ListBuckets answers 200 (the S3 gateway, its IAM and the
-# filer behind it are all up). Usually about 1 s; give up after 60 s.
-s3_ready=""
-for _ in $(seq 1 600); do
-  kill -0 "$s3_pid" 2>/dev/null || { tail -n 30 "$s3_log" >&2; s3_fail "weed mini exited during start-up (log above)"; }
-  s3_code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 \
-    --aws-sigv4 "aws:amz:$AWS_REGION:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
-    "http://127.0.0.1:$s3_port/" || true)"
-  if [ "$s3_code" = 200 ]; then
-    s3_ready=1
-    break
-  fi
-  sleep 0.1
-done
-[ -n "$s3_ready" ] || { tail -n 30 "$s3_log" >&2; s3_fail "SeaweedFS did not become ready in 60 s (last status $s3_code; log above)"; }
-
-# The gateway answers before the volume server can take writes (PutObject
-# fails with 500 until a volume is allocated): ready when a probe object can
-# be written, then remove the probe.
 s3_url="http://127.0.0.1:$s3_port"
+
+# A signed request; prints the HTTP status (000 when there is no answer).
 s3_curl() {
   curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
     --aws-sigv4 "aws:amz:$AWS_REGION:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
     -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@" || true
 }
+
+# s3_wait_for WHAT CURL-ARGS...: retries the request every 0.1 s until it
+# answers 200, for up to 60 s; fails naming WHAT and the last status.
+s3_wait_for() {
+  local what="$1" code=""
+  shift
+  for _ in $(seq 1 600); do
+    kill -0 "$s3_pid" 2>/dev/null || { tail -n 30 "$s3_log" >&2; s3_fail "weed mini exited during start-up (log above)"; }
+    code="$(s3_curl "$@")"
+    [ "$code" = 200 ] && return 0
+    sleep 0.1
+  done
+  tail -n 30 "$s3_log" >&2
+  s3_fail "SeaweedFS: no $what after 60 s (last status $code; log above)"
+}
+
+# The gateway, its IAM and the filer behind it are up when a signed
+# ListBuckets answers (usually about 1 s); but the volume server takes writes
+# only later (PutObject fails with 500 until a volume is allocated): ready
+# when a probe object can be written. The probe is removed.
+s3_wait_for "answer to ListBuckets" "$s3_url/"
 s3_code="$(s3_curl -X PUT "$s3_url/spotbatch-ready-probe")"
 case "$s3_code" in 200 | 409) ;; *) tail -n 30 "$s3_log" >&2; s3_fail "cannot create a probe bucket (HTTP $s3_code; log above)" ;; esac
-s3_ready=""
-for _ in $(seq 1 600); do
-  s3_code="$(s3_curl -X PUT --data-binary probe "$s3_url/spotbatch-ready-probe/probe")"
-  if [ "$s3_code" = 200 ]; then
-    s3_ready=1
-    break
-  fi
-  sleep 0.1
-done
-[ -n "$s3_ready" ] || { tail -n 30 "$s3_log" >&2; s3_fail "SeaweedFS takes no writes after 60 s (last PutObject status $s3_code; log above)"; }
+s3_wait_for "successful PutObject" -X PUT --data-binary probe "$s3_url/spotbatch-ready-probe/probe"
 s3_curl -X DELETE "$s3_url/spotbatch-ready-probe/probe" >/dev/null
 s3_curl -X DELETE "$s3_url/spotbatch-ready-probe" >/dev/null
 
-export SPOTBATCH_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
+export SPOTBATCH_TEST_S3_ENDPOINT="$s3_url"
 export SPOTBATCH_TEST_WEED_BIN="$s3_weed"
 echo "scripts/services/s3.sh: SeaweedFS $s3_version ready at $SPOTBATCH_TEST_S3_ENDPOINT (pid $s3_pid, data $s3_data)" >&2
