@@ -71,7 +71,7 @@ use spotbatch::{
     async_trait, BoxError, Checkpoint, CheckpointPolicy, CheckpointStore, Chunk, ChunkContext,
     Codec, Ec2SpotNotices, FileStore, Job, JobKey, MemoryStore, Outcome, Runner, Writer,
 };
-use spotbatch_test_support::table::{print_table, Latencies, Row};
+use spotbatch_test_support::table::{print_table, Latencies, Mode, Row};
 
 /// How much work each figure does.
 #[derive(Debug, Clone, Copy)]
@@ -130,18 +130,8 @@ impl Sizes {
 const EVERY: u64 = 100;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let (mode, sizes) = if !args.iter().any(|a| a == "--bench") {
-        (
-            "smoke test (run with `cargo bench` for figures)",
-            Sizes::SMOKE,
-        )
-    } else if quick {
-        ("quick", Sizes::QUICK)
-    } else {
-        ("full", Sizes::FULL)
-    };
+    let mode = Mode::from_args();
+    let sizes = mode.pick(Sizes::SMOKE, Sizes::QUICK, Sizes::FULL);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -159,7 +149,8 @@ fn main() {
     rows.extend(rt.block_on(start_and_stop(sizes, &dir)));
 
     println!(
-        "spotbatch overhead, {mode}: {} cores, FileStore in {} ({})\n",
+        "spotbatch overhead, {}: {} cores, FileStore in {} ({})\n",
+        mode.describe(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         dir.display(),
         fs_type(&dir),

@@ -42,9 +42,10 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use spotbatch::{Checkpoint, CheckpointStore, JobKey, Lease, RunRecord, Writer};
+use spotbatch::conformance::MidRun;
+use spotbatch::{CheckpointStore, JobKey};
 use spotbatch_postgres::{PostgresStore, SharedTransaction};
-use spotbatch_test_support::table::{percentile_rows, print_table, Latencies, Row};
+use spotbatch_test_support::table::{percentile_rows, print_table, Latencies, Mode, Row};
 use sqlx::{AssertSqlSafe, PgPool, SqlSafeStr, SqlStr};
 
 /// How much work each figure does.
@@ -87,18 +88,13 @@ const ROWS: usize = 100;
 /// The job of the save and load figures (the transactional one is `nightly-etl/tx`).
 const JOB: &str = "nightly-etl/2026-11-24";
 
+fn job(name: &str) -> JobKey {
+    JobKey::new(name).expect("key")
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (mode, sizes) = if !args.iter().any(|a| a == "--bench") {
-        (
-            "smoke test (run with `cargo bench` for figures)",
-            Sizes::SMOKE,
-        )
-    } else if args.iter().any(|a| a == "--quick") {
-        ("quick", Sizes::QUICK)
-    } else {
-        ("full", Sizes::FULL)
-    };
+    let mode = Mode::from_args();
+    let sizes = mode.pick(Sizes::SMOKE, Sizes::QUICK, Sizes::FULL);
     let url = std::env::var("SPOTBATCH_TEST_PG_URL")
         .ok()
         .filter(|u| !u.is_empty())
@@ -122,61 +118,14 @@ fn main() {
     let server = rt.block_on(bench.finish());
 
     println!(
-        "spotbatch-postgres latency, {mode}: {} cores, {server}, schema {}, {}-byte envelope\n",
+        "spotbatch-postgres latency, {}: {} cores, {server}, schema {}, {}-byte envelope\n",
+        mode.describe(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         bench.schema,
-        Progress::new(JOB).checkpoint.encode().len(),
+        MidRun::new(job(JOB)).checkpoint().encode().len(),
     );
     print_table(&rows);
     println!("\ntook {:.1} s", started.elapsed().as_secs_f64());
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A job's checkpoint as a runner with the default lease saves it mid-run:
-/// 16-byte cursor, 256-byte state, a lease, this run in the history.
-struct Progress {
-    checkpoint: Checkpoint,
-}
-
-impl Progress {
-    fn new(job: &str) -> Self {
-        let writer = Writer::this_process();
-        let mut c = Checkpoint::new(JobKey::new(job).expect("key"), writer.clone());
-        c.cursor_type = "(etl::Cursor, etl::Totals)".to_owned();
-        c.schema = 1;
-        c.cursor = (0u8..16).collect();
-        c.state = (0..256u32).map(|i| (i * 7) as u8).collect();
-        c.counters.chunks = 123_456;
-        c.counters.items = 123_456_000;
-        c.counters.checkpoints = 1_234;
-        c.counters.runs = 3;
-        c.lease = Some(Lease::new(writer.run_id, now_ms() + 60_000));
-        c.history.push(RunRecord::started(&writer, now_ms()));
-        Self { checkpoint: c }
-    }
-
-    /// The next checkpoint: 100 more chunks, version + 1, lease renewed.
-    fn advance(&mut self) -> &Checkpoint {
-        let c = &mut self.checkpoint;
-        let now = now_ms();
-        c.version += 1;
-        c.counters.chunks += 100;
-        c.counters.items += 100_000;
-        c.counters.checkpoints += 1;
-        c.cursor[..8].copy_from_slice(&c.counters.chunks.to_le_bytes());
-        c.state[..8].copy_from_slice(&c.counters.items.to_le_bytes());
-        c.updated_ms = now;
-        c.lease = c.lease.map(|l| Lease::new(l.owner, now + 60_000));
-        if let Some(run) = c.history.last_mut() {
-            run.chunks += 100;
-        }
-        c
-    }
 }
 
 /// The store, its pool and the baseline's statements, in a fresh schema.
@@ -290,12 +239,13 @@ impl Bench {
     }
 
     async fn saves(&self, sizes: Sizes) -> Vec<Row> {
-        let mut progress = Progress::new(JOB);
+        let mut progress = MidRun::new(job(JOB));
         self.store
-            .save(&progress.checkpoint, None)
+            .save(progress.checkpoint(), None)
             .await
             .expect("create the checkpoint");
-        self.plain_row("save", &progress.checkpoint.encode()).await;
+        self.plain_row("save", &progress.checkpoint().encode())
+            .await;
         let (mut ours, mut base) = (Vec::new(), Vec::new());
         for i in 0..sizes.warm_up + sizes.saves {
             let checkpoint = progress.advance();
@@ -326,7 +276,7 @@ impl Bench {
                 base.push(b);
             }
         }
-        let last = &progress.checkpoint;
+        let last = progress.checkpoint();
         let loaded = self
             .store
             .load(&last.job)
@@ -405,12 +355,12 @@ impl Bench {
     async fn transactional(&self, sizes: Sizes) -> Vec<Row> {
         let tx: SharedTransaction = self.store.transactional().expect("a pool of 2 or more");
         let tx_store = tx.store();
-        let mut progress = Progress::new("nightly-etl/tx");
+        let mut progress = MidRun::new(job("nightly-etl/tx"));
         tx_store
-            .save(&progress.checkpoint, None)
+            .save(progress.checkpoint(), None)
             .await
             .expect("create the checkpoint");
-        self.plain_row("tx", &progress.checkpoint.encode()).await;
+        self.plain_row("tx", &progress.checkpoint().encode()).await;
         let rounds = sizes.warm_up + sizes.tx_rounds;
         let (mut ours, mut base) = (Vec::new(), Vec::new());
         for i in 0..rounds {
@@ -475,7 +425,7 @@ impl Bench {
             .expect("count rows");
             assert_eq!(n as usize, rounds * ROWS, "rows committed in {table}");
         }
-        let last = &progress.checkpoint;
+        let last = progress.checkpoint();
         let loaded = self
             .store
             .load(&last.job)

@@ -35,14 +35,15 @@
 //! Everything runs on one current-thread tokio runtime.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
-use spotbatch::{Checkpoint, CheckpointStore, JobKey, Lease, RunRecord, Writer};
+use spotbatch::conformance::MidRun;
+use spotbatch::{Checkpoint, CheckpointStore, JobKey};
 use spotbatch_s3::{aws_sdk_s3, S3Store, S3StoreBuilder};
-use spotbatch_test_support::table::{percentile_rows, print_table, Latencies, Row};
+use spotbatch_test_support::table::{percentile_rows, print_table, Latencies, Mode, Row};
 
 /// How much work each figure does.
 #[derive(Debug, Clone, Copy)]
@@ -74,17 +75,8 @@ impl Sizes {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (mode, sizes) = if !args.iter().any(|a| a == "--bench") {
-        (
-            "smoke test (run with `cargo bench` for figures)",
-            Sizes::SMOKE,
-        )
-    } else if args.iter().any(|a| a == "--quick") {
-        ("quick", Sizes::QUICK)
-    } else {
-        ("full", Sizes::FULL)
-    };
+    let mode = Mode::from_args();
+    let sizes = mode.pick(Sizes::SMOKE, Sizes::QUICK, Sizes::FULL);
     let endpoint = required("SPOTBATCH_TEST_S3_ENDPOINT");
     required("AWS_ACCESS_KEY_ID");
     required("AWS_SECRET_ACCESS_KEY");
@@ -99,7 +91,8 @@ fn main() {
     rt.block_on(clean_up(&store));
 
     println!(
-        "spotbatch-s3 latency, {mode}: {} cores, server {endpoint}, bucket {}, {envelope}-byte envelope\n",
+        "spotbatch-s3 latency, {}: {} cores, server {endpoint}, bucket {}, {envelope}-byte envelope\n",
+        mode.describe(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         store.bucket(),
     );
@@ -146,7 +139,7 @@ async fn fresh_store(endpoint: &str) -> (S3Store, usize) {
                 DisplayErrorContext(e)
             )
         });
-    let envelope = Progress::new().checkpoint.encode().len();
+    let envelope = MidRun::new(job()).checkpoint().encode().len();
     (store, envelope)
 }
 
@@ -172,54 +165,6 @@ fn job() -> JobKey {
 /// The baseline's object: next to the store's, same length of name.
 fn raw_key(store: &S3Store) -> String {
     store.object_key(&job()).replacen("bench/", "raw-b/", 1)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A job's checkpoint as a runner with the default lease saves it mid-run:
-/// 16-byte cursor, 256-byte state, a lease, this run in the history.
-struct Progress {
-    checkpoint: Checkpoint,
-}
-
-impl Progress {
-    fn new() -> Self {
-        let writer = Writer::this_process();
-        let mut c = Checkpoint::new(job(), writer.clone());
-        c.cursor_type = "(etl::Cursor, etl::Totals)".to_owned();
-        c.schema = 1;
-        c.cursor = (0u8..16).collect();
-        c.state = (0..256u32).map(|i| (i * 7) as u8).collect();
-        c.counters.chunks = 123_456;
-        c.counters.items = 123_456_000;
-        c.counters.checkpoints = 1_234;
-        c.counters.runs = 3;
-        c.lease = Some(Lease::new(writer.run_id, now_ms() + 60_000));
-        c.history.push(RunRecord::started(&writer, now_ms()));
-        Self { checkpoint: c }
-    }
-
-    /// The next checkpoint: 100 more chunks, version + 1, lease renewed.
-    fn advance(&mut self) -> &Checkpoint {
-        let c = &mut self.checkpoint;
-        let now = now_ms();
-        c.version += 1;
-        c.counters.chunks += 100;
-        c.counters.items += 100_000;
-        c.counters.checkpoints += 1;
-        c.cursor[..8].copy_from_slice(&c.counters.chunks.to_le_bytes());
-        c.state[..8].copy_from_slice(&c.counters.items.to_le_bytes());
-        c.updated_ms = now;
-        c.lease = c.lease.map(|l| Lease::new(l.owner, now + 60_000));
-        if let Some(run) = c.history.last_mut() {
-            run.chunks += 100;
-        }
-        c
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -275,9 +220,9 @@ async fn get_raw(client: &Client, bucket: &str, object: &str, len: usize) -> Dur
 async fn saves(store: &S3Store, sizes: Sizes) -> Vec<Row> {
     let client = store.client();
     let raw = raw_key(store);
-    let mut progress = Progress::new();
+    let mut progress = MidRun::new(job());
     store
-        .save(&progress.checkpoint, None)
+        .save(progress.checkpoint(), None)
         .await
         .expect("create the checkpoint");
     let (mut ours, mut base) = (Vec::new(), Vec::new());
@@ -297,7 +242,7 @@ async fn saves(store: &S3Store, sizes: Sizes) -> Vec<Row> {
         }
     }
     // Both objects hold the last checkpoint, byte for byte.
-    let last = progress.checkpoint.encode();
+    let last = progress.checkpoint().encode();
     for object in [store.object_key(&job()), raw] {
         let got = client
             .get_object()

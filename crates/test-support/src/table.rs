@@ -1,5 +1,5 @@
-//! The benchmarks' output: latencies with percentiles, and a Markdown table
-//! of figure, spotbatch, baseline, difference and ratio.
+//! The benchmarks' output (latencies with percentiles, and a Markdown table
+//! of figure, spotbatch, baseline, difference and ratio) and their modes.
 
 use std::time::Duration;
 
@@ -130,4 +130,49 @@ pub fn percentile_rows(title: String, what: &str, ours: &Latencies, base: &Laten
         ));
     }
     rows
+}
+
+/// How much work a benchmark binary does, from its arguments: `cargo bench`
+/// passes `--bench` (full figures; `-- --quick` for a fraction), while a run
+/// without it (`cargo test --benches`) is a smoke pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A few rounds, to check that the benchmark runs.
+    Smoke,
+    /// A fraction of the full work.
+    Quick,
+    /// The published figures.
+    Full,
+}
+
+impl Mode {
+    /// The mode this process's arguments ask for.
+    pub fn from_args() -> Self {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        if !args.iter().any(|a| a == "--bench") {
+            Self::Smoke
+        } else if args.iter().any(|a| a == "--quick") {
+            Self::Quick
+        } else {
+            Self::Full
+        }
+    }
+
+    /// The one of three values for this mode.
+    pub fn pick<T>(self, smoke: T, quick: T, full: T) -> T {
+        match self {
+            Self::Smoke => smoke,
+            Self::Quick => quick,
+            Self::Full => full,
+        }
+    }
+
+    /// How the mode is named in a benchmark's heading.
+    pub fn describe(self) -> &'static str {
+        self.pick(
+            "smoke test (run with `cargo bench` for figures)",
+            "quick",
+            "full",
+        )
+    }
 }
