@@ -46,6 +46,41 @@ impl JobKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The key as a name that is safe as a file name or an object name
+    /// segment, at most `max_len` bytes (`max_len` ≥ 80); stores name their
+    /// entries with it.
+    ///
+    /// ASCII letters, digits, `-` and `_` are kept, `.` is kept except first,
+    /// every other byte becomes `%XX`: a name never holds `/`, never starts
+    /// with `.`, and no two keys share one. A name over `max_len` bytes is cut
+    /// (never inside an escape) and completed with `~` and the UUIDv5 of the
+    /// whole key. The rule is part of where stores keep checkpoints: it never
+    /// changes.
+    pub fn encoded(&self, max_len: usize) -> String {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let mut out = String::with_capacity(self.0.len());
+        for (i, b) in self.0.bytes().enumerate() {
+            let keep = b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0);
+            if keep {
+                out.push(char::from(b));
+            } else {
+                out.push('%');
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0xF)]));
+            }
+        }
+        if out.len() <= max_len {
+            return out;
+        }
+        let mut cut = max_len.max(80) - 40;
+        // Never split a %XX escape.
+        while out.as_bytes()[cut - 1] == b'%' || out.as_bytes()[cut - 2] == b'%' {
+            cut -= 1;
+        }
+        let digest = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, self.0.as_bytes());
+        format!("{}~{}", &out[..cut], digest.simple())
+    }
 }
 
 fn shorten(key: &str) -> String {

@@ -243,25 +243,7 @@ fn replace_durably(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// The file name (without extension) for a key; see the type's docs.
 pub(crate) fn file_stem(key: &JobKey) -> String {
-    let mut out = String::with_capacity(key.as_str().len());
-    for (i, b) in key.as_str().bytes().enumerate() {
-        let keep = b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0);
-        if keep {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    if out.len() <= MAX_STEM {
-        return out;
-    }
-    let mut cut = MAX_STEM - 40;
-    // Never split a %XX escape.
-    while out.as_bytes()[cut - 1] == b'%' || out.as_bytes()[cut - 2] == b'%' {
-        cut -= 1;
-    }
-    let digest = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_str().as_bytes());
-    format!("{}~{}", &out[..cut], digest.simple())
+    key.encoded(MAX_STEM)
 }
 
 #[async_trait]

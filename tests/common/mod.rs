@@ -3,12 +3,14 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 
 use spotbatch::{Checkpoint, FileStore, JobKey};
 // Each test binary uses some of these.
 #[allow(unused_imports)]
-pub use spotbatch_test_support::{example_bin, finish, signal, stderr, wait_within};
+pub use spotbatch_test_support::{
+    example_bin, example_command, finish, signal, stderr, wait_within,
+};
 
 pub const JOB: &str = "e2e";
 
@@ -76,7 +78,7 @@ impl Quickstart {
     }
 
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(quickstart_bin());
+        let mut cmd = example_command("quickstart");
         cmd.arg("--records")
             .arg(self.records.to_string())
             .arg("--chunk")
@@ -96,12 +98,7 @@ impl Quickstart {
             .arg("--job")
             .arg(JOB)
             .arg("--interrupted-exit-code")
-            .arg("75")
-            .env("RUST_LOG", "info")
-            .env_remove("SPOTBATCH_STORE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .arg("75");
         cmd
     }
 

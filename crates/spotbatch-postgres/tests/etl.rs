@@ -5,10 +5,10 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{admin_pool, example_bin, finish, fresh_name, pg_url, signal, with_schema};
+use common::{admin_pool, example_command, finish, fresh_name, pg_url, signal, with_schema};
 use spotbatch::{Checkpoint, Status};
 use sqlx::PgPool;
 
@@ -16,7 +16,7 @@ const ROWS: u64 = 10_000;
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn etl(schema: &str, work_us: u64) -> Command {
-    let mut cmd = Command::new(example_bin("pg_etl"));
+    let mut cmd = example_command("pg_etl");
     cmd.arg("--store")
         .arg(with_schema(&pg_url(), schema))
         .arg("--rows")
@@ -28,12 +28,7 @@ fn etl(schema: &str, work_us: u64) -> Command {
         .arg("--every-chunks")
         .arg("4")
         .arg("--interrupted-exit-code")
-        .arg("75")
-        .env("RUST_LOG", "info")
-        .env_remove("SPOTBATCH_STORE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .arg("75");
     cmd
 }
 

@@ -3,17 +3,17 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{example_bin, finish, fresh_name, pg_url, signal, with_schema};
+use common::{example_command, finish, fresh_name, pg_url, signal, with_schema};
 use spotbatch::{CheckpointStore, JobKey, Status};
 use spotbatch_postgres::PostgresStore;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
 fn quickstart(url: &str, dir: &std::path::Path, name: &str, lease_secs: f64) -> Command {
-    let mut cmd = Command::new(example_bin("pg_quickstart"));
+    let mut cmd = example_command("pg_quickstart");
     cmd.arg("--store")
         .arg(url)
         .arg("--job")
@@ -23,12 +23,7 @@ fn quickstart(url: &str, dir: &std::path::Path, name: &str, lease_secs: f64) -> 
         .arg("--lease")
         .arg(lease_secs.to_string())
         .arg("--out")
-        .arg(dir.join(format!("{name}.txt")))
-        .env("RUST_LOG", "info")
-        .env_remove("SPOTBATCH_STORE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .arg(dir.join(format!("{name}.txt")));
     cmd
 }
 

@@ -9,14 +9,14 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{example_bin, finish, fresh_name, pg_ctl, pg_url, with_schema};
+use common::{example_command, finish, fresh_name, pg_ctl, pg_url, with_schema};
 use spotbatch::{Checkpoint, Status};
 
 const RECORDS: u64 = 40_000;
 const CHUNK: u64 = 100;
 
 fn quickstart(schema: &str, dir: &std::path::Path, work_us: u64) -> Command {
-    let mut cmd = Command::new(example_bin("pg_quickstart"));
+    let mut cmd = example_command("pg_quickstart");
     cmd.arg("--store")
         .arg(with_schema(&pg_url(), schema))
         .arg("--job")
@@ -32,12 +32,7 @@ fn quickstart(schema: &str, dir: &std::path::Path, work_us: u64) -> Command {
         .arg("--out")
         .arg(dir.join("out.txt"))
         .arg("--audit")
-        .arg(dir.join("audit.txt"))
-        .env("RUST_LOG", "info")
-        .env_remove("SPOTBATCH_STORE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .arg(dir.join("audit.txt"));
     cmd
 }
 

@@ -16,31 +16,10 @@ pub(crate) const MAX_PREFIX: usize = 1024 - MAX_NAME - SUFFIX.len();
 
 /// The object name (without prefix or suffix) for a job key.
 ///
-/// The same rule as the file store's file names, with a longer limit: ASCII
-/// letters, digits, `-` and `_` are kept, `.` is kept except first, every
-/// other byte becomes `%XX` (so a name never holds `/` and no two keys share a
-/// name). A name over [`MAX_NAME`] bytes is cut (never inside an escape) and
-/// completed with `~` and the UUIDv5 of the whole key.
+/// [`JobKey::encoded`], as the file store names its files, with a longer
+/// limit: [`MAX_NAME`] bytes.
 pub(crate) fn object_name(key: &JobKey) -> String {
-    let mut out = String::with_capacity(key.as_str().len());
-    for (i, b) in key.as_str().bytes().enumerate() {
-        let keep = b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0);
-        if keep {
-            out.push(char::from(b));
-        } else {
-            push_escape(&mut out, b);
-        }
-    }
-    if out.len() <= MAX_NAME {
-        return out;
-    }
-    let mut cut = MAX_NAME - 40;
-    // Never split a %XX escape.
-    while out.as_bytes()[cut - 1] == b'%' || out.as_bytes()[cut - 2] == b'%' {
-        cut -= 1;
-    }
-    let digest = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_str().as_bytes());
-    format!("{}~{}", &out[..cut], digest.simple())
+    key.encoded(MAX_NAME)
 }
 
 /// Percent-encodes text for an `x-amz-meta-*` header: ASCII letters, digits

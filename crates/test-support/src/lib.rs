@@ -5,7 +5,7 @@
 pub mod table;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// An example's binary, which `cargo test` builds next to the test binaries
@@ -24,6 +24,19 @@ pub fn example_bin(name: &str) -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The example `name` as the end-to-end tests run it: `info` logs on a piped
+/// stderr (for the test to read), no stdin or stdout, and no
+/// `SPOTBATCH_STORE` inherited to change its store.
+pub fn example_command(name: &str) -> Command {
+    let mut cmd = Command::new(example_bin(name));
+    cmd.env("RUST_LOG", "info")
+        .env_remove("SPOTBATCH_STORE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
 }
 
 /// A finished process's stderr, as text.

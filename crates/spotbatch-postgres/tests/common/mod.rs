@@ -74,4 +74,4 @@ pub async fn admin_pool() -> PgPool {
 
 // Each test binary uses some of these.
 #[allow(unused_imports)]
-pub use spotbatch_test_support::{example_bin, finish, signal};
+pub use spotbatch_test_support::{example_bin, example_command, finish, signal};

@@ -273,7 +273,7 @@ impl Quickstart {
     }
 
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(example_bin("s3_quickstart"));
+        let mut cmd = example_command("s3_quickstart");
         cmd.arg("--records")
             .arg(self.records.to_string())
             .arg("--chunk")
@@ -295,11 +295,7 @@ impl Quickstart {
             .arg("--job")
             .arg(&self.job)
             .arg("--interrupted-exit-code")
-            .arg("75")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .arg("75");
         s3_env(&mut cmd, &self.endpoint);
         cmd
     }
@@ -375,4 +371,6 @@ impl Tail {
 
 // Each test binary uses some of these.
 #[allow(unused_imports)]
-pub use spotbatch_test_support::{example_bin, finish, signal, stderr, wait_within};
+pub use spotbatch_test_support::{
+    example_bin, example_command, finish, signal, stderr, wait_within,
+};
