@@ -75,32 +75,10 @@ pub(crate) fn key(url: &str, key: &str) -> Result<JobKey, CliError> {
     JobKey::new(key).map_err(|e| CliError::Config(format!("{}: {e}", redacted(url))))
 }
 
-/// `url` as the CLI may print it: a password in the user info
-/// (`postgres://app:***@db/jobs`) or in a `password=` parameter is replaced by
-/// `***`. Other URLs (`file://`, `s3://`) come back unchanged.
+/// `url` as the CLI may print it, its password hidden; see
+/// [`spotbatch_postgres::redact_url`].
 pub(crate) fn redacted(url: &str) -> String {
-    let mut out = url.to_owned();
-    if let Some(start) = out.find("://").map(|i| i + 3) {
-        let authority_end = out[start..]
-            .find(['/', '?', '#'])
-            .map_or(out.len(), |i| start + i);
-        if let Some(at) = out[start..authority_end].rfind('@').map(|i| start + i) {
-            if let Some(colon) = out[start..at].find(':').map(|i| start + i) {
-                out.replace_range(colon + 1..at, "***");
-            }
-        }
-    }
-    // (ASCII lowercasing keeps byte offsets.)
-    let mut from = 0;
-    while let Some(i) = out[from..].to_ascii_lowercase().find("password=") {
-        let start = from + i + "password=".len();
-        let end = out[start..]
-            .find(['&', '#'])
-            .map_or(out.len(), |j| start + j);
-        out.replace_range(start..end, "***");
-        from = start + 3;
-    }
-    out
+    spotbatch_postgres::redact_url(url)
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ mod store;
 mod transaction;
 
 pub use error::{ConnectError, TxError};
-pub use options::{PostgresOptions, DEFAULT_SCHEMA};
+pub use options::{redact_url, PostgresOptions, DEFAULT_SCHEMA};
 pub use store::PostgresStore;
 pub use transaction::{ChunkTx, SharedTransaction};
 

@@ -171,7 +171,7 @@ fn is_secret_param(name: &str) -> bool {
 /// to sqlx, which reads every other parameter (`sslmode`, `application_name`…).
 pub(crate) fn parse_url(raw: &str) -> Result<ParsedUrl, ConnectError> {
     let bad = |reason: String| ConnectError::BadUrl {
-        url: redact_unparsed(raw),
+        url: redact_url(raw),
         reason,
     };
     let mut url = url::Url::parse(raw).map_err(|e| bad(e.to_string()))?;
@@ -237,9 +237,12 @@ pub(crate) fn redact(url: &url::Url, schema: Option<&str>) -> String {
     shown.to_string()
 }
 
-/// Best effort for a URL that does not parse: hide whatever sits between
-/// the user name and the last `@` before the host, and any `password=` value.
-fn redact_unparsed(raw: &str) -> String {
+/// `raw` as it may be printed: the password in a URL's user info
+/// (`postgres://app:***@db/jobs`) and any `password=` value (a query
+/// parameter, or a key=value connection string) become `***`. Text without
+/// either (`file://…`, `s3://…`) comes back unchanged. Works on URLs that do
+/// not parse, too.
+pub fn redact_url(raw: &str) -> String {
     let mut out = raw.to_owned();
     if let Some(start) = out.find("://").map(|i| i + 3) {
         let authority_end = out[start..]
