@@ -117,6 +117,14 @@ impl PostgresOptions {
         self
     }
 
+    /// [`validate`](Self::validate), as the error of a store at `location`.
+    pub(crate) fn check(&self, location: &str) -> Result<(), ConnectError> {
+        self.validate().map_err(|reason| ConnectError::BadOptions {
+            url: location.to_owned(),
+            reason,
+        })
+    }
+
     pub(crate) fn validate(&self) -> Result<(), String> {
         check_schema(&self.schema)?;
         if self.max_connections == 0 {

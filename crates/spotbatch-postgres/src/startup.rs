@@ -49,47 +49,49 @@ impl Backoff {
     }
 }
 
+/// A first connection to the server, retried on transient errors.
 pub(crate) async fn connect_retrying(
     connect: &PgConnectOptions,
     options: &PostgresOptions,
     location: &str,
 ) -> Result<PgConnection, ConnectError> {
     let timeout = options.connect_timeout;
-    let mut backoff = Backoff::new(options);
-    loop {
-        let error = match tokio::time::timeout(timeout, PgConnection::connect_with(connect)).await {
-            Ok(Ok(conn)) => return Ok(conn),
-            Ok(Err(e)) => e,
-            Err(_) => sqlx::Error::Io(std::io::Error::new(
+    retrying_connect(options, location, || async {
+        match tokio::time::timeout(timeout, PgConnection::connect_with(connect)).await {
+            Ok(connected) => connected,
+            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("no connection within {timeout:?}"),
-            )),
-        };
-        match is_transient(&error).then(|| backoff.next_delay()).flatten() {
-            Some(delay) => {
-                warn!(store = %location, %error, retry_in = ?delay, "cannot connect yet; retrying");
-                tokio::time::sleep(delay).await;
-            }
-            None => {
-                return Err(ConnectError::Unreachable {
-                    url: location.to_owned(),
-                    tried: backoff.elapsed(),
-                    source: error,
-                })
-            }
+            ))),
         }
-    }
+    })
+    .await
 }
 
+/// A connection from `pool`, retried on transient errors.
 pub(crate) async fn acquire_retrying(
     pool: &PgPool,
     options: &PostgresOptions,
     location: &str,
 ) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, ConnectError> {
+    retrying_connect(options, location, || pool.acquire()).await
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or the backoff of
+/// `options` runs out; then names the store and how long it tried.
+async fn retrying_connect<T, F, Fut>(
+    options: &PostgresOptions,
+    location: &str,
+    mut attempt: F,
+) -> Result<T, ConnectError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
     let mut backoff = Backoff::new(options);
     loop {
-        let error = match pool.acquire().await {
-            Ok(conn) => return Ok(conn),
+        let error = match attempt().await {
+            Ok(connected) => return Ok(connected),
             Err(e) => e,
         };
         match is_transient(&error).then(|| backoff.next_delay()).flatten() {

@@ -127,12 +127,7 @@ impl PostgresStore {
             options.schema = schema;
         }
         let location = redact(&parsed.stripped, Some(&options.schema));
-        options
-            .validate()
-            .map_err(|reason| ConnectError::BadOptions {
-                url: location.clone(),
-                reason,
-            })?;
+        options.check(&location)?;
         let mut connect = parsed.connect;
         if connect.get_application_name().is_none() {
             connect = connect.application_name("spotbatch");
@@ -171,12 +166,7 @@ impl PostgresStore {
     /// [`PostgresOptions::retry_for`], or a failed migration.
     pub async fn from_pool(pool: PgPool, options: PostgresOptions) -> Result<Self, ConnectError> {
         let location = describe(&pool.connect_options(), &options.schema);
-        options
-            .validate()
-            .map_err(|reason| ConnectError::BadOptions {
-                url: location.clone(),
-                reason,
-            })?;
+        options.check(&location)?;
         if options.migrate {
             // Proves the server is there, with a clear error if not.
             drop(acquire_retrying(&pool, &options, &location).await?);
