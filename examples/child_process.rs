@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             script: args.script,
         },
     )
-    .store_url(&args.store)?
+    .store_url(&args.store)
     .grace(Duration::try_from_secs_f64(args.grace)?)
     .interrupted_exit_code(args.interrupted_exit_code)
     .run()

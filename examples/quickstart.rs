@@ -10,15 +10,18 @@
 //! cargo run --example quickstart -- --work-us 20     # Ctrl-C it, run it again: it resumes
 //! ```
 //!
-//! The store crates' examples reuse this file (`#[path]`) with their own store.
+//! `--store` (or `SPOTBATCH_STORE`) takes every store URL the build serves:
+//!
+//! ```text
+//! cargo run --example quickstart --features s3,postgres -- --store s3://my-bucket/ckpt
+//! cargo run --example quickstart --features s3,postgres -- --store 'postgres://app:secret@db/jobs?schema=batch'
+//! ```
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use spotbatch::prelude::*;
-use spotbatch::CheckpointStore;
 
 struct Transform {
     records: u64,
@@ -142,11 +145,8 @@ pub fn init_logging() {
         .init();
 }
 
-/// Runs the quickstart job with its flags against `store`.
-pub async fn run(
-    args: Args,
-    store: Arc<dyn CheckpointStore>,
-) -> anyhow::Result<std::process::ExitCode> {
+/// Runs the quickstart job with its flags.
+pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     anyhow::ensure!(args.chunk > 0, "--chunk must be at least 1");
     let grace = Duration::try_from_secs_f64(args.grace)
         .map_err(|e| anyhow::anyhow!("bad --grace {}: {e}", args.grace))?;
@@ -164,7 +164,7 @@ pub async fn run(
         audit,
     };
     let mut runner = Runner::new(args.job, job)
-        .shared_store(store)
+        .store_url(&args.store)
         .checkpoint(Every::chunks(args.every_chunks).or_seconds(args.every_secs))
         .grace(grace)
         .lease(lease)
@@ -179,7 +179,5 @@ pub async fn run(
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
     init_logging();
-    let args = Args::parse();
-    let store = spotbatch::open_store(&args.store)?;
-    run(args, store).await
+    run(Args::parse()).await
 }

@@ -66,6 +66,16 @@ pub enum Error {
     /// The runner was set up wrongly (bad key, bad URL, bad durations).
     #[error("bad configuration: {0}")]
     Config(String),
+    /// The store a URL names could not be opened although the URL is well
+    /// formed: its server cannot be reached or refuses the login, or its
+    /// migrations failed.
+    #[error("cannot open the store {url}: {source}")]
+    Open {
+        /// The store's URL, any password shown as `***`.
+        url: String,
+        /// Why.
+        source: BoxError,
+    },
 }
 
 /// The classes of failure that map to distinct exit codes; see [`ExitCodes`](crate::ExitCodes).
@@ -93,7 +103,7 @@ impl Error {
                 FailureKind::BadCheckpoint
             }
             Error::Store(StoreError::Conflict { .. }) | Error::Held { .. } => FailureKind::Conflict,
-            Error::Store(_) => FailureKind::Failed,
+            Error::Store(_) | Error::Open { .. } => FailureKind::Failed,
             Error::CheckpointNotSaved { .. } => FailureKind::CheckpointNotSaved,
             Error::Config(_) => FailureKind::BadConfig,
         }

@@ -43,7 +43,7 @@
 //! async fn main() -> Result<std::process::ExitCode> {
 //!     let job = Squares { records: 1_000_000, out: FileSink::open("squares.txt").await? };
 //!     let report = Runner::new("squares", job)
-//!         .store_url("file://.spotbatch")?
+//!         .store_url("file://.spotbatch")
 //!         .checkpoint(Every::chunks(100).or_seconds(5))
 //!         .grace_secs(110)
 //!         .run()
@@ -75,6 +75,15 @@ mod store;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
+#[cfg(feature = "s3")]
+#[cfg_attr(docsrs, doc(cfg(feature = "s3")))]
+pub mod s3;
+
+// Lets doc links and the stores' code name the crate by its name.
+extern crate self as spotbatch;
 
 pub use async_trait::async_trait;
 pub use aws::{Ec2SpotNotices, EcsTask, ECS_METADATA_VAR};
@@ -89,7 +98,7 @@ pub use runner::{Runner, DEFAULT_STORE_DIR};
 pub use shutdown::{InterruptSource, Signal, StopSource};
 pub use sink::FileSink;
 pub use store::{
-    open_store, CheckpointStore, FileStore, Listing, MemoryStore, StoreError, Summary,
+    open_store, redact_url, CheckpointStore, FileStore, Listing, MemoryStore, StoreError, Summary,
 };
 
 /// Everything a first job needs, in one import.

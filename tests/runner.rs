@@ -1045,14 +1045,26 @@ async fn bad_configuration_exits_78_and_writes_nothing() {
     assert!(log.resumed().is_empty() && log.started().is_empty());
     assert!(store.list().await.unwrap().is_empty());
 
-    let err = Runner::new("count", Counter::ten())
-        .store_url("ftp://x")
-        .unwrap_err();
-    assert_eq!(err.kind(), FailureKind::BadConfig);
-    assert!(err.to_string().contains("ftp"), "{err}");
-    assert!(Runner::new("count", Counter::ten())
+    // A bad store URL is a configuration error of the run, found before anything is opened.
+    for url in ["ftp://x", "file://otherhost/ckpt", "file://"] {
+        let report = Runner::new("count", Counter::ten())
+            .store_url(url)
+            .run()
+            .await;
+        assert_eq!(report.code(), 78, "{url}: {:?}", report.outcome);
+        match &report.outcome {
+            Outcome::Failed(err) => {
+                assert_eq!(err.kind(), FailureKind::BadConfig);
+                assert!(err.to_string().contains(url), "{err}");
+            }
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+    let report = Runner::new("count", Counter::ten())
         .store_url("memory://")
-        .is_ok());
+        .run()
+        .await;
+    assert_eq!(report.code(), 0, "{:?}", report.outcome);
 }
 
 // ---------------------------------------------------------------------------

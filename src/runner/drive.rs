@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{error, info, warn};
 
-use super::{progress, Runner, DEFAULT_STORE_DIR};
+use super::{progress, Runner, StoreSpec};
 use crate::aws::EcsTask;
 use crate::checkpoint::{Checkpoint, Status};
 use crate::error::{BoxError, Error};
@@ -16,7 +16,7 @@ use crate::job::{Cancelled, ChunkContext, Job};
 use crate::key::JobKey;
 use crate::session::Session;
 use crate::shutdown::{Budget, Interrupts};
-use crate::store::{CheckpointStore, FileStore, StoreError};
+use crate::store::{open_store, CheckpointStore, StoreError};
 
 impl<J: Job> Runner<J> {
     pub(super) async fn drive(self, stats: &mut RunStats) -> Result<Outcome, Error> {
@@ -42,10 +42,14 @@ impl<J: Job> Runner<J> {
         if lease.is_some_and(|ttl| ttl < Duration::from_millis(300)) {
             return Err(Error::Config("the lease must last at least 300 ms".into()));
         }
-        let store = store.unwrap_or_else(|| Arc::new(FileStore::new(DEFAULT_STORE_DIR)));
+        store.check()?;
         let interrupts = Interrupts::listen(&signals, max_runtime, sources, budget)?;
         // Let stop requests that are already due (a finished `stop_on` future) register.
         tokio::task::yield_now().await;
+
+        let Step::Done(store) = open(store, &interrupts).await? else {
+            return stopped_before_start(&interrupts, &key);
+        };
 
         let Step::Done(loaded) = load(&*store, &key, &interrupts).await? else {
             return stopped_before_start(&interrupts, &key);
@@ -293,6 +297,24 @@ impl<J: Job> Runner<J> {
 enum Step<T> {
     Done(T),
     Stopped,
+}
+
+/// Opens the store a URL names (connecting, migrating); a stop request
+/// gives up at once: nothing was written yet.
+async fn open(
+    store: StoreSpec,
+    interrupts: &Interrupts,
+) -> Result<Step<Arc<dyn CheckpointStore>>, Error> {
+    match store {
+        StoreSpec::Open(store) => Ok(Step::Done(store)),
+        StoreSpec::Url(url) => {
+            let stop = interrupts.stop_token();
+            tokio::select! {
+                opened = open_store(&url) => Ok(Step::Done(opened?)),
+                () = stop.cancelled() => Ok(Step::Stopped),
+            }
+        }
+    }
 }
 
 /// Loads the job's checkpoint, retrying transient store errors for up to

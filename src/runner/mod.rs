@@ -16,10 +16,35 @@ use crate::exit::{ExitCodes, Outcome, Report, RunStats};
 use crate::job::Job;
 use crate::policy::CheckpointPolicy;
 use crate::shutdown::{FutureSource, Signal, StopSource};
-use crate::store::{open_store, CheckpointStore};
+use crate::store::{check_store_url, CheckpointStore};
 
 /// Where checkpoints go when no store is set: `file://.spotbatch`.
 pub const DEFAULT_STORE_DIR: &str = ".spotbatch";
+
+/// Which store a run uses: one already open, or one to open inside `run`.
+enum StoreSpec {
+    Open(Arc<dyn CheckpointStore>),
+    Url(String),
+}
+
+impl std::fmt::Debug for StoreSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreSpec::Open(store) => f.write_str(&store.location()),
+            StoreSpec::Url(url) => f.write_str(&crate::store::redact_url(url)),
+        }
+    }
+}
+
+impl StoreSpec {
+    /// Checks what can be checked before the run: the URL's form.
+    fn check(&self) -> Result<(), Error> {
+        match self {
+            StoreSpec::Open(_) => Ok(()),
+            StoreSpec::Url(url) => check_store_url(url),
+        }
+    }
+}
 
 /// Runs a [`Job`] to completion or interruption, checkpointing as it goes.
 ///
@@ -35,7 +60,7 @@ pub const DEFAULT_STORE_DIR: &str = ".spotbatch";
 /// # }
 /// # async fn f() -> Result<std::process::ExitCode> {
 /// let report = Runner::new("my-job", MyJob)
-///     .store_url("file:///var/lib/ckpt")?
+///     .store_url("file:///var/lib/ckpt")
 ///     .checkpoint(Every::chunks(100).or_seconds(5))
 ///     .grace_secs(110) // ECS stopTimeout 120, minus a margin
 ///     .run()
@@ -60,7 +85,7 @@ pub const DEFAULT_STORE_DIR: &str = ".spotbatch";
 pub struct Runner<J: Job> {
     key: String,
     job: J,
-    store: Option<Arc<dyn CheckpointStore>>,
+    store: StoreSpec,
     policy: CheckpointPolicy,
     grace: Duration,
     reserve: Option<Duration>,
@@ -96,7 +121,7 @@ impl<J: Job> Runner<J> {
         Self {
             key: key.into(),
             job,
-            store: None,
+            store: StoreSpec::Url(format!("file://{DEFAULT_STORE_DIR}")),
             policy: CheckpointPolicy::default(),
             grace: Duration::from_secs(30),
             reserve: None,
@@ -119,17 +144,23 @@ impl<J: Job> Runner<J> {
 
     /// Stores checkpoints in a store shared with other code.
     pub fn shared_store(mut self, store: Arc<dyn CheckpointStore>) -> Self {
-        self.store = Some(store);
+        self.store = StoreSpec::Open(store);
         self
     }
 
-    /// Stores checkpoints in the store a URL names; see [`open_store`].
+    /// Stores checkpoints in the store `url` names (`file://`, `memory://`,
+    /// and `s3://` or `postgres://` with their features); see
+    /// [`open_store`](crate::open_store) for the forms.
     ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] naming the URL when it is malformed or its scheme unknown.
-    pub fn store_url(self, url: &str) -> Result<Self, Error> {
-        Ok(self.shared_store(open_store(url)?))
+    /// The store is opened inside [`run`](Self::run), after the signal
+    /// handlers are installed: connecting to a remote store and applying its
+    /// migrations are cut short by a stop request like the rest of the run.
+    /// A malformed URL, or one whose feature is off, makes `run` return
+    /// [`Error::Config`] (the `bad_config` exit code) before anything is
+    /// opened; a store that cannot be opened, [`Error::Open`].
+    pub fn store_url(mut self, url: impl Into<String>) -> Self {
+        self.store = StoreSpec::Url(url.into());
+        self
     }
 
     /// When to write periodic checkpoints (default: every 100 chunks or 5 s).

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 
 pub use file::FileStore;
 pub use memory::MemoryStore;
-pub use url::open_store;
+pub(crate) use url::check_store_url;
+pub use url::{open_store, redact_url};
 
 use crate::checkpoint::{Checkpoint, CheckpointError, Status};
 use crate::key::JobKey;

@@ -1,73 +1,47 @@
-//! Which store a URL names: the one place that knows every store crate.
+//! Which store a URL names: [`spotbatch::open_store`], the opener the
+//! runner and the examples use, with its errors as the CLI's.
 //!
-//! | scheme | store | crate |
+//! | scheme | store | feature of this crate |
 //! |---|---|---|
-//! | `file://`, `memory://` | the file store, an in-memory store | `spotbatch` |
-//! | `s3://bucket/prefix` | one object per job | `spotbatch-s3` |
-//! | `postgres://…`, `postgresql://…` | one row per job | `spotbatch-postgres` |
-//!
-//! To add a store, add a match arm that builds it and returns it as
-//! `Arc<dyn CheckpointStore>`, mapping its errors to [`CliError::Config`]
-//! with the URL named (and any password hidden).
-//!
-//! `open` is async because opening a remote store is: the S3 store loads the
-//! AWS configuration (region, credentials, endpoint) from the environment, and
-//! the Postgres store connects (retrying a server that does not answer for up
-//! to 10 s) and applies its migrations.
+//! | `file://`, `memory://` | the file store, an in-memory store | always |
+//! | `s3://bucket/prefix` | one object per job | `s3` (default) |
+//! | `postgres://…`, `postgresql://…` | one row per job | `postgres` (default) |
 //!
 //! Messages print URLs through [`redacted`], so that a Postgres password
 //! never shows.
 
 use std::sync::Arc;
 
-use spotbatch::{CheckpointStore, JobKey};
-use spotbatch_postgres::PostgresStore;
-use spotbatch_s3::S3Store;
+use spotbatch::{CheckpointStore, Error, JobKey};
 
 use crate::error::CliError;
 
-/// Opens the store `url` names.
-///
-/// | URL | store |
-/// |---|---|
-/// | `file:///var/lib/ckpt`, `file://.spotbatch` | the file store (relative paths are relative to the working directory) |
-/// | `memory://` | an empty in-memory store (for tests; forgotten when the command ends) |
-/// | `s3://bucket/prefix`, `s3://bucket` | the S3 store; region, credentials and endpoint from the AWS environment, plus `SPOTBATCH_S3_*` |
-/// | `postgres://user:pass@host:port/db?schema=name` (or `postgresql://`) | the Postgres store; creates the schema and applies the migrations if needed |
+/// Opens the store `url` names; see [`spotbatch::open_store`].
 ///
 /// # Errors
 ///
 /// [`CliError::Config`] naming the URL (a Postgres password shown as `***`)
-/// and what is wrong: a malformed URL, a bad `SPOTBATCH_S3_*` variable, a
-/// Postgres server that cannot be reached or refuses the login, a failed
-/// migration.
+/// and what is wrong: a malformed URL, a scheme this build leaves out, a bad
+/// `SPOTBATCH_S3_*` variable, a Postgres server that cannot be reached or
+/// refuses the login, a failed migration.
 pub(crate) async fn open(url: &str) -> Result<Arc<dyn CheckpointStore>, CliError> {
-    match scheme(url) {
-        Some("s3") => match S3Store::from_url(url).await {
-            Ok(store) => Ok(Arc::new(store)),
-            // Parse errors name the URL; errors in SPOTBATCH_S3_* name the variable.
-            Err(e) => Err(CliError::Config(naming(url, e.to_string()))),
-        },
-        // The error names the URL with its password hidden: never add the raw URL.
-        Some("postgres" | "postgresql") => match PostgresStore::connect(url).await {
-            Ok(store) => Ok(Arc::new(store)),
-            Err(e) => Err(CliError::Config(e.to_string())),
-        },
-        _ => spotbatch::open_store(url).map_err(|e| CliError::Config(e.to_string())),
-    }
+    spotbatch::open_store(url).await.map_err(|e| {
+        let message = match e {
+            Error::Config(message) => message,
+            other => other.to_string(),
+        };
+        CliError::Config(naming(url, message))
+    })
 }
 
 /// `message`, prefixed with the URL unless it names it already.
 fn naming(url: &str, message: String) -> String {
-    if message.contains(url) {
+    let shown = redacted(url);
+    if message.contains(&shown) || message.contains(&format!("{shown:?}")) {
         message
     } else {
-        format!("store URL {url:?}: {message}")
+        format!("store URL {shown:?}: {message}")
     }
-}
-
-fn scheme(url: &str) -> Option<&str> {
-    url.split_once("://").map(|(scheme, _)| scheme)
 }
 
 /// Checks a job key as the runner does.
@@ -76,9 +50,9 @@ pub(crate) fn key(url: &str, key: &str) -> Result<JobKey, CliError> {
 }
 
 /// `url` as the CLI may print it, its password hidden; see
-/// [`spotbatch_postgres::redact_url`].
+/// [`spotbatch::redact_url`].
 pub(crate) fn redacted(url: &str) -> String {
-    spotbatch_postgres::redact_url(url)
+    spotbatch::redact_url(url)
 }
 
 #[cfg(test)]
@@ -106,6 +80,7 @@ mod tests {
     }
 
     /// Rejected while parsing: nothing is loaded or sent.
+    #[cfg(feature = "s3")]
     #[test]
     fn bad_s3_urls_are_config_errors_naming_the_url_and_the_reason() {
         for (url, says) in [
@@ -127,6 +102,7 @@ mod tests {
 
     /// Rejected while parsing, before any connection: the URL is named with
     /// its password hidden.
+    #[cfg(feature = "postgres")]
     #[test]
     fn bad_postgres_urls_are_config_errors_naming_the_url_without_its_password() {
         for (url, says) in [

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use common::{assert_code, json_checkpoint, key, output_within, stderr, stdout, with_live_lease};
 use serde_json::{json, Value};
+use spotbatch::postgres::PostgresStore;
+use spotbatch::s3::aws_sdk_s3::primitives::ByteStream;
+use spotbatch::s3::aws_sdk_s3::Client;
+use spotbatch::s3::{S3Store, S3StoreBuilder};
 use spotbatch::{Checkpoint, CheckpointStore, RunRecord, Status};
-use spotbatch_postgres::PostgresStore;
-use spotbatch_s3::aws_sdk_s3::primitives::ByteStream;
-use spotbatch_s3::aws_sdk_s3::Client;
-use spotbatch_s3::{S3Store, S3StoreBuilder};
 use tokio::runtime::Runtime;
 
 /// A variable scripts/test exports; panics (the test fails) when it is missing.
@@ -107,7 +107,7 @@ impl Remote {
                 .unwrap_or_else(|e| {
                     panic!(
                         "create bucket {bucket} on {endpoint}: {}",
-                        spotbatch_s3::aws_sdk_s3::error::DisplayErrorContext(e)
+                        spotbatch::s3::aws_sdk_s3::error::DisplayErrorContext(e)
                     )
                 });
             store

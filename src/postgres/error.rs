@@ -1,0 +1,178 @@
+//! Errors: the public ones of start-up and of chunk transactions, and the
+//! private one that store operations map into [`StoreError`].
+
+use std::time::Duration;
+
+use crate::StoreError;
+
+/// Why [`PostgresStore::connect`](crate::postgres::PostgresStore::connect) or
+/// [`from_pool`](crate::postgres::PostgresStore::from_pool) failed. Each message names
+/// the server by its URL, with the password replaced by `***`.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL or an option is malformed.
+    #[error("bad Postgres store URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL, password hidden.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A setting of [`PostgresOptions`](crate::postgres::PostgresOptions) is out of range.
+    #[error("bad Postgres store options for {url}: {reason}")]
+    BadOptions {
+        /// The server, password hidden.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The server could not be reached or refused the login, through every retry.
+    #[error("cannot connect to the Postgres store at {url} (tried for {tried:?}): {source}")]
+    Unreachable {
+        /// The server, password hidden.
+        url: String,
+        /// How long the store kept trying.
+        tried: Duration,
+        /// The last error.
+        source: sqlx::Error,
+    },
+    /// Applying `migrations/` failed (nothing half-applied stays: each
+    /// migration runs in its own transaction).
+    #[error("cannot apply the spotbatch migrations to {url}: {source}")]
+    Migrate {
+        /// The server, password hidden.
+        url: String,
+        /// What failed.
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+/// A job's statements on a [`SharedTransaction`](crate::postgres::SharedTransaction) failed,
+/// or the transaction is gone.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum TxError {
+    /// The transaction holding the chunks done since the last checkpoint was
+    /// lost (its connection dropped, the server restarted, a commit failed, or
+    /// the job ended it itself). Their writes were rolled back with it, so the
+    /// run must stop; the next run resumes from the last checkpoint.
+    #[error(
+        "{store}: the transaction holding the writes of job {key:?} since its last checkpoint was lost ({reason}); \
+         they were rolled back with it and the next run redoes them"
+    )]
+    Lost {
+        /// The store.
+        store: String,
+        /// The job, or `""` before the first save bound the handle to one.
+        key: String,
+        /// What happened.
+        reason: String,
+    },
+    /// No transaction could be begun (the server stayed unreachable through
+    /// the store's retries). Nothing was lost: no transaction was open.
+    #[error("cannot begin the chunk's transaction: {source}")]
+    Begin {
+        /// The store's error.
+        source: Box<crate::StoreError>,
+    },
+    /// The store's pool cannot serve a shared transaction: the open
+    /// transaction keeps one connection and lease renewals need another.
+    #[error(
+        "{store}: a SharedTransaction needs a pool of at least 2 connections \
+         (the open transaction keeps one, lease renewals use another); this pool has {connections}"
+    )]
+    PoolTooSmall {
+        /// The store.
+        store: String,
+        /// The pool's maximum.
+        connections: u32,
+    },
+    /// A statement failed.
+    #[error("{store}: {source}")]
+    Sql {
+        /// The store.
+        store: String,
+        /// sqlx's error.
+        source: sqlx::Error,
+    },
+}
+
+/// What a store operation ran into, before it becomes a [`StoreError`].
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PgError {
+    #[error("{0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0} (gave up after {1:?} of retries)")]
+    GaveUp(sqlx::Error, Duration),
+}
+
+/// An operation's error on its way out of the store.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// A database or connection error: retried while transient, then `StoreError::Io`.
+    Sql(sqlx::Error),
+    /// A final answer (conflict, corrupt, not found, lost transaction).
+    Store(StoreError),
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Self {
+        Failure::Sql(e)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+/// SQLSTATEs after which the same statement may succeed on a new attempt:
+/// the connection or server went away, the server is starting, too many
+/// connections, a serialization failure or deadlock, or a statement timeout.
+fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08") // connection_exception
+        || matches!(
+            code,
+            "57P01" // admin_shutdown
+                | "57P02" // crash_shutdown
+                | "57P03" // cannot_connect_now
+                | "57014" // query_canceled (statement_timeout)
+                | "53300" // too_many_connections
+                | "40001" // serialization_failure
+                | "40P01" // deadlock_detected
+        )
+}
+
+/// Whether retrying may help: the connection, the pool or the server's state,
+/// never the data.
+pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| transient_sqlstate(&c)),
+        _ => false,
+    }
+}
+
+/// Whether the error means the connection itself is gone (so an open
+/// transaction on it is lost), as opposed to a statement that failed.
+pub(crate) fn is_connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
+}

@@ -1,0 +1,65 @@
+//! The S3 checkpoint store (feature `s3`): checkpoints as S3
+//! objects, compare-and-swap by conditional writes (`If-None-Match: *` to
+//! create, `If-Match: <ETag>` to replace).
+//!
+//! ```no_run
+//! use spotbatch::prelude::*;
+//! use spotbatch::s3::S3Store;
+//! # struct MyJob;
+//! # #[async_trait]
+//! # impl Job for MyJob {
+//! #     type Cursor = u64;
+//! #     type State = ();
+//! #     async fn next_chunk(&mut self, _: &u64) -> Result<Option<Chunk<u64>>> { Ok(None) }
+//! #     async fn process(&mut self, _: &Chunk<u64>, _: &mut (), _: &ChunkContext) -> Result<()> { Ok(()) }
+//! # }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<std::process::ExitCode> {
+//!     // Region and credentials from the default chain: on ECS, the task role.
+//!     let store = S3Store::from_url("s3://my-bucket/checkpoints").await?;
+//!     let report = Runner::new("nightly-etl", MyJob)
+//!         .store(store)
+//!         .grace_secs(110)
+//!         .run()
+//!         .await;
+//!     Ok(report.exit_code())
+//! }
+//! ```
+//!
+//! For an S3-compatible server (MinIO, Ceph, SeaweedFS), set the endpoint and
+//! path-style addressing in code ([`S3StoreBuilder`]) or in the environment:
+//!
+//! ```text
+//! AWS_ENDPOINT_URL_S3=http://127.0.0.1:9000   # or AWS_ENDPOINT_URL, read by the AWS SDK itself
+//! SPOTBATCH_S3_FORCE_PATH_STYLE=true
+//! SPOTBATCH_S3_SSE=aws:kms                    # optional: AES256 (SSE-S3) or aws:kms (SSE-KMS)
+//! SPOTBATCH_S3_SSE_KMS_KEY_ID=alias/batch     # optional, with aws:kms
+//! ```
+//!
+//! See [`S3Store`] for the compare-and-swap protocol, key encoding, error
+//! mapping and the IAM permissions it needs.
+//!
+//! # Features
+//!
+//! - `sso`: credentials from AWS IAM Identity Center (SSO) profiles, for
+//!   running jobs from a developer's machine. Off by default (it adds `ring`);
+//!   tasks on AWS get credentials from their role without it.
+
+mod builder;
+mod error;
+mod list;
+mod metadata;
+mod names;
+mod store;
+mod url;
+
+pub use builder::{
+    S3StoreBuilder, ServerSideEncryption, ENV_FORCE_PATH_STYLE, ENV_SSE, ENV_SSE_KMS_KEY_ID,
+};
+pub use store::S3Store;
+
+/// The AWS SDK crates this store is built on, so callers can build a client
+/// for [`S3Store::new`] with matching versions.
+pub use aws_config;
+pub use aws_sdk_s3;

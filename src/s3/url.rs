@@ -1,0 +1,134 @@
+//! `s3://bucket/prefix` URLs.
+
+use crate::Error;
+
+use crate::s3::names::MAX_PREFIX;
+
+/// A parsed `s3://bucket/prefix` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct S3Url {
+    pub(crate) bucket: String,
+    /// Empty, or ending with `/`.
+    pub(crate) prefix: String,
+}
+
+/// Parses `s3://bucket` or `s3://bucket/prefix[/]`.
+///
+/// # Errors
+///
+/// [`Error::Config`] naming the URL and what is wrong with it.
+pub(crate) fn parse(url: &str) -> Result<S3Url, Error> {
+    let bad = |reason: &str| Error::Config(format!("bad S3 store URL {url:?}: {reason}"));
+    let rest = url
+        .strip_prefix("s3://")
+        .ok_or_else(|| bad("expected s3://bucket or s3://bucket/prefix"))?;
+    if rest.contains(['?', '#']) {
+        return Err(bad(
+            "s3:// URLs take no query or fragment; set the endpoint, path style and \
+             encryption with S3StoreBuilder or the AWS_ENDPOINT_URL_S3 and SPOTBATCH_S3_* variables",
+        ));
+    }
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    check_bucket(bucket).map_err(|reason| bad(&reason))?;
+    let prefix = normalize_prefix(prefix).map_err(|reason| bad(&reason))?;
+    Ok(S3Url {
+        bucket: bucket.to_owned(),
+        prefix,
+    })
+}
+
+/// Checks a bucket name against S3's rules for general purpose buckets.
+pub(crate) fn check_bucket(bucket: &str) -> Result<(), String> {
+    if bucket.is_empty() {
+        return Err("the bucket name is missing, e.g. s3://my-bucket/checkpoints".into());
+    }
+    let ok_chars = bucket
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    let ok_ends = bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !(3..=63).contains(&bucket.len()) || !ok_chars || !ok_ends || bucket.contains("..") {
+        return Err(format!(
+            "{bucket:?} is not a valid bucket name (3 to 63 lowercase letters, digits, \
+             '.' and '-', starting and ending with a letter or digit)"
+        ));
+    }
+    Ok(())
+}
+
+/// `""` stays empty; anything else gets exactly one trailing `/`.
+pub(crate) fn normalize_prefix(prefix: &str) -> Result<String, String> {
+    let trimmed = prefix.strip_suffix('/').unwrap_or(prefix);
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err("the prefix contains a control character".into());
+    }
+    if let Some(segment) = trimmed
+        .split('/')
+        .find(|s| s.is_empty() || *s == "." || *s == "..")
+    {
+        return Err(format!(
+            "the prefix {prefix:?} has an empty, '.' or '..' segment ({segment:?})"
+        ));
+    }
+    let normalized = format!("{trimmed}/");
+    if normalized.len() > MAX_PREFIX {
+        return Err(format!(
+            "the prefix is {} bytes; at most {MAX_PREFIX} fit S3's 1024-byte keys",
+            normalized.len()
+        ));
+    }
+    Ok(normalized)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bucket_and_prefix() {
+        for (url, bucket, prefix) in [
+            ("s3://my-bucket", "my-bucket", ""),
+            ("s3://my-bucket/", "my-bucket", ""),
+            ("s3://my-bucket/ckpt", "my-bucket", "ckpt/"),
+            ("s3://my-bucket/ckpt/", "my-bucket", "ckpt/"),
+            ("s3://my.bucket-2/a/b c/é", "my.bucket-2", "a/b c/é/"),
+        ] {
+            assert_eq!(
+                parse(url).unwrap(),
+                S3Url {
+                    bucket: bucket.into(),
+                    prefix: prefix.into()
+                },
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_urls_name_the_url_and_the_reason() {
+        let long = format!("s3://bucket/{}", "p/".repeat(450));
+        for (url, says) in [
+            ("bucket/prefix", "expected s3://bucket"),
+            ("s3:/bucket", "expected s3://bucket"),
+            ("s3://", "bucket name is missing"),
+            ("s3:///prefix", "bucket name is missing"),
+            ("s3://My_Bucket/x", "not a valid bucket name"),
+            ("s3://ab", "not a valid bucket name"),
+            ("s3://bucket-/x", "not a valid bucket name"),
+            ("s3://a..b/x", "not a valid bucket name"),
+            ("s3://bucket/a//b", "empty, '.' or '..' segment"),
+            ("s3://bucket/../x", "empty, '.' or '..' segment"),
+            ("s3://bucket/x?region=eu-west-1", "no query"),
+            (long.as_str(), "fit S3's 1024-byte keys"),
+        ] {
+            let err = parse(url).expect_err(url).to_string();
+            assert!(
+                err.contains(&format!("{url:?}")) && err.contains(says),
+                "{url}: {err}"
+            );
+        }
+    }
+}

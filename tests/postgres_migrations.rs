@@ -1,0 +1,150 @@
+//! The migrations of `migrations/`: applied to an empty database at start-up,
+//! idempotent on later starts, serialised between tasks starting at once.
+
+mod pg_common;
+
+use pg_common::{admin_pool, fresh_name, pg_url, with_database, with_schema};
+use spotbatch::postgres::{PostgresOptions, PostgresStore};
+use spotbatch::{Checkpoint, CheckpointStore, JobKey, StoreError, Writer};
+use sqlx::PgPool;
+
+/// The number of migration files in the workspace's `migrations/`.
+fn migration_files() -> i64 {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
+    let n = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .count();
+    i64::try_from(n).expect("count")
+}
+
+/// A new, empty database on the test server, dropped by `drop_database`.
+async fn create_database(admin: &PgPool) -> String {
+    let name = fresh_name("db");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(admin)
+        .await
+        .expect("create database");
+    name
+}
+
+async fn drop_database(admin: &PgPool, name: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE \"{name}\" WITH (FORCE)"
+    )))
+    .execute(admin)
+    .await
+    .expect("drop database");
+}
+
+async fn tables(url: &str, schema: &str) -> Vec<String> {
+    let pool = PgPool::connect(url).await.expect("connect");
+    let names = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = $1 ORDER BY table_name",
+    )
+    .bind(schema)
+    .fetch_all(&pool)
+    .await
+    .expect("tables");
+    pool.close().await;
+    names
+}
+
+async fn applied(url: &str, schema: &str) -> Vec<(i64, bool)> {
+    let pool = PgPool::connect(url).await.expect("connect");
+    let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT version, success FROM \"{}\"._spotbatch_migrations ORDER BY version",
+        schema.replace('"', "\"\"")
+    )))
+    .fetch_all(&pool)
+    .await
+    .expect("applied migrations");
+    pool.close().await;
+    rows
+}
+
+#[tokio::test]
+async fn apply_to_an_empty_database_and_are_idempotent() {
+    let admin = admin_pool().await;
+    let db = create_database(&admin).await;
+    let url = with_database(&pg_url(), &db);
+    assert!(tables(&url, "public").await.is_empty());
+
+    let store = PostgresStore::connect(&url).await.expect("first start");
+    assert_eq!(
+        tables(&url, "public").await,
+        [
+            "_spotbatch_migrations",
+            "spotbatch_checkpoints",
+            "spotbatch_runs"
+        ]
+    );
+    let first = applied(&url, "public").await;
+    assert_eq!(first.len() as i64, migration_files());
+    assert!(first.iter().all(|(_, ok)| *ok), "{first:?}");
+    let key = JobKey::new("survives-restarts").expect("key");
+    store
+        .save(&Checkpoint::new(key.clone(), Writer::this_process()), None)
+        .await
+        .expect("save");
+
+    // A second start changes nothing and keeps the data.
+    let again = PostgresStore::connect(&url).await.expect("second start");
+    assert_eq!(applied(&url, "public").await, first);
+    assert!(again.load(&key).await.expect("load").is_some());
+
+    // A named schema is created, with its own tables and migration record.
+    let schema = "Batch \"jobs\"";
+    let named = with_schema(&url, "Batch%20%22jobs%22");
+    let store = PostgresStore::connect(&named).await.expect("named schema");
+    assert_eq!(store.schema(), schema);
+    assert_eq!(applied(&url, schema).await, first);
+    assert_eq!(store.load(&key).await.expect("load"), None);
+    drop_database(&admin, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_starting_at_once_take_turns() {
+    let admin = admin_pool().await;
+    let db = create_database(&admin).await;
+    let url = with_database(&pg_url(), &db);
+    let starts: Vec<_> = (0..6)
+        .map(|_| {
+            let url = with_schema(&url, "racing");
+            tokio::spawn(async move { PostgresStore::connect(&url).await.map(|_| ()) })
+        })
+        .collect();
+    for start in starts {
+        start
+            .await
+            .expect("task")
+            .expect("a concurrent start failed");
+    }
+    assert_eq!(
+        applied(&url, "racing").await.len() as i64,
+        migration_files()
+    );
+    drop_database(&admin, &db).await;
+}
+
+#[tokio::test]
+async fn opting_out_leaves_the_schema_alone() {
+    let schema = fresh_name("nomigrate");
+    let store = PostgresStore::connect_with(
+        &with_schema(&pg_url(), &schema),
+        PostgresOptions::default().migrate(false),
+    )
+    .await
+    .expect("connect without migrating");
+    assert!(tables(&pg_url(), &schema).await.is_empty());
+    let err = store
+        .load(&JobKey::new("x").expect("key"))
+        .await
+        .expect_err("no tables");
+    assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}

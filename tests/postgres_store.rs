@@ -1,0 +1,296 @@
+//! PostgresStore against a real server: the shared conformance suite, and
+//! what is particular to rows (columns, corrupt envelopes, errors, history).
+
+mod pg_common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pg_common::{admin_pool, fresh_name, pg_url, with_schema};
+use spotbatch::postgres::{ConnectError, PostgresOptions, PostgresStore};
+use spotbatch::{
+    Checkpoint, CheckpointStore, Codec, JobKey, Lease, Listing, RunRecord, Status, StoreError,
+    Writer,
+};
+use sqlx::Row;
+
+async fn fresh_store(prefix: &str) -> (PostgresStore, String) {
+    let schema = fresh_name(prefix);
+    let store = PostgresStore::connect(&with_schema(&pg_url(), &schema))
+        .await
+        .expect("connect");
+    (store, schema)
+}
+
+fn key(s: &str) -> JobKey {
+    JobKey::new(s).expect("key")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_conformance_suite() {
+    let (store, _) = fresh_store("conformance").await;
+    spotbatch::conformance::run_all(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn columns_mirror_the_envelope_for_operators() {
+    let (store, schema) = fresh_store("columns").await;
+    let mut c = Checkpoint::new(key("nightly/2026-11-24"), Writer::this_process());
+    c.codec = Codec::Json;
+    c.cursor = br#"{"day":"2026-11-24","row":1200}"#.to_vec();
+    c.cursor_type = "(Cursor, ())".into();
+    c.schema = 3;
+    c.status = Status::Interrupted {
+        source: "SIGTERM".into(),
+    };
+    c.counters.chunks = 12;
+    c.counters.items = 1200;
+    c.created_ms = 1_700_000_000_123;
+    c.updated_ms = 1_700_000_060_456;
+    c.writer.task = "arn:aws:ecs:eu-west-1:123456789012:task/batch/0abc".into();
+    c.lease = Some(Lease::new(c.writer.run_id, 1_700_000_090_000));
+    store.save(&c, None).await.expect("save");
+
+    let pool = admin_pool().await;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT status, status_detail, version, chunks, items, cursor_codec, job_schema, \
+                cursor_json->>'day' AS day, (extract(epoch from created_at) * 1000)::bigint AS created, \
+                (extract(epoch from updated_at) * 1000)::bigint AS updated, writer_run_id, writer_task, \
+                lease_owner, (extract(epoch from lease_expires_at) * 1000)::bigint AS lease_ms, \
+                envelope \
+         FROM \"{schema}\".spotbatch_checkpoints WHERE key = $1"
+    )))
+    .bind("nightly/2026-11-24")
+    .fetch_one(&pool)
+    .await
+    .expect("row");
+    assert_eq!(row.get::<String, _>("status"), "interrupted");
+    assert_eq!(row.get::<String, _>("status_detail"), "SIGTERM");
+    assert_eq!(row.get::<i64, _>("version"), 1);
+    assert_eq!(
+        (row.get::<i64, _>("chunks"), row.get::<i64, _>("items")),
+        (12, 1200)
+    );
+    assert_eq!(row.get::<String, _>("cursor_codec"), "json");
+    assert_eq!(row.get::<i64, _>("job_schema"), 3);
+    assert_eq!(row.get::<String, _>("day"), "2026-11-24");
+    assert_eq!(row.get::<i64, _>("created"), 1_700_000_000_123);
+    assert_eq!(row.get::<i64, _>("updated"), 1_700_000_060_456);
+    assert_eq!(row.get::<uuid::Uuid, _>("writer_run_id"), c.writer.run_id);
+    assert_eq!(
+        row.get::<Option<String>, _>("writer_task").as_deref(),
+        Some(c.writer.task.as_str())
+    );
+    assert_eq!(
+        row.get::<Option<uuid::Uuid>, _>("lease_owner"),
+        Some(c.writer.run_id)
+    );
+    assert_eq!(
+        row.get::<Option<i64>, _>("lease_ms"),
+        Some(1_700_000_090_000)
+    );
+    // The envelope is exactly Checkpoint::encode(): it moves to any other store as is.
+    assert_eq!(row.get::<Vec<u8>, _>("envelope"), c.encode());
+
+    // The store's connections carry the statement timeout (default 10 s).
+    let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(store.pool())
+        .await
+        .expect("statement_timeout");
+    assert_eq!(timeout, "10s");
+
+    let listed = store.list().await.expect("list");
+    let Some(Listing::Checkpoint(summary)) = listed.first() else {
+        panic!("{listed:?}")
+    };
+    assert_eq!(summary.updated_ms, 1_700_000_060_456);
+    assert_eq!(summary.status, c.status);
+}
+
+#[tokio::test]
+async fn a_corrupt_envelope_is_named_and_left_untouched() {
+    let (store, schema) = fresh_store("corrupt").await;
+    let c = Checkpoint::new(key("job"), Writer::this_process());
+    store.save(&c, None).await.expect("save");
+    let pool = admin_pool().await;
+    let table = format!("\"{schema}\".spotbatch_checkpoints");
+    // Flip one byte in the middle of the envelope.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET envelope = set_byte(envelope, length(envelope) / 2, \
+         get_byte(envelope, length(envelope) / 2) # 32) WHERE key = 'job'"
+    )))
+    .execute(&pool)
+    .await
+    .expect("corrupt it");
+    let before: Vec<u8> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT envelope FROM {table} WHERE key = 'job'"
+    )))
+    .fetch_one(&pool)
+    .await
+    .expect("bytes");
+
+    let err = store.load(&key("job")).await.expect_err("corrupt load");
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{text}");
+    assert!(
+        text.contains(&format!("{schema}\".spotbatch_checkpoints"))
+            && text.contains("\"job\"")
+            && text.contains("checksum"),
+        "{text}"
+    );
+    assert!(!text.contains("spotbatch-test"), "password in {text}");
+    let after: Vec<u8> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT envelope FROM {table} WHERE key = 'job'"
+    )))
+    .fetch_one(&pool)
+    .await
+    .expect("bytes");
+    assert_eq!(before, after, "a load changed the stored bytes");
+
+    // A row whose version column disagrees with its envelope is refused too.
+    let other = Checkpoint::new(key("edited"), Writer::this_process());
+    store.save(&other, None).await.expect("save");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET version = 7 WHERE key = 'edited'"
+    )))
+    .execute(&pool)
+    .await
+    .expect("edit");
+    let err = store.load(&key("edited")).await.expect_err("edited load");
+    assert!(err.to_string().contains("disagree"), "{err}");
+}
+
+#[tokio::test]
+async fn run_history_rows_are_written_with_each_save() {
+    let (store, schema) = fresh_store("history").await;
+    let job = key("history-job");
+    let first = Writer::this_process();
+    let mut killed = RunRecord::started(&first, 1_700_000_000_000);
+    killed.chunks = 40;
+    let mut c = Checkpoint::new(job.clone(), first.clone());
+    c.history = vec![killed.clone()];
+    store.save(&c, None).await.expect("create");
+
+    // The next run: the killed one never ended; this one is interrupted.
+    let second = Writer::this_process();
+    let mut interrupted = RunRecord::started(&second, 1_700_000_100_000);
+    interrupted.ended_ms = 1_700_000_160_000;
+    interrupted.outcome = "interrupted (SIGTERM)".into();
+    interrupted.chunks = 55;
+    let mut next = Checkpoint::new(job.clone(), second.clone());
+    next.version = 2;
+    next.history = vec![killed.clone(), interrupted.clone()];
+    store.save(&next, Some(1)).await.expect("update");
+
+    // A losing save writes no history either: same transaction.
+    let mut loser = next.clone();
+    loser.version = 3;
+    let ghost = RunRecord::started(&Writer::this_process(), 1_700_000_200_000);
+    loser.history.push(ghost.clone());
+    assert!(matches!(
+        store.save(&loser, Some(1)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+
+    let pool = admin_pool().await;
+    let rows: Vec<(uuid::Uuid, String, Option<String>, i64, bool, i64)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT run_id, outcome, interruption_source, chunks, ended_at IS NULL, last_version \
+             FROM \"{schema}\".spotbatch_runs WHERE job_key = $1 ORDER BY started_at"
+        )))
+        .bind(job.as_str())
+        .fetch_all(&pool)
+        .await
+        .expect("runs");
+    assert_eq!(
+        rows,
+        vec![
+            (killed.run_id, "running".into(), None, 40, true, 1),
+            (
+                interrupted.run_id,
+                "interrupted".into(),
+                Some("SIGTERM".into()),
+                55,
+                false,
+                2
+            ),
+        ]
+    );
+
+    // The README's query: interruptions and work lost per job, in one statement.
+    let query = include_str!("../README.md")
+        .split("```sql")
+        .nth(2)
+        .and_then(|s| s.split("```").next())
+        .expect("the README's second sql block");
+    let query = query.replace("spotbatch_runs", &format!("\"{schema}\".spotbatch_runs"));
+    let row = sqlx::query(sqlx::AssertSqlSafe(query))
+        .fetch_one(&pool)
+        .await
+        .expect("README query");
+    assert_eq!(row.get::<String, _>("job_key"), "history-job");
+    assert_eq!(row.get::<i64, _>("runs"), 2);
+    assert_eq!(row.get::<i64, _>("interrupted"), 1);
+    assert_eq!(row.get::<i64, _>("killed"), 1);
+}
+
+#[tokio::test]
+async fn bad_urls_and_unreachable_servers_name_the_url_not_the_password() {
+    let err = PostgresStore::connect("postgres://u:hunter2@127.0.0.1:5432/db?schema=")
+        .await
+        .expect_err("empty schema");
+    assert!(matches!(err, ConnectError::BadUrl { .. }), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+
+    // Port 1 on loopback: connection refused, retried for a short budget.
+    let options = PostgresOptions::default()
+        .retry_for(Duration::from_millis(300))
+        .connect_timeout(Duration::from_secs(1));
+    let started = Instant::now();
+    let err = PostgresStore::connect_with("postgres://u:hunter2@127.0.0.1:1/db", options)
+        .await
+        .expect_err("unreachable");
+    let text = err.to_string();
+    assert!(matches!(err, ConnectError::Unreachable { .. }), "{text}");
+    assert!(
+        text.contains("postgres://u:***@127.0.0.1:1/db") && !text.contains("hunter2"),
+        "{text}"
+    );
+    assert!(text.to_lowercase().contains("refused"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A wrong password is refused at once, not retried.
+    let mut url = url::Url::parse(&pg_url()).expect("url");
+    url.set_password(Some("wrong-password")).expect("password");
+    let err = PostgresStore::connect(url.as_str())
+        .await
+        .expect_err("bad login");
+    let text = err.to_string();
+    assert!(
+        text.contains("password authentication failed") && !text.contains("wrong-password"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn from_pool_works_on_your_own_pool() {
+    let schema = fresh_name("frompool");
+    let pool = admin_pool().await;
+    let store = PostgresStore::from_pool(pool.clone(), PostgresOptions::default().schema(&schema))
+        .await
+        .expect("from_pool");
+    assert!(
+        store.location().contains(&format!("schema={schema}")),
+        "{}",
+        store.location()
+    );
+    let c = Checkpoint::new(key("pooled"), Writer::this_process());
+    store.save(&c, None).await.expect("save");
+    assert_eq!(store.load(&key("pooled")).await.expect("load"), Some(c));
+    // The migration did not leave its search_path on a pooled connection.
+    let path: String = sqlx::query_scalar("SHOW search_path")
+        .fetch_one(&pool)
+        .await
+        .expect("search_path");
+    assert!(!path.contains(&schema), "{path}");
+}
