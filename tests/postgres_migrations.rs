@@ -10,7 +10,7 @@ use sqlx::PgPool;
 
 /// The number of migration files in the workspace's `migrations/`.
 fn migration_files() -> i64 {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
     let n = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter(|e| {
