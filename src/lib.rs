@@ -52,6 +52,26 @@
 //! }
 //! ```
 //!
+//! # Modules
+//!
+//! What a first job needs is at the crate root and in the [`prelude`]. The
+//! rest is grouped by module: [`store`] (the [`CheckpointStore`] contract,
+//! the file and memory stores, [`open_store`]), [`checkpoint`] (the envelope
+//! a store holds), [`sink`] (exactly-once file output), and, behind their
+//! features, [`s3`](crate#features) and [`postgres`](crate#features) stores.
+//! The items used most are also re-exported at the root.
+//!
+//! # Features
+//!
+//! None is on by default: a default build compiles neither the AWS SDK nor sqlx.
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `s3` | `spotbatch::s3`: the S3 store (aws-sdk-s3, aws-config); `s3://` URLs |
+//! | `sso` | with `s3`: AWS IAM Identity Center profiles, for jobs run from a laptop |
+//! | `postgres` | `spotbatch::postgres`: the PostgreSQL store and shared transactions (sqlx); `postgres://` URLs |
+//! | `conformance` | `spotbatch::conformance`: the suite every store passes, for stores written elsewhere |
+//!
 //! See the README for the guarantees, the shutdown table and exit codes.
 
 #![deny(missing_docs)]
@@ -60,7 +80,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod aws;
-mod checkpoint;
+pub mod checkpoint;
 mod codec;
 mod error;
 mod exit;
@@ -70,8 +90,8 @@ mod policy;
 mod runner;
 mod session;
 mod shutdown;
-mod sink;
-mod store;
+pub mod sink;
+pub mod store;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

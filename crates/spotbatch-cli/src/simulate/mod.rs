@@ -185,6 +185,7 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<bool, CliError> {
     };
     let mut lost_ms = 0u64;
     let mut no_final = 0u32;
+    let mut before_first_save = 0u32;
     let mut first_rate: Option<f64> = None;
 
     for n in 1..=args.max_runs {
@@ -247,6 +248,14 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<bool, CliError> {
             if verdict == Judged::NoFinalCheckpoint {
                 no_final += 1;
             }
+            if stopped_before_first_save(&r, &run) {
+                before_first_save += 1;
+                run.note = Some(
+                    "stopped by SIGTERM before its first save (opening the store, loading, taking the lease): \
+                     nothing to record"
+                        .into(),
+                );
+            }
         }
         eprintln!("spotbatch simulate: {}", progress_line(&run));
         report.per_run.push(run);
@@ -282,6 +291,7 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<bool, CliError> {
             interruptions_recorded: end.interruptions.saturating_sub(start.interruptions),
             runs_recorded: end.runs.saturating_sub(start.runs),
             no_final_checkpoint: no_final,
+            stopped_before_first_save: before_first_save,
             lost_ms,
             first_run_rate: first_rate,
             redone_chunks_estimate: first_rate
@@ -369,6 +379,16 @@ fn tally(report: &mut Report, r: &RunResult, n: u32, run_started: Duration) -> R
         left_behind: r.left_behind.iter().map(process::describe).collect(),
         ..RunReport::default()
     }
+}
+
+/// Whether a run stopped cleanly on SIGTERM before it had saved anything: its
+/// runner gave up while opening the store, loading or taking the lease, so
+/// the job recorded neither the run nor an interruption.
+fn stopped_before_first_save(r: &RunResult, run: &RunReport) -> bool {
+    matches!(r.sent, Some((Sent::Term, _)))
+        && matches!(r.exit, Exit::Code(_))
+        && !r.grace_exceeded
+        && run.saved == Some(false)
 }
 
 /// Decides what a run means, noting failures and warnings in the report.

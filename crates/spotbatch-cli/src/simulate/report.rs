@@ -68,6 +68,10 @@ pub(crate) struct StoreReport {
     pub(crate) runs_recorded: u64,
     /// SIGTERMed runs that had saved checkpoints but wrote no final one.
     pub(crate) no_final_checkpoint: u32,
+    /// SIGTERMed runs that stopped cleanly before their first save (while
+    /// opening the store, loading or taking the lease): the job recorded
+    /// neither the run nor the interruption, rightly.
+    pub(crate) stopped_before_first_save: u32,
     /// Wall time of work thrown away: for each run that ended without a final
     /// checkpoint, from its last checkpoint (or its start) to its end. The
     /// next run redid that work.
@@ -217,7 +221,7 @@ impl Report {
             line(
                 "store",
                 format!(
-                    "{} job {:?}: chunks {} → {}; the job recorded {} interruption{} and {} run{}",
+                    "{} job {:?}: chunks {} → {}; the job recorded {} interruption{} and {} run{}{}",
                     st.url,
                     st.job,
                     st.chunks_at_start,
@@ -230,6 +234,13 @@ impl Report {
                     },
                     st.runs_recorded,
                     if st.runs_recorded == 1 { "" } else { "s" },
+                    match st.stopped_before_first_save {
+                        0 => String::new(),
+                        n => format!(
+                            "; {n} run{} stopped before saving anything (nothing to record)",
+                            if n == 1 { "" } else { "s" }
+                        ),
+                    },
                 ),
             );
             let redone = match (st.redone_chunks_estimate, st.first_run_rate) {
