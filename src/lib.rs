@@ -74,11 +74,6 @@
 //!
 //! See the README for the guarantees, the shutdown table and exit codes.
 
-#![deny(missing_docs)]
-#![deny(unreachable_pub)]
-#![warn(clippy::unwrap_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
-
 mod aws;
 pub mod checkpoint;
 mod codec;

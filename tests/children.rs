@@ -1,5 +1,8 @@
 //! End-to-end: child processes started by a chunk never outlive the job.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 mod common;
 
 use std::process::{Command, Stdio};

@@ -14,6 +14,9 @@
 //! - the Dockerfile's ENTRYPOINT is exec form, so the job gets SIGTERM;
 //! - every command line in the kit is accepted by the quickstart's own flags.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

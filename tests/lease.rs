@@ -1,6 +1,9 @@
 //! The lease: taken at start, renewed while running, released at the end;
 //! a live one refuses a second runner, an expired or orphaned one is taken over.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -13,6 +13,9 @@
 //! - "Amazon ECS task metadata endpoint version 4" (AmazonECS/latest/developerguide/task-metadata-endpoint-v4.html):
 //!   `${ECS_CONTAINER_METADATA_URI_V4}/task`, the documented example response.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 mod common;
 
 use std::net::SocketAddr;

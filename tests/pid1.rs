@@ -2,6 +2,9 @@
 //!
 //! Needs root (as CI and `scripts/test` have) for `unshare --pid`.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 mod common;
 
 use std::process::{Child, Command, Stdio};

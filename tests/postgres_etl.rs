@@ -2,6 +2,9 @@
 //! the checkpoint commit together, so the destination ends identical to an
 //! uninterrupted run's, without duplicates.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 mod pg_common;
 
 use std::os::unix::process::ExitStatusExt;

@@ -1,6 +1,9 @@
 //! The lease against a real PostgreSQL server: two runners started at once,
 //! and a takeover after the holder is SIGKILLed.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 mod pg_common;
 
 use std::process::Command;

@@ -1,6 +1,9 @@
 //! The migrations of `migrations/`: applied to an empty database at start-up,
 //! idempotent on later starts, serialised between tasks starting at once.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 mod pg_common;
 
 use pg_common::{admin_pool, fresh_name, pg_url, with_database, with_schema};

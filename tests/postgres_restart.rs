@@ -4,6 +4,9 @@
 //! Alone in its test binary, because the restart cuts every connection to
 //! the server; cargo runs test binaries one after another.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 mod pg_common;
 
 use std::process::{Command, Stdio};

@@ -1,6 +1,9 @@
 //! PostgresStore against a real server: the shared conformance suite, and
 //! what is particular to rows (columns, corrupt envelopes, errors, history).
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 mod pg_common;
 
 use std::sync::Arc;

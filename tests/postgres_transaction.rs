@@ -1,6 +1,9 @@
 //! SharedTransaction's rules, one by one, against a real server: what is
 //! committed with a checkpoint, what is rolled back, and when the run must stop.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 mod pg_common;
 
 use pg_common::{admin_pool, fresh_name, pg_url, with_schema};

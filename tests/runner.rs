@@ -4,6 +4,9 @@
 //! time, so sleeps are instant and exact. Stops come from `Runner::stop_on`
 //! and `Runner::max_runtime`; no signal handlers are installed.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! End-to-end: the examples as real processes against a real S3 server,
 //! stopped by real signals, with the server itself stopped and started.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 mod s3_common;
 
 use std::collections::BTreeMap;

@@ -1,5 +1,8 @@
 //! The runner with an S3 store: two runners on one job.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 mod s3_common;
 
 use std::time::Duration;

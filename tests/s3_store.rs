@@ -1,5 +1,8 @@
 //! S3Store against a real S3 server (SeaweedFS, started by scripts/test).
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 mod s3_common;
 
 use std::sync::Arc;

@@ -1,5 +1,8 @@
 //! End-to-end: the quickstart example as a real process, stopped by real signals.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 mod common;
 
 use std::os::unix::process::ExitStatusExt;

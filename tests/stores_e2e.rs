@@ -3,6 +3,9 @@
 //! alone: stopped by SIGTERM mid-run, resumed and SIGKILLed mid-run, resumed
 //! to completion, its output is byte-for-byte an uninterrupted run's.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 mod pg_common;
 mod s3_common;
 

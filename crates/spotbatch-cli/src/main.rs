@@ -3,10 +3,6 @@
 //!
 //! See `spotbatch --help` and the crate's README.
 
-#![deny(unreachable_pub)]
-#![warn(clippy::unwrap_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
-
 mod edit;
 mod error;
 mod fmt;

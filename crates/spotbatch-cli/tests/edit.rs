@@ -1,5 +1,8 @@
 //! `reset`, `mark`, `set-cursor`: compare-and-swap edits, and live leases.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 mod common;
 
 use std::process::Stdio;

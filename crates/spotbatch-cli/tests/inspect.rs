@@ -1,5 +1,8 @@
 //! `list`, `show`, `export` and `import` against the file store.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 mod common;
 
 use common::{

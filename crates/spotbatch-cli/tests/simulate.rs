@@ -1,5 +1,8 @@
 //! `simulate`: real processes, real signals, against the quickstart example and bad jobs.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;

@@ -2,6 +2,9 @@
 //! the real servers `scripts/test` starts: a fresh bucket or schema per test.
 //! A missing server fails these tests; they never skip.
 
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;

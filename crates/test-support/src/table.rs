@@ -26,12 +26,14 @@ pub struct Row {
 }
 
 impl Row {
+    /// A section heading: the title in bold, the other cells empty.
     pub fn section(title: impl Into<String>) -> Self {
         let mut cells: [String; 5] = Default::default();
         cells[0] = format!("**{}**", title.into());
         Self { cells }
     }
 
+    /// A row of five cells as given.
     pub fn text(
         figure: impl Into<String>,
         ours: impl Into<String>,
@@ -76,6 +78,7 @@ pub fn time(ns: f64) -> String {
     }
 }
 
+/// Prints `rows` under the header as a Markdown table, columns padded to fit.
 pub fn print_table(rows: &[Row]) {
     let header = ["figure", "spotbatch", "baseline", "diff", "ratio"];
     let mut widths = header.map(|h| h.chars().count());
