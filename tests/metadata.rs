@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{stderr, Quickstart};
-use spotbatch::prelude::*;
 use spotbatch::aws::Ec2SpotNotices;
+use spotbatch::prelude::*;
 use spotbatch::{
     CheckpointPolicy, CheckpointStore, InterruptSource, JobKey, MemoryStore, Status, StopSource,
 };

@@ -117,39 +117,61 @@ impl EcsTask {
         let url = format!("{}/task", base.trim_end_matches('/'));
         let uri: http::Uri = match url.parse() {
             Ok(uri) => uri,
-            Err(e) => return Err(EcsMetadataError::Url { url, source: Box::new(e) }),
+            Err(e) => {
+                return Err(EcsMetadataError::Url {
+                    url,
+                    source: Box::new(e),
+                })
+            }
         };
         // One GET: keep no idle connection behind.
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build_http::<Empty<Bytes>>();
         let exchange = async {
-            let response = client.get(uri).await.map_err(|e| EcsMetadataError::Request {
-                url: url.clone(),
-                source: Box::new(e),
-            })?;
+            let response = client
+                .get(uri)
+                .await
+                .map_err(|e| EcsMetadataError::Request {
+                    url: url.clone(),
+                    source: Box::new(e),
+                })?;
             let status = response.status();
             let body = Limited::new(response.into_body(), MAX_BODY)
                 .collect()
                 .await
                 .map_err(|source| {
                     if source.is::<LengthLimitError>() {
-                        EcsMetadataError::Unreadable { url: url.clone(), source }
+                        EcsMetadataError::Unreadable {
+                            url: url.clone(),
+                            source,
+                        }
                     } else {
-                        EcsMetadataError::Request { url: url.clone(), source }
+                        EcsMetadataError::Request {
+                            url: url.clone(),
+                            source,
+                        }
                     }
                 })?
                 .to_bytes();
             Ok((status, body))
         };
-        let (status, body) = tokio::time::timeout(limit, exchange)
-            .await
-            .map_err(|_| EcsMetadataError::Timeout { url: url.clone(), limit })??;
+        let (status, body) = tokio::time::timeout(limit, exchange).await.map_err(|_| {
+            EcsMetadataError::Timeout {
+                url: url.clone(),
+                limit,
+            }
+        })??;
         if !status.is_success() {
-            return Err(EcsMetadataError::Status { url, status: status.as_u16() });
+            return Err(EcsMetadataError::Status {
+                url,
+                status: status.as_u16(),
+            });
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| EcsMetadataError::Unreadable { url, source: Box::new(e) })
+        serde_json::from_slice(&body).map_err(|e| EcsMetadataError::Unreadable {
+            url,
+            source: Box::new(e),
+        })
     }
 }
 
@@ -161,9 +183,14 @@ mod tests {
     async fn refuses_what_is_not_an_http_url_naming_it() {
         for (base, want) in [
             ("not a url", "not a usable task metadata URL"),
-            ("https://169.254.170.2/v4/x", "https://169.254.170.2/v4/x/task: "),
+            (
+                "https://169.254.170.2/v4/x",
+                "https://169.254.170.2/v4/x/task: ",
+            ),
         ] {
-            let err = EcsTask::fetch(base, Duration::from_secs(1)).await.unwrap_err();
+            let err = EcsTask::fetch(base, Duration::from_secs(1))
+                .await
+                .unwrap_err();
             assert!(err.to_string().contains(want), "{base}: {err}");
         }
     }

@@ -77,7 +77,10 @@ struct Rebalance {
 /// Why one poll failed.
 enum PollError {
     /// The metadata service could not be asked, or answered an error status.
-    Ask { path: &'static str, error: ImdsError },
+    Ask {
+        path: &'static str,
+        error: Box<ImdsError>,
+    },
     /// It answered 200 with something else than the documented JSON.
     Unreadable {
         path: &'static str,
@@ -90,7 +93,7 @@ impl PollError {
     /// opposed to no connection, no answer in time or no token.
     fn answered(&self) -> bool {
         match self {
-            PollError::Ask { error, .. } => matches!(error, ImdsError::ErrorResponse(_)),
+            PollError::Ask { error, .. } => matches!(**error, ImdsError::ErrorResponse(_)),
             PollError::Unreadable { .. } => true,
         }
     }
@@ -99,15 +102,14 @@ impl PollError {
 impl std::fmt::Display for PollError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PollError::Ask {
-                path,
-                error: ImdsError::ErrorResponse(response),
-            } => write!(
-                f,
-                "{path} answered HTTP {}",
-                response.response().status().as_u16()
-            ),
-            PollError::Ask { path, error } => write!(f, "{path}: {}", error_chain(error)),
+            PollError::Ask { path, error } => match &**error {
+                ImdsError::ErrorResponse(response) => write!(
+                    f,
+                    "{path} answered HTTP {}",
+                    response.response().status().as_u16()
+                ),
+                error => write!(f, "{path}: {}", error_chain(error)),
+            },
             PollError::Unreadable { path, error } => write!(f, "{path}: unreadable: {error}"),
         }
     }
@@ -238,15 +240,22 @@ impl Imds {
             match status {
                 Some(404) => return Ok(None),
                 Some(401) if !renewed => {
-                    debug!(path, "instance metadata answered 401: asking again with a new token");
+                    debug!(
+                        path,
+                        "instance metadata answered 401: asking again with a new token"
+                    );
                     self.client = self.builder.clone().build();
                     renewed = true;
                 }
-                _ => return Err(PollError::Ask { path, error }),
+                _ => {
+                    return Err(PollError::Ask {
+                        path,
+                        error: Box::new(error),
+                    })
+                }
             }
         }
     }
-
 }
 
 #[async_trait]
@@ -255,7 +264,11 @@ impl StopSource for Ec2SpotNotices {
         if self.finished {
             return None;
         }
-        let endpoint = self.endpoint.as_deref().unwrap_or("the AWS SDK's default").to_owned();
+        let endpoint = self
+            .endpoint
+            .as_deref()
+            .unwrap_or("the AWS SDK's default")
+            .to_owned();
         let mut imds = match self.builder() {
             Ok(builder) => Imds::new(builder),
             Err(e) => {
