@@ -51,9 +51,9 @@
 //!    chunks and after 2,000,000: the ratio of the last two is ≈ 1.00 when
 //!    memory does not grow with the number of chunks or checkpoints.
 //! 5. **Start and stop.** Start-up: a run of a job with no chunks, with the
-//!    EC2 Spot notice poller pointed at a port where nothing listens (as off
-//!    EC2) and the ECS identity check on (`ECS_CONTAINER_METADATA_URI_V4`
-//!    unset), against the same run without either. Stop: from a stop request
+//!    ECS identity check on (`ECS_CONTAINER_METADATA_URI_V4` unset) and, with
+//!    the feature `aws`, the EC2 Spot notice poller pointed at a port where
+//!    nothing listens (as off EC2), against the same run without either. Stop: from a stop request
 //!    (a `stop_on` future, the in-process twin of SIGTERM) during 100 µs
 //!    chunks to `run()` returning with the final checkpoint saved, on a
 //!    MemoryStore and on a FileStore (the FileStore row is dominated by its
@@ -69,7 +69,7 @@ use std::time::{Duration, Instant};
 
 use spotbatch::{
     async_trait, BoxError, Checkpoint, CheckpointPolicy, CheckpointStore, Chunk, ChunkContext,
-    Codec, Ec2SpotNotices, FileStore, Job, JobKey, MemoryStore, Outcome, Runner, Writer,
+    Codec, FileStore, Job, JobKey, MemoryStore, Outcome, Runner, Writer,
 };
 use spotbatch_test_support::table::{print_table, Latencies, Mode, Row};
 
@@ -725,8 +725,16 @@ impl Job for Nothing {
     }
 }
 
+#[cfg(feature = "aws")]
+const START_UP_ROW: &str =
+    "start-up with the EC2 notice poller (no IMDS) + ECS check (baseline: without)";
+#[cfg(not(feature = "aws"))]
+const START_UP_ROW: &str =
+    "start-up with the ECS check (no `aws` feature: asks nothing; baseline: without)";
+
 async fn start_and_stop(sizes: Sizes, dir: &Path) -> Vec<Row> {
     let runs = (sizes.file_saves / 4).max(5);
+    #[cfg(feature = "aws")]
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port");
@@ -744,13 +752,15 @@ async fn start_and_stop(sizes: Sizes, dir: &Path) -> Vec<Row> {
         plain.push(t.elapsed());
         assert!(report.is_complete());
         let t = Instant::now();
-        let report = Runner::new("start", Nothing)
+        let runner = Runner::new("start", Nothing)
             .store(MemoryStore::new())
             .signals(&[])
-            .no_lease()
-            .stop_source(Ec2SpotNotices::new().endpoint(format!("http://{closed}")))
-            .run()
-            .await;
+            .no_lease();
+        #[cfg(feature = "aws")]
+        let runner = runner.stop_source(
+            spotbatch::aws::Ec2SpotNotices::new().endpoint(format!("http://{closed}")),
+        );
+        let report = runner.run().await;
         with_sources.push(t.elapsed());
         assert!(report.is_complete());
     }
@@ -801,11 +811,7 @@ async fn start_and_stop(sizes: Sizes, dir: &Path) -> Vec<Row> {
     let raw = Latencies::new(raw).percentile(50.0);
     vec![
         Row::section(format!("5. start and stop (medians of {runs} runs)")),
-        Row::ns(
-            "start-up with the EC2 notice poller (no IMDS) + ECS check (baseline: without)",
-            with_sources,
-            plain,
-        ),
+        Row::ns(START_UP_ROW, with_sources, plain),
         Row::ns(
             "stop request → run() returned, MemoryStore (baseline: raw durable write)",
             Latencies::new(stop_memory).percentile(50.0),

@@ -58,23 +58,24 @@
 //! rest is grouped by module: [`store`] (the [`CheckpointStore`] contract,
 //! the file and memory stores, [`open_store`]), [`checkpoint`] (the envelope
 //! a store holds), [`sink`] (exactly-once file output), and, behind their
-//! features, [`s3`](crate#features) and [`postgres`](crate#features) stores.
+//! features, [`s3`](crate#features) and [`postgres`](crate#features) stores
+//! and [`aws`](crate#features) platform integration.
 //! The items used most are also re-exported at the root.
 //!
 //! # Features
 //!
-//! None is on by default: a default build compiles neither the AWS SDK nor sqlx.
+//! None is on by default: a default build compiles neither the AWS SDK, hyper nor sqlx.
 //!
 //! | feature | adds |
 //! |---|---|
 //! | `s3` | `spotbatch::s3`: the S3 store (aws-sdk-s3, aws-config); `s3://` URLs |
 //! | `sso` | with `s3`: AWS IAM Identity Center profiles, for jobs run from a laptop |
 //! | `postgres` | `spotbatch::postgres`: the PostgreSQL store and shared transactions (sqlx); `postgres://` URLs |
+//! | `aws` | `spotbatch::aws`: EC2 Spot notices through the AWS SDK's IMDS client, the ECS task ARN recorded as the checkpoints' writer (aws-config, hyper) |
 //! | `conformance` | `spotbatch::conformance`: the suite every store passes, for stores written elsewhere |
 //!
 //! See the README for the guarantees, the shutdown table and exit codes.
 
-mod aws;
 pub mod checkpoint;
 mod codec;
 mod error;
@@ -88,6 +89,9 @@ mod shutdown;
 pub mod sink;
 pub mod store;
 
+#[cfg(feature = "aws")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws")))]
+pub mod aws;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 #[cfg(feature = "postgres")]
@@ -101,6 +105,8 @@ pub mod s3;
 extern crate self as spotbatch;
 
 pub use async_trait::async_trait;
+#[cfg(feature = "aws")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws")))]
 pub use aws::{Ec2SpotNotices, EcsTask, ECS_METADATA_VAR};
 pub use checkpoint::{Checkpoint, CheckpointError, Counters, Lease, RunRecord, Status, Writer};
 pub use codec::{Codec, CodecError};

@@ -24,8 +24,7 @@ use clap::Parser;
 use serde_json::Value;
 use spotbatch::ExitCodes;
 
-// The quickstart's real flag parser (the image runs this job, or
-// `s3_quickstart`, which includes the same file).
+// The quickstart's real flag parser (the image runs this job).
 #[allow(dead_code)]
 #[path = "../examples/quickstart.rs"]
 mod quickstart;

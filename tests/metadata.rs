@@ -1,10 +1,11 @@
-//! The EC2 instance metadata (IMDSv2) and ECS task metadata clients, against
-//! local replicas on 127.0.0.1 that answer as AWS documents:
+//! The EC2 instance metadata (IMDSv2) and ECS task metadata clients (feature
+//! `aws`), against local replicas on 127.0.0.1 that answer as AWS documents:
 //!
 //! - IMDSv2: "Use the Instance Metadata Service to access instance metadata"
 //!   (docs.aws.amazon.com/AWSEC2/latest/UserGuide/configuring-instance-metadata-service.html):
 //!   `PUT /latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds`, the
-//!   token in `X-aws-ec2-metadata-token`, 401 for a missing or expired token.
+//!   answered with the token and its TTL in the same header, the token in
+//!   `X-aws-ec2-metadata-token`, 401 for a missing or expired token.
 //! - "Spot Instance interruption notices" (.../spot-instance-termination-notices.html):
 //!   `/latest/meta-data/spot/instance-action` is 404 until a notice, then
 //!   `{"action": "terminate", "time": "2017-09-18T08:22:00Z"}`.
@@ -24,10 +25,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{stderr, Quickstart};
+use spotbatch::aws::Ec2SpotNotices;
 use spotbatch::prelude::*;
 use spotbatch::{
-    CheckpointPolicy, CheckpointStore, Ec2SpotNotices, InterruptSource, JobKey, MemoryStore,
-    Status, StopSource,
+    CheckpointPolicy, CheckpointStore, InterruptSource, JobKey, MemoryStore, Status, StopSource,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -47,7 +48,24 @@ impl Request {
     }
 }
 
-type Handler = Arc<dyn Fn(&Request) -> Option<(u16, String)> + Send + Sync>;
+/// An answer: status, extra headers, body.
+struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn new(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+}
+
+type Handler = Arc<dyn Fn(&Request) -> Option<Reply> + Send + Sync>;
 
 /// Serves `handler` on 127.0.0.1; `None` from the handler means: never answer.
 async fn serve(handler: Handler) -> SocketAddr {
@@ -79,12 +97,21 @@ async fn serve(handler: Handler) -> SocketAddr {
                         .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
                         .collect(),
                 };
-                let Some((status, body)) = handler(&request) else {
+                let Some(Reply {
+                    status,
+                    headers,
+                    body,
+                }) = handler(&request)
+                else {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                     return;
                 };
+                let headers: String = headers
+                    .iter()
+                    .map(|(name, value)| format!("{name}: {value}\r\n"))
+                    .collect();
                 let response = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = conn.write_all(response.as_bytes()).await;
@@ -94,7 +121,10 @@ async fn serve(handler: Handler) -> SocketAddr {
     addr
 }
 
-/// An IMDSv2 replica. Tokens expire after three uses (401, as for an expired token).
+/// An IMDSv2 replica. The token answer carries its TTL in
+/// `X-aws-ec2-metadata-token-ttl-seconds`, as IMDS does; tokens stop being
+/// valid after three uses, long before that TTL (401, as IMDS answers a token
+/// it no longer honours).
 #[derive(Default)]
 struct Imds {
     notice: AtomicBool,
@@ -105,15 +135,19 @@ struct Imds {
 }
 
 impl Imds {
-    fn handle(&self, r: &Request) -> (u16, String) {
+    fn handle(&self, r: &Request) -> Reply {
         if r.method == "PUT" && r.path == "/latest/api/token" {
-            if r.header("X-aws-ec2-metadata-token-ttl-seconds").is_none() {
-                return (400, String::new());
-            }
+            let Some(ttl) = r.header("X-aws-ec2-metadata-token-ttl-seconds") else {
+                return Reply::new(400, "");
+            };
             let n = self.tokens_issued.fetch_add(1, Ordering::SeqCst);
             let token = format!("token-{n}");
             *self.valid.lock().unwrap() = Some((token.clone(), 0));
-            return (200, token);
+            let mut reply = Reply::new(200, token);
+            reply
+                .headers
+                .push(("X-aws-ec2-metadata-token-ttl-seconds", ttl.to_owned()));
+            return reply;
         }
         let mut valid = self.valid.lock().unwrap();
         let authorized = match (&mut *valid, r.header("X-aws-ec2-metadata-token")) {
@@ -125,19 +159,21 @@ impl Imds {
         };
         if !authorized {
             self.unauthorized.fetch_add(1, Ordering::SeqCst);
-            return (401, String::new());
+            return Reply::new(401, "");
         }
         match r.path.as_str() {
-            "/latest/meta-data/spot/instance-action" if self.notice.load(Ordering::SeqCst) => (
-                200,
-                r#"{"action": "terminate", "time": "2026-11-24T15:32:45Z"}"#.into(),
-            ),
+            "/latest/meta-data/spot/instance-action" if self.notice.load(Ordering::SeqCst) => {
+                Reply::new(
+                    200,
+                    r#"{"action": "terminate", "time": "2026-11-24T15:32:45Z"}"#,
+                )
+            }
             "/latest/meta-data/events/recommendations/rebalance"
                 if self.rebalance.load(Ordering::SeqCst) =>
             {
-                (200, r#"{"noticeTime": "2026-11-24T15:30:00Z"}"#.into())
+                Reply::new(200, r#"{"noticeTime": "2026-11-24T15:30:00Z"}"#)
             }
-            _ => (404, String::new()),
+            _ => Reply::new(404, ""),
         }
     }
 }
@@ -319,7 +355,7 @@ const TASK: &str = r#"{
 #[tokio::test(flavor = "multi_thread")]
 async fn on_ecs_the_task_arn_is_the_checkpoints_writer() {
     let addr = serve(Arc::new(|r| {
-        (r.method == "GET" && r.path == "/v4/0123abcd/task").then(|| (200, TASK.to_owned()))
+        (r.method == "GET" && r.path == "/v4/0123abcd/task").then(|| Reply::new(200, TASK))
     }))
     .await;
     let job = Quickstart::new(1_000, 100, 0);
@@ -350,7 +386,7 @@ async fn on_ecs_the_task_arn_is_the_checkpoints_writer() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreadable_ecs_endpoint_is_a_warning_not_a_failure() {
-    let addr = serve(Arc::new(|_| Some((500, "oops".to_owned())))).await;
+    let addr = serve(Arc::new(|_| Some(Reply::new(500, "oops")))).await;
     let job = Quickstart::new(1_000, 100, 0);
     let (out, job) = tokio::task::spawn_blocking(move || {
         let out = job

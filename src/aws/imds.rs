@@ -1,45 +1,59 @@
-//! EC2 Spot interruption notices from instance metadata (IMDSv2).
+//! EC2 Spot interruption notices from instance metadata (IMDSv2), through the
+//! AWS SDK's IMDS client.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_config::imds::client::error::ImdsError;
+use aws_config::imds::client::{Builder, ImdsResponseRetryClassifier};
+use aws_config::imds::Client;
+use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
+use aws_smithy_runtime_api::client::retries::classifiers::{
+    ClassifyRetry, RetryAction, SharedRetryClassifier,
+};
 use serde::Deserialize;
 use tracing::{debug, info, warn};
 
-use super::http::{request, Endpoint};
+use super::error_chain;
 use crate::shutdown::{InterruptSource, StopSource};
 
-const TOKEN_TTL: &str = "21600";
+const INSTANCE_ACTION: &str = "/latest/meta-data/spot/instance-action";
+const REBALANCE: &str = "/latest/meta-data/events/recommendations/rebalance";
 
 /// Polls EC2 instance metadata for a Spot interruption notice (and, if asked,
 /// a rebalance recommendation), and stops the run like SIGTERM when one appears.
 ///
-/// For ECS on EC2 and plain EC2. It follows IMDSv2 as AWS documents it
+/// For ECS on EC2 and plain EC2. It asks through the AWS SDK's IMDSv2 client
+/// ([`aws_config::imds::Client`]), which follows IMDSv2 as AWS documents it
 /// ("Use instance metadata to manage your EC2 instance" and "Spot Instance
-/// interruption notices"): `PUT /latest/api/token` with
-/// `X-aws-ec2-metadata-token-ttl-seconds`, then
-/// `GET /latest/meta-data/spot/instance-action` with `X-aws-ec2-metadata-token`:
-/// 404 while nothing is scheduled, 200 with `{"action": "terminate", "time": "…"}`
-/// once it is, 401 when the token expired (a new one is fetched). The
-/// rebalance recommendation is `GET /latest/meta-data/events/recommendations/rebalance`
-/// (`{"noticeTime": "…"}`).
+/// interruption notices"): a session token from `PUT /latest/api/token`
+/// (six hours, cached and renewed two minutes before it expires), then
+/// `GET /latest/meta-data/spot/instance-action`: 404 while nothing is
+/// scheduled, 200 with `{"action": "terminate", "time": "…"}` once it is. The
+/// SDK retries a 5xx answer (up to 4 attempts, with backoff). A 401 (the token
+/// is no longer valid) is answered here: the poller starts a new client,
+/// hence a new token, and asks again at once. The rebalance recommendation is
+/// `GET /latest/meta-data/events/recommendations/rebalance` (`{"noticeTime": "…"}`).
 ///
-/// Where no metadata service answers (not on EC2, or on Fargate, which has no
-/// Spot metadata: its notice *is* SIGTERM), the poller logs one line and stops.
+/// Where no metadata service answers the first question (not on EC2, or on
+/// Fargate, which has no Spot metadata: its notice *is* SIGTERM), the poller
+/// logs one line and stops. The runner polls on a task of its own: start-up
+/// is not delayed.
 ///
 /// ```no_run
 /// # use spotbatch::prelude::*;
 /// # fn f<J: Job>(runner: Runner<J>) -> Runner<J> {
-/// runner.stop_source(spotbatch::Ec2SpotNotices::new().rebalance(true))
+/// runner.stop_source(spotbatch::aws::Ec2SpotNotices::new().rebalance(true))
 /// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct Ec2SpotNotices {
-    endpoint: String,
+    endpoint: Option<String>,
     interval: Duration,
     timeout: Duration,
     rebalance: bool,
-    fired: bool,
+    /// Gave its notice, or found no metadata service: nothing more to say.
+    finished: bool,
 }
 
 impl Default for Ec2SpotNotices {
@@ -60,34 +74,73 @@ struct Rebalance {
     notice_time: String,
 }
 
-enum Poll {
-    Notice(InterruptSource),
-    Nothing,
-    TokenExpired,
+/// Why one poll failed.
+enum PollError {
+    /// The metadata service could not be asked, or answered an error status.
+    Ask {
+        path: &'static str,
+        error: Box<ImdsError>,
+    },
+    /// It answered 200 with something else than the documented JSON.
+    Unreadable {
+        path: &'static str,
+        error: serde_json::Error,
+    },
+}
+
+impl PollError {
+    /// Whether the metadata service answered at all (an HTTP status), as
+    /// opposed to no connection, no answer in time or no token.
+    fn answered(&self) -> bool {
+        match self {
+            PollError::Ask { error, .. } => matches!(**error, ImdsError::ErrorResponse(_)),
+            PollError::Unreadable { .. } => true,
+        }
+    }
+}
+
+impl std::fmt::Display for PollError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PollError::Ask { path, error } => match &**error {
+                ImdsError::ErrorResponse(response) => write!(
+                    f,
+                    "{path} answered HTTP {}",
+                    response.response().status().as_u16()
+                ),
+                error => write!(f, "{path}: {}", error_chain(error)),
+            },
+            PollError::Unreadable { path, error } => write!(f, "{path}: unreadable: {error}"),
+        }
+    }
 }
 
 impl Ec2SpotNotices {
-    /// The IPv4 instance metadata address.
-    pub const DEFAULT_ENDPOINT: &'static str = "http://169.254.169.254";
-
-    /// Polls every 5 s with 1 s timeouts, at `AWS_EC2_METADATA_SERVICE_ENDPOINT`
-    /// if set (as the AWS SDKs do; e.g. `http://[fd00:ec2::254]` for IPv6),
-    /// else at [`DEFAULT_ENDPOINT`](Self::DEFAULT_ENDPOINT).
+    /// Polls every 5 s, each connection and each read limited to 1 s.
+    ///
+    /// The metadata service's address is found as the AWS SDKs find it:
+    /// [`endpoint`](Self::endpoint) if given, else
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT` (e.g. `http://[fd00:ec2::254]` for
+    /// IPv6), else `ec2_metadata_service_endpoint` in the `~/.aws/config`
+    /// profile, else `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6` (or the
+    /// profile's `ec2_metadata_service_endpoint_mode`), else `http://169.254.169.254`.
     pub fn new() -> Self {
         Self {
-            endpoint: std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
-                .unwrap_or_else(|_| Self::DEFAULT_ENDPOINT.to_owned()),
+            endpoint: None,
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(1),
             rebalance: false,
-            fired: false,
+            finished: false,
         }
     }
 
-    /// The metadata service's base URL, e.g. `http://127.0.0.1:8080` in tests.
+    /// The metadata service's base URL, e.g. `http://127.0.0.1:8080` in
+    /// tests, instead of the one found as [`new`](Self::new) says. A URL that
+    /// does not parse is logged as a warning when polling starts, and nothing
+    /// is polled.
     #[must_use]
     pub fn endpoint(mut self, url: impl Into<String>) -> Self {
-        self.endpoint = url.into();
+        self.endpoint = Some(url.into());
         self
     }
 
@@ -98,7 +151,9 @@ impl Ec2SpotNotices {
         self
     }
 
-    /// How long one request may take (default 1 s).
+    /// How long connecting, and then each read, may take (default 1 s, the
+    /// SDK's default). A metadata service that does not answer the first
+    /// request within it counts as none.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -113,106 +168,160 @@ impl Ec2SpotNotices {
         self
     }
 
-    async fn token(&self, endpoint: &Endpoint) -> Result<String, String> {
-        let response = request(
-            endpoint,
-            "PUT",
-            "/latest/api/token",
-            &[("X-aws-ec2-metadata-token-ttl-seconds", TOKEN_TTL)],
-            self.timeout,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        if response.status != 200 {
-            return Err(format!("token request answered {}", response.status));
+    fn builder(&self) -> Result<Builder, String> {
+        let builder = Client::builder()
+            .connect_timeout(self.timeout)
+            .read_timeout(self.timeout)
+            .retry_classifier(SharedRetryClassifier::new(NewTokenOn401::default()));
+        match &self.endpoint {
+            None => Ok(builder),
+            Some(url) => builder
+                .endpoint(url)
+                .map_err(|e| format!("{url:?}: {}", error_chain(&*e))),
         }
-        Ok(String::from_utf8_lossy(&response.body).trim().to_owned())
     }
 
-    async fn poll(&self, endpoint: &Endpoint, token: &str) -> Result<Poll, String> {
-        let get = |path: &'static str| async move {
-            request(
-                endpoint,
-                "GET",
-                path,
-                &[("X-aws-ec2-metadata-token", token)],
-                self.timeout,
-            )
-            .await
-            .map_err(|e| e.to_string())
-        };
-        let action = get("/latest/meta-data/spot/instance-action").await?;
-        match action.status {
-            200 => {
-                let a: InstanceAction = serde_json::from_slice(&action.body)
-                    .map_err(|e| format!("unreadable instance-action: {e}"))?;
-                return Ok(Poll::Notice(InterruptSource::Notice {
-                    from: "EC2 spot".into(),
-                    detail: format!("{} at {}", a.action, a.time),
-                }));
-            }
-            401 => return Ok(Poll::TokenExpired),
-            404 => {}
-            other => return Err(format!("instance-action answered {other}")),
+    async fn poll(&self, imds: &mut Imds) -> Result<Option<InterruptSource>, PollError> {
+        if let Some(text) = imds.get(INSTANCE_ACTION).await? {
+            let a: InstanceAction =
+                serde_json::from_str(&text).map_err(|error| PollError::Unreadable {
+                    path: INSTANCE_ACTION,
+                    error,
+                })?;
+            return Ok(Some(InterruptSource::Notice {
+                from: "EC2 spot".into(),
+                detail: format!("{} at {}", a.action, a.time),
+            }));
         }
         if self.rebalance {
-            let rebalance = get("/latest/meta-data/events/recommendations/rebalance").await?;
-            match rebalance.status {
-                200 => {
-                    let r: Rebalance = serde_json::from_slice(&rebalance.body)
-                        .map_err(|e| format!("unreadable rebalance recommendation: {e}"))?;
-                    return Ok(Poll::Notice(InterruptSource::Notice {
-                        from: "EC2 rebalance recommendation".into(),
-                        detail: format!("issued at {}", r.notice_time),
-                    }));
-                }
-                401 => return Ok(Poll::TokenExpired),
-                404 => {}
-                other => return Err(format!("rebalance recommendation answered {other}")),
+            if let Some(text) = imds.get(REBALANCE).await? {
+                let r: Rebalance =
+                    serde_json::from_str(&text).map_err(|error| PollError::Unreadable {
+                        path: REBALANCE,
+                        error,
+                    })?;
+                return Ok(Some(InterruptSource::Notice {
+                    from: "EC2 rebalance recommendation".into(),
+                    detail: format!("issued at {}", r.notice_time),
+                }));
             }
         }
-        Ok(Poll::Nothing)
+        Ok(None)
+    }
+}
+
+/// The IMDS client in use, and its configured builder to start a new one.
+struct Imds {
+    builder: Builder,
+    client: Client,
+}
+
+impl Imds {
+    fn new(builder: Builder) -> Self {
+        Self {
+            client: builder.clone().build(),
+            builder,
+        }
+    }
+
+    /// Asks for `path`: `Ok(None)` for a 404 (nothing there). A 401 is asked
+    /// again once, at once, with a new client (a new token).
+    async fn get(&mut self, path: &'static str) -> Result<Option<String>, PollError> {
+        let mut renewed = false;
+        loop {
+            let error = match self.client.get(path).await {
+                Ok(text) => return Ok(Some(text.into())),
+                Err(error) => error,
+            };
+            let status = match &error {
+                ImdsError::ErrorResponse(r) => Some(r.response().status().as_u16()),
+                _ => None,
+            };
+            match status {
+                Some(404) => return Ok(None),
+                Some(401) if !renewed => {
+                    debug!(
+                        path,
+                        "instance metadata answered 401: asking again with a new token"
+                    );
+                    self.client = self.builder.clone().build();
+                    renewed = true;
+                }
+                _ => {
+                    return Err(PollError::Ask {
+                        path,
+                        error: Box::new(error),
+                    })
+                }
+            }
+        }
     }
 }
 
 #[async_trait]
 impl StopSource for Ec2SpotNotices {
     async fn next(&mut self) -> Option<InterruptSource> {
-        if self.fired {
+        if self.finished {
             return None;
         }
-        let endpoint = match Endpoint::parse(&self.endpoint) {
-            Ok(endpoint) => endpoint,
+        let endpoint = self
+            .endpoint
+            .as_deref()
+            .unwrap_or("the AWS SDK's default")
+            .to_owned();
+        let mut imds = match self.builder() {
+            Ok(builder) => Imds::new(builder),
             Err(e) => {
                 warn!(error = %e, "bad instance metadata endpoint: not polling for Spot notices");
+                self.finished = true;
                 return None;
             }
         };
-        let mut token = match self.token(&endpoint).await {
-            Ok(token) => token,
-            Err(e) => {
-                info!(endpoint = %self.endpoint, error = %e, "no EC2 instance metadata service: not polling for Spot notices");
-                return None;
-            }
-        };
-        debug!(endpoint = %self.endpoint, interval = ?self.interval, "polling for EC2 Spot notices");
+        let mut answered = false;
         loop {
-            match self.poll(&endpoint, &token).await {
-                Ok(Poll::Notice(notice)) => {
-                    self.fired = true;
+            match self.poll(&mut imds).await {
+                Ok(Some(notice)) => {
+                    self.finished = true;
                     return Some(notice);
                 }
-                Ok(Poll::TokenExpired) => match self.token(&endpoint).await {
-                    Ok(fresh) => {
-                        token = fresh;
-                        continue;
+                Ok(None) => {
+                    if !answered {
+                        debug!(%endpoint, interval = ?self.interval, "polling for EC2 Spot notices");
                     }
-                    Err(e) => warn!(error = %e, "instance metadata token refresh failed"),
-                },
-                Ok(Poll::Nothing) => {}
-                Err(e) => warn!(error = %e, "instance metadata poll failed"),
+                    answered = true;
+                }
+                Err(e) if !answered && !e.answered() => {
+                    info!(%endpoint, error = %e, "no EC2 instance metadata service: not polling for Spot notices");
+                    self.finished = true;
+                    return None;
+                }
+                Err(e) => {
+                    answered = true;
+                    warn!(error = %e, "instance metadata poll failed");
+                }
             }
             tokio::time::sleep(self.interval).await;
         }
+    }
+}
+
+/// The SDK's IMDS retry rules ([`ImdsResponseRetryClassifier`]: a 5xx is
+/// retried with backoff, a connection failure or timeout is not), except for
+/// a 401: the SDK would retry it with the same cached token, which the
+/// service has just refused, so it comes back at once and
+/// [`Ec2SpotNotices`] asks again with a new client, hence a new token.
+#[derive(Debug, Default)]
+struct NewTokenOn401(ImdsResponseRetryClassifier);
+
+impl ClassifyRetry for NewTokenOn401 {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        match ctx.response() {
+            Some(response) if response.status().as_u16() == 401 => RetryAction::RetryForbidden,
+            _ => self.0.classify_retry(ctx),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "IMDS, 401 answered with a new token"
     }
 }

@@ -7,8 +7,7 @@ use std::time::Duration;
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{error, info, warn};
 
-use super::{progress, Runner, StoreSpec};
-use crate::aws::EcsTask;
+use super::{identity, progress, Runner, StoreSpec};
 use crate::checkpoint::{Checkpoint, Status};
 use crate::error::{BoxError, Error};
 use crate::exit::{Outcome, RunStats};
@@ -56,23 +55,8 @@ impl<J: Job> Runner<J> {
         };
         let mut session = Session::new::<J>(&*store, &key, codec, lease);
         if ecs_identity {
-            match EcsTask::from_environment(Duration::from_secs(2)).await {
-                Ok(Some(task)) => {
-                    info!(
-                        task = %task.task_arn,
-                        cluster = %task.cluster,
-                        family = %task.family,
-                        revision = %task.revision,
-                        zone = %task.availability_zone,
-                        launch_type = %task.launch_type,
-                        "running as an ECS task"
-                    );
-                    session.set_task(task.task_arn);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    warn!(error = %e, "ECS task metadata unreadable: continuing without the task's identity")
-                }
+            if let Some(task) = identity::task().await {
+                session.set_task(task);
             }
         }
         let (mut cursor, mut state) = match loaded {

@@ -1,6 +1,7 @@
 //! The runner: its builder here, one run in `drive`.
 
 mod drive;
+mod identity;
 mod progress;
 
 use std::future::Future;
@@ -277,10 +278,15 @@ impl<J: Job> Runner<J> {
         self
     }
 
-    /// Whether to read the ECS task's identity at start (default on). When
-    /// `ECS_CONTAINER_METADATA_URI_V4` is set, the runner reads `/task` once
-    /// and records the task ARN as the writer of its checkpoints, in its run
-    /// history and in its logs; when it is not set, nothing is asked.
+    /// Whether to read the ECS task's identity at start (default on; needs
+    /// the feature `aws`). When `ECS_CONTAINER_METADATA_URI_V4` is set, the
+    /// runner reads `/task` once (at most 2 s; an endpoint that does not
+    /// answer as documented is a warning, not a failure) and records the task
+    /// ARN as the writer of its checkpoints, in its run history and in its
+    /// logs; when it is not set, nothing is asked.
+    ///
+    /// Without the feature `aws` nothing is ever asked and this setting only
+    /// silences the one line logged on ECS saying so.
     pub fn ecs_identity(mut self, on: bool) -> Self {
         self.ecs_identity = on;
         self
