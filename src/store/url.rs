@@ -17,8 +17,8 @@ use crate::error::Error;
 /// | `file://localhost/var/lib/ckpt` | the same (RFC 8089's host form) | |
 /// | `file://.spotbatch`, `file://./ckpt`, `file://../ckpt` | [`FileStore`] in a directory relative to the working directory | |
 /// | `memory://` | a new, empty [`MemoryStore`] | |
-/// | `s3://bucket/prefix`, `s3://bucket` | `S3Store`: region, credentials and endpoint from the AWS environment ([`s3`](crate::s3)) | `s3` |
-/// | `postgres://user:password@host:port/db?schema=name` (or `postgresql://`) | `PostgresStore`: connects, creates the schema and applies the migrations ([`postgres`](crate::postgres)) | `postgres` |
+/// | `s3://bucket/prefix`, `s3://bucket` | `S3Store`: region, credentials and endpoint from the AWS environment (`spotbatch::s3`) | `s3` |
+/// | `postgres://user:password@host:port/db?schema=name` (or `postgresql://`) | `PostgresStore`: connects, creates the schema and applies the migrations (`spotbatch::postgres`) | `postgres` |
 ///
 /// Opening an S3 store loads the AWS configuration; opening a Postgres store
 /// connects (retrying an unreachable server for up to 10 s) and migrates.
