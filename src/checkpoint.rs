@@ -456,6 +456,24 @@ impl Checkpoint {
             history,
         })
     }
+
+    /// Reads an envelope a store keeps under `job`'s key: as
+    /// [`decode`](Self::decode), and refusing another job's checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// As [`decode`](Self::decode), and [`CheckpointError::WrongJob`] when the
+    /// envelope belongs to another job (copied or renamed by hand).
+    pub fn decode_for(job: &JobKey, bytes: &[u8]) -> Result<Self, CheckpointError> {
+        let checkpoint = Self::decode(bytes)?;
+        if checkpoint.job != *job {
+            return Err(CheckpointError::WrongJob {
+                expected: job.to_string(),
+                found: checkpoint.job.to_string(),
+            });
+        }
+        Ok(checkpoint)
+    }
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {

@@ -57,6 +57,13 @@ use crate::postgres::transaction::{SharedTransaction, TxShared};
 /// `version` column agrees with it. The same statement upserts one
 /// `spotbatch_runs` row per run in the checkpoint's recent history.
 ///
+/// `list` reads the columns, not the envelopes: a row whose envelope was
+/// damaged (edited by hand, say) is listed as its columns describe, and
+/// `load` refuses it with [`StoreError::Corrupt`]. Saves and deletes compare
+/// on the `version` column without reading the envelope, so one naming the
+/// row's version replaces or removes a damaged envelope; any other version is
+/// a [`StoreError::Conflict`].
+///
 /// # Connection errors
 ///
 /// An operation that fails because the connection or the server went away
@@ -396,16 +403,7 @@ impl CheckpointStore for PostgresStore {
         let Some((bytes, version)) = row else {
             return Ok(None);
         };
-        let checkpoint = Checkpoint::decode(&bytes).map_err(|e| self.corrupt(key, e))?;
-        if checkpoint.job != *key {
-            return Err(self.corrupt(
-                key,
-                CheckpointError::WrongJob {
-                    expected: key.to_string(),
-                    found: checkpoint.job.to_string(),
-                },
-            ));
-        }
+        let checkpoint = Checkpoint::decode_for(key, &bytes).map_err(|e| self.corrupt(key, e))?;
         if i64::try_from(checkpoint.version).ok() != Some(version) {
             return Err(self.corrupt(
                 key,

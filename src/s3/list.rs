@@ -99,7 +99,12 @@ impl S3Store {
             .await;
         match head {
             Ok(head) => {
-                if let Some(summary) = head.metadata().and_then(metadata::summary) {
+                // Metadata naming another job's object is not trusted: the body decides.
+                let summary = head
+                    .metadata()
+                    .and_then(metadata::summary)
+                    .filter(|s| self.object_key(&s.job) == object);
+                if let Some(summary) = summary {
                     return Some(Listing::Checkpoint(summary));
                 }
             }
@@ -112,6 +117,12 @@ impl S3Store {
         match self.fetch(&object).await {
             Ok(None) => None,
             Ok(Some((bytes, _))) => Some(match Checkpoint::decode(&bytes) {
+                // Another job's checkpoint, copied here by hand.
+                Ok(c) if self.object_key(&c.job) != object => unreadable(format!(
+                    "holds the checkpoint of job {:?}, whose object is {}",
+                    c.job.as_str(),
+                    self.url_of(&self.object_key(&c.job))
+                )),
                 Ok(c) => Listing::Checkpoint((&c).into()),
                 Err(e) => unreadable(e.to_string()),
             }),

@@ -64,8 +64,10 @@ const ROUNDS: u32 = 6;
 /// a part. When `save` returns `Ok`, S3 has stored the object durably (AWS:
 /// across several availability zones); a crash of this process at any moment
 /// leaves the previous checkpoint or the new one, whole. Every load verifies
-/// the envelope's CRC-32 and refuses a corrupt object with
-/// [`StoreError::Corrupt`] naming `s3://bucket/key`.
+/// the envelope's CRC-32 and refuses a corrupt object (or one holding another
+/// job's checkpoint) with [`StoreError::Corrupt`] naming `s3://bucket/key`.
+/// A save or delete over such an object reads it to compare versions, so it
+/// fails the same way and leaves the object as it is.
 ///
 /// # Key encoding
 ///
@@ -319,17 +321,8 @@ impl S3Store {
             self.forget(key);
             return Ok(None);
         };
-        let checkpoint = Checkpoint::decode(&bytes).map_err(|e| self.corrupt(key, &object, e))?;
-        if checkpoint.job != *key {
-            return Err(self.corrupt(
-                key,
-                &object,
-                CheckpointError::WrongJob {
-                    expected: key.to_string(),
-                    found: checkpoint.job.to_string(),
-                },
-            ));
-        }
+        let checkpoint =
+            Checkpoint::decode_for(key, &bytes).map_err(|e| self.corrupt(key, &object, e))?;
         self.remember(key, checkpoint.version, etag.clone());
         Ok(Some(Stored {
             checkpoint,

@@ -19,22 +19,41 @@ use crate::BoxError;
 ///
 /// # Contract
 ///
-/// Every implementation keeps these promises, and the `conformance`
-/// suite checks them against each store:
+/// Every implementation keeps these promises:
 ///
 /// - **Whole or nothing.** A [`save`](Self::save) either stores the entire
 ///   checkpoint or leaves the previous one in place; a crash or kill at any
 ///   moment never leaves a torn checkpoint behind.
-/// - **Compare-and-swap.** A save names the version it expects to replace
-///   (`None`: the key must be absent). When the stored version differs, the
-///   save changes nothing and fails with [`StoreError::Conflict`]. Of many
-///   concurrent saves expecting the same version, exactly one succeeds.
+/// - **Compare-and-swap.** A save, renewal or delete names the version it
+///   expects to replace (`None`: the key must be absent). When the stored
+///   version differs, it changes nothing and fails with
+///   [`StoreError::Conflict`] naming both versions. Of many concurrent saves
+///   and renewals expecting the same version, exactly one succeeds.
 /// - **Durable on success.** When `save` returns `Ok`, the checkpoint survives
 ///   a crash of this process and of the machine, to the extent the medium
 ///   allows (see each store's docs).
 /// - **Loads verify.** [`load`](Self::load) returns a checkpoint whose
-///   checksum verified, or [`StoreError::Corrupt`] naming the store, the key
-///   and the reason; it never changes what is stored.
+///   checksum verified and that belongs to the key asked for, or
+///   [`StoreError::Corrupt`] naming the store, the key and the reason; it
+///   never changes what is stored.
+/// - **Damaged entries stay as they are.** An entry that fails verification
+///   (damaged bytes, a format this build does not read, another job's
+///   checkpoint) is listed, never skipped, and no operation changes it,
+///   except where a store compares versions kept apart from the checkpoint
+///   (Postgres's `version` column): there a save, renewal or delete naming
+///   the stored version replaces or removes it. Every other store fails such
+///   writes with [`StoreError::Corrupt`], since it cannot read the version
+///   to compare.
+/// - **Errors name the store and the key**: every [`StoreError`] carries the
+///   store's [`location`](Self::location) and the job key (empty for `list`).
+///
+/// The `conformance` module (feature `conformance`) checks every promise a
+/// test can observe, against each store: compare-and-swap on saves,
+/// renewals and deletes (and a race of concurrent writers), what loads and
+/// lists return, and damaged entries of six kinds. It cannot crash a
+/// machine in the middle of a save, so *whole or nothing* and *durable on
+/// success* are each store's own construction (see its docs), exercised by
+/// the end-to-end tests that SIGKILL runners at random moments.
 #[async_trait]
 pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// Where this store is, for messages and logs, e.g. `file:///var/lib/ckpt`.
@@ -44,8 +63,9 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Corrupt`] when the stored bytes fail verification (they
-    /// are left untouched); [`StoreError::Io`] when the store cannot be read.
+    /// [`StoreError::Corrupt`] when the stored bytes fail verification or
+    /// hold another job's checkpoint (they are left untouched);
+    /// [`StoreError::Io`] when the store cannot be read.
     async fn load(&self, key: &JobKey) -> Result<Option<Checkpoint>, StoreError>;
 
     /// Stores `checkpoint` under `checkpoint.job` if the stored version is `expected`.
@@ -54,13 +74,19 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// The store does not require `checkpoint.version` to be `expected + 1`
     /// (the runner always writes it so), but it records it as the new version.
     ///
+    /// A store may take a stored checkpoint of the same run
+    /// (`writer.run_id`) at exactly `checkpoint.version`, when that is
+    /// `expected + 1`, for this save's own earlier attempt whose answer was
+    /// lost, and replace it (the S3 store does; see its docs).
+    ///
     /// # Errors
     ///
     /// [`StoreError::Conflict`] when the stored version is not `expected`
     /// (someone else saved first: nothing was written); [`StoreError::Corrupt`]
     /// when the stored checkpoint cannot be read to compare (nothing was
-    /// written); [`StoreError::Io`] when the store cannot be reached, in which
-    /// case the old checkpoint is still whole.
+    /// written; see *Damaged entries* in the trait's contract);
+    /// [`StoreError::Io`] when the store cannot be reached, in which case the
+    /// old checkpoint is still whole.
     async fn save(&self, checkpoint: &Checkpoint, expected: Option<u64>) -> Result<(), StoreError>;
 
     /// Saves a checkpoint that covers no new work, with every promise of
@@ -69,6 +95,9 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// runs*, concurrently with the chunk, and to record the end of a run
     /// that cannot checkpoint where it stands (a failed flush), releasing
     /// the lease.
+    ///
+    /// It stores `checkpoint` as given and records its version, like a save:
+    /// the next save or renewal names that version.
     ///
     /// A store whose saves wait for or commit the chunks' own work (a save
     /// that commits the chunks' database transaction) must override it with
@@ -86,7 +115,14 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
         self.save(checkpoint, expected).await
     }
 
-    /// Every checkpoint in the store, unreadable ones included, in key order.
+    /// Every checkpoint in the store, once each, in key order, unreadable
+    /// ones included.
+    ///
+    /// A damaged entry never fails the whole list. A store that reads each
+    /// checkpoint to list it (file, memory) lists a damaged one as
+    /// [`Listing::Unreadable`]; a store that lists from metadata kept beside
+    /// the checkpoint (S3 object metadata, Postgres columns) may list it as
+    /// that metadata describes, and [`load`](Self::load) then refuses it.
     ///
     /// # Errors
     ///
@@ -98,7 +134,10 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// # Errors
     ///
     /// [`StoreError::NotFound`] when there is none; [`StoreError::Conflict`]
-    /// when the stored version differs (nothing was removed).
+    /// when the stored version differs (nothing was removed);
+    /// [`StoreError::Corrupt`] when the stored checkpoint cannot be read to
+    /// compare (nothing was removed; see *Damaged entries* in the trait's
+    /// contract); [`StoreError::Io`] when the store cannot be reached.
     async fn delete(&self, key: &JobKey, expected: u64) -> Result<(), StoreError>;
 }
 
@@ -108,7 +147,7 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
 pub enum Listing {
     /// A readable checkpoint.
     Checkpoint(Summary),
-    /// A checkpoint that is stored but fails verification.
+    /// A stored entry that fails verification, or holds another job's checkpoint.
     Unreadable {
         /// The job key, or the store's name for the entry when the key cannot be read.
         key: String,
