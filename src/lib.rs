@@ -84,7 +84,6 @@ mod job;
 mod key;
 mod policy;
 mod runner;
-mod session;
 mod shutdown;
 pub mod sink;
 pub mod store;

@@ -1,8 +1,19 @@
-//! The runner: its builder here, one run in `drive`.
+//! The runner: its builder here; one run ([`run::Run`]) in three phases,
+//! each in a file of its own: `start`, `chunks` (the loop) and `finish`.
+//! Beside them, what a run keeps track of: the stored checkpoint's side
+//! (`session`: versions, lease, history), stop requests (`interrupts`) and
+//! the grace period's `budget`, `progress` lines, and the platform's
+//! `identity` of the task.
 
-mod drive;
+mod budget;
+mod chunks;
+mod finish;
 mod identity;
+mod interrupts;
 mod progress;
+mod run;
+mod session;
+mod start;
 
 use std::future::Future;
 use std::sync::Arc;
