@@ -83,6 +83,7 @@ mod exit;
 mod job;
 mod key;
 mod policy;
+mod retry;
 mod runner;
 mod shutdown;
 pub mod sink;

@@ -15,6 +15,7 @@ use crate::checkpoint::Status;
 use crate::error::Error;
 use crate::exit::Outcome;
 use crate::job::Job;
+use crate::retry::Backoff;
 use crate::store::StoreError;
 
 impl<J: Job> Run<'_, J> {
@@ -62,8 +63,9 @@ impl<J: Job> Run<'_, J> {
     /// Flushes the job and saves the final checkpoint, releasing the lease.
     ///
     /// After a stop request both must be done by the end of the grace
-    /// period. Otherwise the flush takes as long as it takes, and transient
-    /// store errors are retried for up to the grace period.
+    /// period. Otherwise the flush takes as long as it takes. Transient store
+    /// errors are retried with backoff from 50 ms up to 2 s until the end of
+    /// the grace period (without a stop request: for as long as one).
     async fn save_final(&mut self, status: Status) -> Result<(), Error> {
         let retry_for = self.budget.grace;
         let deadline = self.interrupts.final_deadline();
@@ -92,7 +94,8 @@ impl<J: Job> Run<'_, J> {
             Err(_) => return Err(self.session.not_saved(timed_out(&self.session, "flush"))),
         }
         let deadline = deadline.unwrap_or_else(|| Instant::now() + retry_for);
-        let mut delay = Duration::from_millis(50);
+        let mut backoff =
+            Backoff::new(Duration::from_millis(50), Duration::from_secs(2)).until(deadline);
         loop {
             match timeout_at(
                 deadline,
@@ -103,12 +106,11 @@ impl<J: Job> Run<'_, J> {
             {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(Error::Store(e))) if e.is_transient() => {
-                    if Instant::now() + delay >= deadline {
+                    let Some(delay) = backoff.next_delay() else {
                         return Err(self.session.not_saved(e));
-                    }
+                    };
                     warn!(job = %self.session.key, error = %e, retry_in = ?delay, "final checkpoint failed; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 Ok(Err(e @ Error::Job { .. })) => {
                     release(&mut self.session, failed(&e), &self.interrupts, retry_for).await;

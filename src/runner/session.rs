@@ -13,6 +13,7 @@ use crate::codec::Codec;
 use crate::error::Error;
 use crate::job::Job;
 use crate::key::JobKey;
+use crate::retry::Backoff;
 
 use super::interrupts::Interrupts;
 
@@ -193,33 +194,29 @@ impl Session {
     }
 
     /// Marks the start of a run (and takes the lease, if any) with a first
-    /// save, retrying transient store errors for up to 30 s unless a stop is
+    /// save, retrying transient store errors with `backoff` unless a stop is
     /// requested first.
     pub(super) async fn begin<J: Job>(
         &mut self,
         cursor: &J::Cursor,
         state: &J::State,
         interrupts: &Interrupts,
+        mut backoff: Backoff,
     ) -> Result<(), Error> {
         self.totals.runs += 1;
         if self.lease_ttl.is_none() {
             return Ok(());
         }
-        let give_up = Instant::now() + Duration::from_secs(30);
-        let mut delay = Duration::from_millis(100);
         loop {
-            match self.save::<J>(cursor, state, Status::Running, false).await {
-                Err(Error::Store(e))
-                    if e.is_transient()
-                        && !interrupts.stop_requested()
-                        && Instant::now() + delay < give_up =>
-                {
-                    warn!(job = %self.key, error = %e, retry_in = ?delay, "cannot take the job's lease yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
+            let e = match self.save::<J>(cursor, state, Status::Running, false).await {
+                Err(Error::Store(e)) if e.is_transient() && !interrupts.stop_requested() => e,
                 other => return other,
-            }
+            };
+            let Some(delay) = backoff.next_delay() else {
+                return Err(e.into());
+            };
+            warn!(job = %self.key, error = %e, retry_in = ?delay, "cannot take the job's lease yet; retrying");
+            tokio::time::sleep(delay).await;
         }
     }
 

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::budget::Budget;
@@ -22,7 +21,15 @@ use crate::error::Error;
 use crate::exit::{Outcome, RunStats};
 use crate::job::Job;
 use crate::key::JobKey;
+use crate::retry::Backoff;
 use crate::store::{open_store, CheckpointStore};
+
+/// How the start retries a store that fails with transient errors, when
+/// loading the checkpoint and again when taking the lease: backoff from
+/// 100 ms up to 2 s, for up to 30 s.
+fn start_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(2)).within(Duration::from_secs(30))
+}
 
 /// How a start ended.
 pub(super) enum Started<'r, J: Job> {
@@ -153,32 +160,33 @@ async fn open(
     }
 }
 
-/// Loads the job's checkpoint, retrying transient store errors for up to
-/// 30 s (a store that restarts, throttles or is briefly unreachable). A stop
-/// request gives up at once: nothing was written yet.
+/// Loads the job's checkpoint, retrying transient store errors (a store
+/// that restarts, throttles or is briefly unreachable) with
+/// [`start_backoff`]. A stop request gives up at once: nothing was written
+/// yet.
 async fn load(
     store: &dyn CheckpointStore,
     key: &JobKey,
     interrupts: &Interrupts,
 ) -> Result<Step<Option<Checkpoint>>, Error> {
-    let give_up = Instant::now() + Duration::from_secs(30);
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = start_backoff();
     let stop = interrupts.stop_token();
     loop {
         let loaded = tokio::select! {
             loaded = store.load(key) => loaded,
             () = stop.cancelled() => return Ok(Step::Stopped),
         };
-        match loaded {
-            Err(e) if e.is_transient() && Instant::now() + delay < give_up => {
-                warn!(job = %key, error = %e, retry_in = ?delay, "cannot read the checkpoint yet; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = stop.cancelled() => return Ok(Step::Stopped),
-                }
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-            other => return Ok(Step::Done(other?)),
+        let e = match loaded {
+            Ok(loaded) => return Ok(Step::Done(loaded)),
+            Err(e) => e,
+        };
+        let Some(delay) = e.is_transient().then(|| backoff.next_delay()).flatten() else {
+            return Err(e.into());
+        };
+        warn!(job = %key, error = %e, retry_in = ?delay, "cannot read the checkpoint yet; retrying");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => return Ok(Step::Stopped),
         }
     }
 }
@@ -242,7 +250,7 @@ async fn take_lease<J: Job>(
 ) -> Result<Option<Outcome>, Error> {
     // Taking the lease is a write: let it land unless the drain deadline passes.
     let began = tokio::select! {
-        began = session.begin::<J>(cursor, state, interrupts) => Some(began),
+        began = session.begin::<J>(cursor, state, interrupts, start_backoff()) => Some(began),
         () = interrupts.abandon_point() => None,
     };
     match began {
