@@ -203,17 +203,20 @@ impl ChunkContext {
         self.cancel.cancelled().await;
     }
 
-    /// Runs `work` unless the chunk is cancelled first.
+    /// Runs `work` unless the chunk is cancelled first (through
+    /// [`CancellationToken::run_until_cancelled`]): when the chunk is already
+    /// cancelled, `work` is not polled at all; when `work` finishes in the
+    /// same poll as the cancellation comes, its output wins.
     ///
     /// # Errors
     ///
     /// [`Cancelled`] when cancellation came first; `work` is then dropped.
+    ///
+    /// # Cancel safety
+    ///
+    /// As cancel safe as `work`.
     pub async fn cancellable<F: Future>(&self, work: F) -> Result<F::Output, Cancelled> {
-        tokio::select! {
-            biased;
-            out = work => Ok(out),
-            () = self.cancel.cancelled() => Err(Cancelled),
-        }
+        self.cancel.run_until_cancelled(work).await.ok_or(Cancelled)
     }
 }
 
@@ -295,3 +298,42 @@ fn signal_group(pgid: i32, signal: i32) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("chunk cancelled at the drain deadline")]
 pub struct Cancelled;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn context() -> (ChunkContext, CancellationToken) {
+        let cancel = CancellationToken::new();
+        (
+            ChunkContext::new(cancel.clone(), CancellationToken::new()),
+            cancel,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancellable_runs_the_work_until_the_chunk_is_cancelled() {
+        let (ctx, cancel) = context();
+        assert_eq!(ctx.cancellable(async { 7 }).await, Ok(7));
+
+        let started = tokio::time::Instant::now();
+        let canceller = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cancel.cancel();
+        });
+        let slow = tokio::time::sleep(Duration::from_secs(60));
+        assert_eq!(ctx.cancellable(slow).await, Err(Cancelled));
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        canceller.await.unwrap();
+
+        let mut polled = false;
+        let work = std::future::poll_fn(|_| {
+            polled = true;
+            std::task::Poll::Ready(())
+        });
+        assert_eq!(ctx.cancellable(work).await, Err(Cancelled));
+        assert!(!polled, "work started after the chunk was cancelled");
+    }
+}

@@ -42,8 +42,11 @@ pub struct PostgresOptions {
     /// longer runs `SET LOCAL statement_timeout = …` in its transaction.
     pub statement_timeout: Option<Duration>,
     /// How long one store operation keeps retrying after connection errors
-    /// (default 10 s), with exponential backoff from [`retry_initial`](Self::retry_initial)
-    /// to [`retry_max`](Self::retry_max). `Duration::ZERO`: no retry.
+    /// (default 10 s), with exponential backoff and jitter from
+    /// [`retry_initial`](Self::retry_initial) up to [`retry_max`](Self::retry_max):
+    /// the first wait is `retry_initial`, each later one is drawn between
+    /// `retry_initial` and three times the previous wait. A wait that would
+    /// end past `retry_for` is not taken. `Duration::ZERO`: no retry.
     pub retry_for: Duration,
     /// The first backoff (default 100 ms).
     pub retry_initial: Duration,

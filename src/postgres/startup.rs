@@ -1,7 +1,5 @@
 //! Start-up: the first connection (with retries and a clear error), the
-//! migrations, and the backoff every retry loop of the crate uses.
-
-use std::time::Duration;
+//! migrations, and the backoff every retry loop of the store uses.
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
@@ -11,42 +9,14 @@ use tracing::{debug, warn};
 use crate::postgres::error::{is_transient, ConnectError};
 use crate::postgres::options::{quote_ident, PostgresOptions};
 use crate::postgres::sql::MIGRATIONS;
+use crate::retry::Backoff;
 
-/// Exponential backoff within a time budget.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    started: Instant,
-    delay: Duration,
-    max: Duration,
-    budget: Duration,
-    pub(crate) retries: u32,
-}
-
-impl Backoff {
-    pub(crate) fn new(options: &PostgresOptions) -> Self {
-        Self {
-            started: Instant::now(),
-            delay: options.retry_initial,
-            max: options.retry_max,
-            budget: options.retry_for,
-            retries: 0,
-        }
-    }
-
-    /// The next wait, or `None` when it would overrun the budget.
-    pub(crate) fn next_delay(&mut self) -> Option<Duration> {
-        if self.started.elapsed() + self.delay > self.budget {
-            return None;
-        }
-        let delay = self.delay;
-        self.delay = (self.delay * 2).min(self.max);
-        self.retries += 1;
-        Some(delay)
-    }
-
-    pub(crate) fn elapsed(&self) -> Duration {
-        self.started.elapsed()
-    }
+/// The backoff of one store operation or connection: from
+/// [`retry_initial`](PostgresOptions::retry_initial) up to
+/// [`retry_max`](PostgresOptions::retry_max), with jitter, for
+/// [`retry_for`](PostgresOptions::retry_for).
+pub(crate) fn retry_backoff(options: &PostgresOptions) -> Backoff {
+    Backoff::new(options.retry_initial, options.retry_max).within(options.retry_for)
 }
 
 /// A first connection to the server, retried on transient errors.
@@ -88,7 +58,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
 {
-    let mut backoff = Backoff::new(options);
+    let mut backoff = retry_backoff(options);
     loop {
         let error = match attempt().await {
             Ok(connected) => return Ok(connected),

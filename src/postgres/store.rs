@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use crate::postgres::error::{is_transient, ConnectError, Failure, PgError, TxError};
 use crate::postgres::options::{describe, parse_url, redact, PostgresOptions};
 use crate::postgres::sql::{Queries, SaveArgs};
-use crate::postgres::startup::{acquire_retrying, connect_retrying, migrate, Backoff};
+use crate::postgres::startup::{acquire_retrying, connect_retrying, migrate, retry_backoff};
 use crate::postgres::transaction::{SharedTransaction, TxShared};
 
 /// Checkpoints in PostgreSQL: one row per job in `spotbatch_checkpoints`, and
@@ -68,8 +68,8 @@ use crate::postgres::transaction::{SharedTransaction, TxShared};
 ///
 /// An operation that fails because the connection or the server went away
 /// (I/O errors, SQLSTATE class 08, `57P01`–`57P03`, pool timeouts, statement
-/// timeouts, serialization failures) is retried with exponential backoff for
-/// [`PostgresOptions::retry_for`]; a save retried after a lost reply that
+/// timeouts, serialization failures) is retried with exponential backoff and
+/// jitter for [`PostgresOptions::retry_for`]; a save retried after a lost reply that
 /// finds its own bytes stored counts as done. What still fails is a
 /// [`StoreError::Io`], which the runner treats as transient: it warns about a
 /// missed periodic checkpoint and goes on, and retries the final one until the
@@ -257,12 +257,12 @@ impl PostgresStore {
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
-        let mut backoff = Backoff::new(&self.inner.options);
+        let mut backoff = retry_backoff(&self.inner.options);
         loop {
-            let error = match attempt(backoff.retries).await {
+            let error = match attempt(backoff.retries()).await {
                 Ok(value) => {
-                    if backoff.retries > 0 {
-                        info!(store = %self.inner.location, key, operation, retries = backoff.retries, "store operation succeeded after retries");
+                    if backoff.retries() > 0 {
+                        info!(store = %self.inner.location, key, operation, retries = backoff.retries(), "store operation succeeded after retries");
                     }
                     return Ok(value);
                 }
@@ -274,7 +274,7 @@ impl PostgresStore {
                     warn!(store = %self.inner.location, key, operation, %error, retry_in = ?delay, "Postgres unavailable; retrying");
                     tokio::time::sleep(delay).await;
                 }
-                None if backoff.retries == 0 => {
+                None if backoff.retries() == 0 => {
                     return Err(self.io_error(key, operation, PgError::Sql(error)))
                 }
                 None => {

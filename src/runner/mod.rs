@@ -1,8 +1,19 @@
-//! The runner: its builder here, one run in `drive`.
+//! The runner: its builder here; one run ([`run::Run`]) in three phases,
+//! each in a file of its own: `start`, `chunks` (the loop) and `finish`.
+//! Beside them, what a run keeps track of: the stored checkpoint's side
+//! (`session`: versions, lease, history), stop requests (`interrupts`) and
+//! the grace period's `budget`, `progress` lines, and the platform's
+//! `identity` of the task.
 
-mod drive;
+mod budget;
+mod chunks;
+mod finish;
 mod identity;
+mod interrupts;
 mod progress;
+mod run;
+mod session;
+mod start;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -305,6 +316,13 @@ impl<J: Job> Runner<J> {
     /// Loads the job's checkpoint (or starts fresh), calls [`Job::resume`],
     /// then processes chunks, checkpointing per the policy and always at the
     /// end. Never panics on bad input: every failure is in the report.
+    ///
+    /// Transient store errors are retried with exponential backoff and
+    /// jitter: loading the checkpoint and taking the lease from 100 ms up to
+    /// 2 s for up to 30 s each (a stop request ends the wait at once), the
+    /// final checkpoint from 50 ms up to 2 s until the grace period ends (for
+    /// the length of a grace period when no stop was requested). A failed
+    /// periodic checkpoint is not retried: the next one covers it.
     pub async fn run(self) -> Report {
         let started = Instant::now();
         let codes = self.codes;

@@ -9,30 +9,82 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::info;
 
+use super::session::Session;
+
+/// A run's progress: items done over every run, the task that logs them,
+/// and the figures checkpoint lines carry.
+pub(super) struct Progress {
+    done: Arc<Counter>,
+    _reporter: Reporter,
+    /// When the run's chunks started: rates are measured from here.
+    started: Instant,
+    /// The job's size in items, if known.
+    total: Option<u64>,
+}
+
+impl Progress {
+    /// Starts counting from `done` items and logging every `every` (`None`: never).
+    pub(super) fn start(
+        job: String,
+        done: u64,
+        total: Option<u64>,
+        every: Option<Duration>,
+    ) -> Self {
+        let started = Instant::now();
+        let counter = Arc::new(Counter::default());
+        counter.set(done);
+        let reporter = Reporter::start(job, counter.clone(), total, every);
+        Self {
+            done: counter,
+            _reporter: reporter,
+            started,
+            total,
+        }
+    }
+
+    /// Sets the items done over every run.
+    pub(super) fn set(&self, done: u64) {
+        self.done.set(done);
+    }
+
+    /// Logs the checkpoint `session` just saved, with the rate of this
+    /// run's `items` and the job's progress.
+    pub(super) fn log_checkpoint(&self, session: &Session, items: u64) {
+        let secs = self.started.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 { items as f64 / secs } else { 0.0 };
+        let done = session.totals.items;
+        let progress = describe(done, self.total, rate);
+        info!(
+            job = %session.key,
+            version = session.stored.unwrap_or_default(),
+            chunks = session.totals.chunks,
+            items = done,
+            rate = format!("{rate:.0}/s"),
+            progress = progress.as_str(),
+            "checkpoint saved"
+        );
+    }
+}
+
 /// Items done, shared by the run loop (one relaxed store per chunk) and the
 /// task that logs.
 #[derive(Debug, Default)]
-pub(super) struct Counter(AtomicU64);
+struct Counter(AtomicU64);
 
 impl Counter {
-    pub(super) fn set(&self, items: u64) {
+    fn set(&self, items: u64) {
         self.0.store(items, Ordering::Relaxed);
     }
 }
 
 /// Logs progress every `every` until dropped.
-pub(super) struct Reporter {
+struct Reporter {
     task: Option<JoinHandle<()>>,
 }
 
 impl Reporter {
     /// `done` counts items over every run; `total` is the job's size, if known.
-    pub(super) fn start(
-        job: String,
-        done: Arc<Counter>,
-        total: Option<u64>,
-        every: Option<Duration>,
-    ) -> Self {
+    fn start(job: String, done: Arc<Counter>, total: Option<u64>, every: Option<Duration>) -> Self {
         let task = every.map(|every| {
             tokio::spawn(async move {
                 let mut last = (Instant::now(), done.0.load(Ordering::Relaxed));
@@ -70,7 +122,7 @@ impl Drop for Reporter {
 }
 
 /// `"45.2%, eta 310s"`, `"45.2%"` at a standstill, or `"unknown size"`.
-pub(super) fn describe(done: u64, total: Option<u64>, rate: f64) -> String {
+fn describe(done: u64, total: Option<u64>, rate: f64) -> String {
     let Some(total) = total else {
         return "unknown size".to_owned();
     };

@@ -11,6 +11,7 @@ use aws_sdk_s3::types::ServerSideEncryption as SdkSse;
 use aws_sdk_s3::Client;
 use tracing::{debug, warn};
 
+use crate::retry::Backoff;
 use crate::s3::builder::{S3StoreBuilder, ServerSideEncryption};
 use crate::s3::error::{classify, Failure, S3Error};
 use crate::s3::metadata;
@@ -47,7 +48,8 @@ const ROUNDS: u32 = 6;
 /// - `If-Match` on a missing object: `404` on AWS, `412` on some servers; both
 ///   give a conflict with `found: None`.
 /// - `409 ConditionalRequestConflict` (a concurrent request on the same key):
-///   the store waits a moment, re-reads and tries again (at most 6 requests).
+///   the store waits (from 50 ms up to 800 ms, with jitter), re-reads and
+///   tries again (at most 6 requests).
 /// - A request the SDK retried after it had in fact succeeded (the first
 ///   response was lost) finds its own bytes stored: that is a success, not a
 ///   conflict. Likewise, when a save of version `v + 1` failed with an error
@@ -438,11 +440,16 @@ impl S3Store {
     }
 }
 
-/// A short, jittered pause before retrying after a 409.
-async fn backoff(attempt: u32) {
-    let jitter = u64::from(uuid::Uuid::new_v4().as_fields().1 % 25);
-    let base = 25u64 << attempt.min(5);
-    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+/// The pauses before retrying after a 409: from 50 ms up to 800 ms, with jitter.
+fn conflict_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(50), Duration::from_millis(800))
+}
+
+/// Waits the next pause of `backoff`.
+async fn pause(backoff: &mut Backoff) {
+    if let Some(delay) = backoff.next_delay() {
+        tokio::time::sleep(delay).await;
+    }
 }
 
 #[async_trait]
@@ -479,7 +486,8 @@ impl CheckpointStore for S3Store {
                 return Ok(());
             }
         };
-        for attempt in 1..=ROUNDS {
+        let mut backoff = conflict_backoff();
+        for _ in 0..ROUNDS {
             match self.put(&object, checkpoint, &bytes, &condition).await {
                 Ok(etag) => {
                     self.remember(key, checkpoint.version, etag);
@@ -497,7 +505,7 @@ impl CheckpointStore for S3Store {
                 Err(refused) => {
                     debug!(job = %key, ?refused, ?condition, "conditional PutObject refused; re-reading");
                     if matches!(refused, Failure::Busy) {
-                        backoff(attempt).await;
+                        pause(&mut backoff).await;
                     }
                     match self.next_step(checkpoint, &bytes, expected).await? {
                         Step::Write(next) => condition = next,
@@ -528,7 +536,8 @@ impl CheckpointStore for S3Store {
             Some(etag) => etag,
             None => self.etag_to_delete(key, expected).await?,
         };
-        for attempt in 1..=ROUNDS {
+        let mut backoff = conflict_backoff();
+        for _ in 0..ROUNDS {
             let sent = self
                 .client
                 .delete_object()
@@ -546,7 +555,7 @@ impl CheckpointStore for S3Store {
                     Failure::Other(e) => return Err(self.io(key, "delete", e)),
                     refused => {
                         if matches!(refused, Failure::Busy) {
-                            backoff(attempt).await;
+                            pause(&mut backoff).await;
                         }
                         etag = self.etag_to_delete(key, expected).await?;
                     }

@@ -1,6 +1,6 @@
 //! The runner's side of the stored checkpoint: versions, encoding, lease, history.
 
-use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -13,7 +13,11 @@ use crate::codec::Codec;
 use crate::error::Error;
 use crate::job::Job;
 use crate::key::JobKey;
-use crate::shutdown::Interrupts;
+use crate::retry::Backoff;
+
+use super::interrupts::Interrupts;
+
+mod lease;
 use crate::store::{CheckpointStore, StoreError};
 
 /// What a save writes besides the envelope's fixed fields.
@@ -42,19 +46,19 @@ enum Write {
 }
 
 /// Everything a save needs besides the cursor and state, and what the last save wrote.
-pub(crate) struct Session<'a> {
-    store: &'a dyn CheckpointStore,
-    pub(crate) location: String,
-    pub(crate) key: &'a JobKey,
+pub(super) struct Session {
+    store: Arc<dyn CheckpointStore>,
+    pub(super) location: String,
+    pub(super) key: JobKey,
     codec: Codec,
     cursor_type: &'static str,
     schema: u32,
     writer: Writer,
     lease_ttl: Option<Duration>,
     /// The version in the store (`None`: nothing stored).
-    pub(crate) stored: Option<u64>,
+    pub(super) stored: Option<u64>,
     created_ms: u64,
-    pub(crate) totals: Counters,
+    pub(super) totals: Counters,
     run_chunks: u64,
     history: Vec<RunRecord>,
     /// What the last save wrote, for lease renewals and releases.
@@ -65,10 +69,10 @@ pub(crate) struct Session<'a> {
     unsure: bool,
 }
 
-impl<'a> Session<'a> {
-    pub(crate) fn new<J: Job>(
-        store: &'a dyn CheckpointStore,
-        key: &'a JobKey,
+impl Session {
+    pub(super) fn new<J: Job>(
+        store: Arc<dyn CheckpointStore>,
+        key: JobKey,
         codec: Codec,
         lease_ttl: Option<Duration>,
     ) -> Self {
@@ -94,7 +98,7 @@ impl<'a> Session<'a> {
     }
 
     /// Records the platform's name for this task as the writer's.
-    pub(crate) fn set_task(&mut self, task: String) {
+    pub(super) fn set_task(&mut self, task: String) {
         for run in &mut self.history {
             if run.run_id == self.writer.run_id {
                 run.task.clone_from(&task);
@@ -103,7 +107,7 @@ impl<'a> Session<'a> {
         self.writer.task = task;
     }
 
-    pub(crate) fn bad(&self, reason: CheckpointError) -> Error {
+    pub(super) fn bad(&self, reason: CheckpointError) -> Error {
         Error::BadCheckpoint {
             store: self.location.clone(),
             key: self.key.to_string(),
@@ -111,7 +115,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    pub(crate) fn not_saved(&self, source: StoreError) -> Error {
+    pub(super) fn not_saved(&self, source: StoreError) -> Error {
         Error::CheckpointNotSaved {
             store: self.location.clone(),
             key: self.key.to_string(),
@@ -122,12 +126,12 @@ impl<'a> Session<'a> {
 
     /// Refuses another job's checkpoint and, unless starting over, one of a
     /// changed cursor/state type or schema version.
-    pub(crate) fn check_belongs(
+    pub(super) fn check_belongs(
         &self,
         stored: &Checkpoint,
         check_types: bool,
     ) -> Result<(), Error> {
-        if stored.job != *self.key {
+        if stored.job != self.key {
             return Err(self.bad(CheckpointError::WrongJob {
                 expected: self.key.to_string(),
                 found: stored.job.to_string(),
@@ -144,35 +148,7 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Refuses to start while another live runner holds the job's lease.
-    pub(crate) fn check_lease(&self, stored: &Checkpoint) -> Result<(), Error> {
-        let Some(lease) = stored.lease else {
-            return Ok(());
-        };
-        let now = now_ms();
-        let holder = &stored.writer;
-        if lease.expires_ms <= now {
-            info!(
-                job = %self.key,
-                holder = %describe(holder),
-                expired_ms_ago = now - lease.expires_ms,
-                "taking the job over: the previous holder's lease expired"
-            );
-            return Ok(());
-        }
-        if holder.run_id == lease.owner && holder_is_gone(holder, &self.writer) {
-            info!(job = %self.key, holder = %describe(holder), "taking the job over: the previous holder's process is gone");
-            return Ok(());
-        }
-        Err(Error::Held {
-            store: self.location.clone(),
-            key: self.key.to_string(),
-            holder: describe(holder),
-            expires_in: Duration::from_millis(lease.expires_ms - now),
-        })
-    }
-
-    pub(crate) fn decode<J: Job>(
+    pub(super) fn decode<J: Job>(
         &self,
         stored: &Checkpoint,
     ) -> Result<(J::Cursor, J::State), Error> {
@@ -190,7 +166,7 @@ impl<'a> Session<'a> {
     /// Continues from a stored checkpoint: its version, and unless starting
     /// over, its creation time and counters. Keeps its run history, marking
     /// runs that never recorded an end as killed.
-    pub(crate) fn adopt(&mut self, stored: &Checkpoint, start_over: bool) {
+    pub(super) fn adopt(&mut self, stored: &Checkpoint, start_over: bool) {
         self.stored = Some(stored.version);
         if !start_over {
             self.created_ms = stored.created_ms;
@@ -211,45 +187,41 @@ impl<'a> Session<'a> {
     }
 
     /// Counts a finished chunk.
-    pub(crate) fn record_chunk(&mut self, items: u64) {
+    pub(super) fn record_chunk(&mut self, items: u64) {
         self.totals.chunks += 1;
         self.totals.items += items;
         self.run_chunks += 1;
     }
 
     /// Marks the start of a run (and takes the lease, if any) with a first
-    /// save, retrying transient store errors for up to 30 s unless a stop is
+    /// save, retrying transient store errors with `backoff` unless a stop is
     /// requested first.
-    pub(crate) async fn begin<J: Job>(
+    pub(super) async fn begin<J: Job>(
         &mut self,
         cursor: &J::Cursor,
         state: &J::State,
         interrupts: &Interrupts,
+        mut backoff: Backoff,
     ) -> Result<(), Error> {
         self.totals.runs += 1;
         if self.lease_ttl.is_none() {
             return Ok(());
         }
-        let give_up = Instant::now() + Duration::from_secs(30);
-        let mut delay = Duration::from_millis(100);
         loop {
-            match self.save::<J>(cursor, state, Status::Running, false).await {
-                Err(Error::Store(e))
-                    if e.is_transient()
-                        && !interrupts.stop_requested()
-                        && Instant::now() + delay < give_up =>
-                {
-                    warn!(job = %self.key, error = %e, retry_in = ?delay, "cannot take the job's lease yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
+            let e = match self.save::<J>(cursor, state, Status::Running, false).await {
+                Err(Error::Store(e)) if e.is_transient() && !interrupts.stop_requested() => e,
                 other => return other,
-            }
+            };
+            let Some(delay) = backoff.next_delay() else {
+                return Err(e.into());
+            };
+            warn!(job = %self.key, error = %e, retry_in = ?delay, "cannot take the job's lease yet; retrying");
+            tokio::time::sleep(delay).await;
         }
     }
 
     /// Saves a checkpoint. `end` releases the lease and records the run's end.
-    pub(crate) async fn save<J: Job>(
+    pub(super) async fn save<J: Job>(
         &mut self,
         cursor: &J::Cursor,
         state: &J::State,
@@ -275,7 +247,7 @@ impl<'a> Session<'a> {
     /// failed, or it failed before its first chunk): records `status` on the
     /// last saved cursor and state and releases the lease. Does nothing when
     /// this run saved nothing yet, and so holds no lease.
-    pub(crate) async fn release(&mut self, status: Status) -> Result<(), Error> {
+    pub(super) async fn release(&mut self, status: Status) -> Result<(), Error> {
         // Twice at most: the first attempt may find (and adopt) a write of
         // this run that landed late, whose cursor the release must carry.
         let mut attempts = 2;
@@ -298,13 +270,13 @@ impl<'a> Session<'a> {
     }
 
     /// When the lease must be renewed by, if the run holds one.
-    pub(crate) fn renew_at(&self) -> Option<Instant> {
+    pub(super) fn renew_at(&self) -> Option<Instant> {
         self.lease_ttl.map(|ttl| self.last_save + ttl / 3)
     }
 
     /// Renews the lease by saving again what the last save wrote (cursor,
     /// state and counters), through [`CheckpointStore::renew`].
-    pub(crate) async fn renew(&mut self) -> Result<(), Error> {
+    pub(super) async fn renew(&mut self) -> Result<(), Error> {
         self.reconcile().await;
         let Some(payload) = self.last.clone() else {
             return Ok(());
@@ -362,7 +334,7 @@ impl<'a> Session<'a> {
                 // retry inside the store conflicting with its own first
                 // attempt, whose answer was lost), or an earlier one that was
                 // cut off and landed late.
-                match self.store.load(self.key).await {
+                match self.store.load(&self.key).await {
                     Ok(Some(stored)) if stored == checkpoint => {}
                     Ok(Some(stored)) if self.adopt_own(&stored) => {
                         self.unsure = false;
@@ -411,14 +383,14 @@ impl<'a> Session<'a> {
     }
 }
 
-impl Session<'_> {
+impl Session {
     /// Settles a write whose outcome is unknown by asking the store. Stays
     /// unknown when the store cannot be read.
     async fn reconcile(&mut self) {
         if !self.unsure {
             return;
         }
-        if let Ok(stored) = self.store.load(self.key).await {
+        if let Ok(stored) = self.store.load(&self.key).await {
             self.unsure = false;
             if let Some(stored) = stored {
                 self.adopt_own(&stored);
@@ -452,29 +424,4 @@ impl Session<'_> {
         });
         true
     }
-}
-
-fn describe(w: &Writer) -> String {
-    let task = if w.task.is_empty() {
-        String::new()
-    } else {
-        format!(", task {}", w.task)
-    };
-    format!("host {}, pid {}, run {}{task}", w.host, w.pid, w.run_id)
-}
-
-/// Whether the lease holder is certainly dead: it ran on this host in our
-/// PID namespace, and its process is gone (or its pid is ours: a previous
-/// incarnation, e.g. PID 1 of a restarted container with the same name).
-/// Containers that share a host name but not a PID namespace (host
-/// networking) cannot see each other's processes: they wait for the lease.
-fn holder_is_gone(holder: &Writer, me: &Writer) -> bool {
-    let same_namespace = holder.pid_namespace != 0 && holder.pid_namespace == me.pid_namespace;
-    if holder.host != me.host || !same_namespace || holder.run_id == me.run_id {
-        return false;
-    }
-    if holder.pid == me.pid {
-        return true;
-    }
-    cfg!(target_os = "linux") && !Path::new("/proc").join(holder.pid.to_string()).exists()
 }

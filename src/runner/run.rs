@@ -1,0 +1,57 @@
+//! One run of a job, in three phases: [`start`](Run::start) (open the
+//! store, load and check the checkpoint, take the lease, resume the job),
+//! [`run_chunks`](Run::run_chunks) (drive the chunks, checkpoint, renew the
+//! lease) and [`finish`](Run::finish) (final flush and checkpoint, releasing
+//! the lease).
+
+use super::budget::Budget;
+use super::interrupts::Interrupts;
+use super::progress::Progress;
+use super::session::Session;
+use super::start::Started;
+use super::Runner;
+use crate::error::Error;
+use crate::exit::{Outcome, RunStats};
+use crate::job::Job;
+use crate::policy::CheckpointPolicy;
+
+/// What the phases of one run share, from the end of its start to its finish.
+pub(super) struct Run<'r, J: Job> {
+    pub(super) job: J,
+    /// Where the job stands: the start of the next chunk.
+    pub(super) cursor: J::Cursor,
+    /// The job's state as of `cursor`.
+    pub(super) state: J::State,
+    /// The stored checkpoint's side: versions, lease, history.
+    pub(super) session: Session,
+    /// Stop requests and the deadlines they set.
+    pub(super) interrupts: Interrupts,
+    pub(super) budget: Budget,
+    pub(super) policy: CheckpointPolicy,
+    /// Whether anything in the loop depends on the clock (a lease, or a
+    /// time-based policy): without, the loop reads no clock.
+    pub(super) timed: bool,
+    pub(super) progress: Progress,
+    /// What this run did, for its report (kept when it fails).
+    pub(super) stats: &'r mut RunStats,
+}
+
+impl<J: Job> Runner<J> {
+    /// One run: [`Run::start`], [`Run::run_chunks`], [`Run::finish`].
+    pub(super) async fn drive(self, stats: &mut RunStats) -> Result<Outcome, Error> {
+        let mut run = match Run::start(self, stats).await? {
+            Started::Ready(run) => *run,
+            Started::Ended(outcome) => return Ok(outcome),
+        };
+        let end = run.run_chunks().await?;
+        run.finish(end).await
+    }
+}
+
+impl<J: Job> Run<'_, J> {
+    /// Logs a checkpoint just saved, with the run's rate and the job's progress.
+    pub(super) fn log_checkpoint(&self) {
+        self.progress
+            .log_checkpoint(&self.session, self.stats.items);
+    }
+}

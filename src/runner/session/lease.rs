@@ -1,0 +1,66 @@
+//! Who may run the job: the stored checkpoint's lease, and when its holder
+//! is known to be gone.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tracing::info;
+
+use super::Session;
+use crate::checkpoint::{now_ms, Checkpoint, Writer};
+use crate::error::Error;
+
+impl Session {
+    /// Refuses to start while another live runner holds the job's lease.
+    pub(in crate::runner) fn check_lease(&self, stored: &Checkpoint) -> Result<(), Error> {
+        let Some(lease) = stored.lease else {
+            return Ok(());
+        };
+        let now = now_ms();
+        let holder = &stored.writer;
+        if lease.expires_ms <= now {
+            info!(
+                job = %self.key,
+                holder = %describe(holder),
+                expired_ms_ago = now - lease.expires_ms,
+                "taking the job over: the previous holder's lease expired"
+            );
+            return Ok(());
+        }
+        if holder.run_id == lease.owner && holder_is_gone(holder, &self.writer) {
+            info!(job = %self.key, holder = %describe(holder), "taking the job over: the previous holder's process is gone");
+            return Ok(());
+        }
+        Err(Error::Held {
+            store: self.location.clone(),
+            key: self.key.to_string(),
+            holder: describe(holder),
+            expires_in: Duration::from_millis(lease.expires_ms - now),
+        })
+    }
+}
+
+fn describe(w: &Writer) -> String {
+    let task = if w.task.is_empty() {
+        String::new()
+    } else {
+        format!(", task {}", w.task)
+    };
+    format!("host {}, pid {}, run {}{task}", w.host, w.pid, w.run_id)
+}
+
+/// Whether the lease holder is certainly dead: it ran on this host in our
+/// PID namespace, and its process is gone (or its pid is ours: a previous
+/// incarnation, e.g. PID 1 of a restarted container with the same name).
+/// Containers that share a host name but not a PID namespace (host
+/// networking) cannot see each other's processes: they wait for the lease.
+fn holder_is_gone(holder: &Writer, me: &Writer) -> bool {
+    let same_namespace = holder.pid_namespace != 0 && holder.pid_namespace == me.pid_namespace;
+    if holder.host != me.host || !same_namespace || holder.run_id == me.run_id {
+        return false;
+    }
+    if holder.pid == me.pid {
+        return true;
+    }
+    cfg!(target_os = "linux") && !Path::new("/proc").join(holder.pid.to_string()).exists()
+}
