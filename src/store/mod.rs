@@ -17,6 +17,22 @@ use crate::BoxError;
 
 /// Where checkpoints are kept: one checkpoint per job key.
 ///
+/// The runner is this trait's main user; operators' code can read a store
+/// too (the `spotbatch` command does):
+///
+/// ```no_run
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use spotbatch::{open_store, JobKey};
+///
+/// // Where does the job "squares" stand?
+/// let store = open_store("file://.spotbatch").await?;
+/// if let Some(checkpoint) = store.load(&JobKey::new("squares")?).await? {
+///     let next: u64 = checkpoint.codec.decode(&checkpoint.cursor)?;
+///     println!("version {}, {}, next record {next}", checkpoint.version, checkpoint.status);
+/// }
+/// # Ok(()) }
+/// ```
+///
 /// # Contract
 ///
 /// Every implementation keeps these promises:
