@@ -118,7 +118,7 @@ fn main() {
     let server = rt.block_on(bench.finish());
 
     println!(
-        "spotbatch-postgres latency, {}: {} cores, {server}, schema {}, {}-byte envelope\n",
+        "PostgresStore latency (feature postgres), {}: {} cores, {server}, schema {}, {}-byte envelope\n",
         mode.describe(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         bench.schema,

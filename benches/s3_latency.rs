@@ -91,7 +91,7 @@ fn main() {
     rt.block_on(clean_up(&store));
 
     println!(
-        "spotbatch-s3 latency, {}: {} cores, server {endpoint}, bucket {}, {envelope}-byte envelope\n",
+        "S3Store latency (feature s3), {}: {} cores, server {endpoint}, bucket {}, {envelope}-byte envelope\n",
         mode.describe(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         store.bucket(),

@@ -24,6 +24,20 @@
 //!
 //! The envelope layout is written by hand, not by the cursor codec, so the
 //! codec can change without making stored checkpoints unreadable.
+//!
+//! ```
+//! use spotbatch::checkpoint::{Checkpoint, Writer};
+//! use spotbatch::JobKey;
+//!
+//! let checkpoint = Checkpoint::new(JobKey::new("nightly")?, Writer::this_process());
+//! let mut bytes = checkpoint.encode();
+//! assert_eq!(&bytes[..8], b"SPOTBKPT");
+//! assert_eq!(Checkpoint::decode(&bytes)?, checkpoint);
+//!
+//! bytes[20] ^= 1; // one flipped bit in the body
+//! assert!(Checkpoint::decode(&bytes).is_err()); // refused: the CRC-32 does not match
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};

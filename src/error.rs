@@ -13,7 +13,9 @@ pub enum Error {
     /// The job returned an error.
     #[error("job failed during {during}: {source}")]
     Job {
-        /// What the runner was asking the job to do, e.g. `process (chunk 17)`.
+        /// What the runner was asking the job to do: `resume`,
+        /// `next_chunk at cursor 1000`, `process (chunk from cursor 1000)`
+        /// or `flush` (cursors as their `Debug` form).
         during: String,
         /// The job's error.
         source: BoxError,
@@ -63,7 +65,9 @@ pub enum Error {
         /// Until the lease expires, unless renewed.
         expires_in: std::time::Duration,
     },
-    /// The runner was set up wrongly (bad key, bad URL, bad durations).
+    /// The runner was set up wrongly: a bad job key; a store URL that is
+    /// malformed or whose scheme's feature is off; a bad `SPOTBATCH_S3_*`
+    /// value; bad durations; signal handlers that cannot be installed.
     #[error("bad configuration: {0}")]
     Config(String),
     /// The store a URL names could not be opened although the URL is well

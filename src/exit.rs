@@ -6,39 +6,41 @@ use std::time::Duration;
 use crate::error::{Error, FailureKind};
 use crate::shutdown::InterruptSource;
 
-/// Process exit codes for each way a run can end.
+/// Process exit codes for each way a run can end, one field per outcome.
 ///
-/// | field | default | when |
-/// |---|---|---|
-/// | `completed` | 0 | the job finished (now or in an earlier run) |
-/// | `interrupted` | 0 | stopped on request; the final checkpoint was saved; resume me |
-/// | `failed` | 1 | the job returned an error (its checkpoint is at the last finished chunk) |
-/// | `conflict` | 73 | another runner holds the job's live lease, or advanced the job: this one wrote nothing more |
-/// | `bad_checkpoint` | 65 | the stored checkpoint is corrupt, truncated, another job's or of a changed type |
-/// | `bad_config` | 78 | bad key, URL, durations, or signal handlers could not be installed |
-/// | `checkpoint_not_saved` | 69 | the final checkpoint could not be saved in time |
+/// The defaults are the conventional codes (`sysexits.h` where one fits).
+/// Which outcome gets which code, and the retry rules AWS Batch and
+/// Kubernetes need with `interrupted` set to [`ExitCodes::RETRY_ME`]:
+/// [shutdown and exit codes][guide].
 ///
-/// ECS reads any exit after SIGTERM the same way, so `interrupted` is 0 by
-/// default. AWS Batch and Kubernetes Jobs treat 0 as success and never run
-/// the job again: set `interrupted` to 75 ([`ExitCodes::RETRY_ME`]) and retry
-/// on it (Batch `retryStrategy.evaluateOnExit` with `onExitCode: "75"`,
-/// Kubernetes `podFailurePolicy` with `onExitCodes: [75]` and `action: Ignore`).
+/// ```
+/// use spotbatch::ExitCodes;
+///
+/// let mut codes = ExitCodes::default();
+/// codes.interrupted = ExitCodes::RETRY_ME; // what Runner::interrupted_exit_code(75) sets
+/// assert_eq!((codes.completed, codes.interrupted, codes.failed), (0, 75, 1));
+/// ```
+///
+/// [guide]: https://github.com/spotbatch/spotbatch/blob/main/docs/shutdown.md#exit-codes
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitCodes {
-    /// The job is complete.
+    /// The job is complete, now or in an earlier run. Default 0.
     pub completed: u8,
-    /// Stopped on request, final checkpoint saved.
+    /// Stopped on request with the final checkpoint saved: resume me.
+    /// Default 0; [`ExitCodes::RETRY_ME`] where the platform retries by exit code.
     pub interrupted: u8,
-    /// The job failed.
+    /// The job's error, a store error, or a store that could not be opened. Default 1.
     pub failed: u8,
-    /// Another runner holds the job, or fenced this one off.
+    /// Another runner holds the job's live lease, or advanced the job: this
+    /// one wrote nothing more. Default 73.
     pub conflict: u8,
-    /// The stored checkpoint is unusable.
+    /// The stored checkpoint is corrupt, truncated, another job's or of a
+    /// changed type. Default 65.
     pub bad_checkpoint: u8,
-    /// Bad configuration.
+    /// Bad configuration ([`Error::Config`]). Default 78.
     pub bad_config: u8,
-    /// The final checkpoint was not saved.
+    /// The final checkpoint could not be saved in time. Default 69.
     pub checkpoint_not_saved: u8,
 }
 

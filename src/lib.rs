@@ -8,24 +8,19 @@
 //! ```no_run
 //! use spotbatch::prelude::*;
 //!
-//! struct Squares {
-//!     records: u64,
-//!     out: FileSink,
-//! }
+//! struct Squares { records: u64, out: FileSink }
 //!
 //! #[async_trait]
 //! impl Job for Squares {
 //!     type Cursor = u64; // the next record to do
-//!     type State = u64; // bytes of output the cursor covers
+//!     type State = u64;  // bytes of output the cursor covers
 //!
 //!     async fn resume(&mut self, _next: &u64, out_len: &u64) -> Result<()> {
 //!         Ok(self.out.truncate(*out_len).await?) // cut what a killed run wrote past the checkpoint
 //!     }
-//!
 //!     async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>> {
 //!         Ok((*at < self.records).then(|| Chunk::between(*at, (*at + 1000).min(self.records))))
 //!     }
-//!
 //!     async fn process(&mut self, chunk: &Chunk<u64>, out_len: &mut u64, _: &ChunkContext) -> Result<()> {
 //!         for i in chunk.range() {
 //!             self.out.write_line(&(i * i).to_string()).await?;
@@ -33,24 +28,27 @@
 //!         *out_len = self.out.len();
 //!         Ok(())
 //!     }
-//!
 //!     async fn flush(&mut self) -> Result<()> {
-//!         Ok(self.out.flush().await?)
+//!         Ok(self.out.flush().await?) // runs before every checkpoint
 //!     }
 //! }
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<std::process::ExitCode> {
+//!     tracing_subscriber::fmt().init(); // the runner's log lines, info and above
 //!     let job = Squares { records: 1_000_000, out: FileSink::open("squares.txt").await? };
 //!     let report = Runner::new("squares", job)
-//!         .store_url("file://.spotbatch")
+//!         .store_url(std::env::var("SPOTBATCH_STORE").unwrap_or_else(|_| "file://.spotbatch".into()))
 //!         .checkpoint(Every::chunks(100).or_seconds(5))
-//!         .grace_secs(110)
+//!         .grace_secs(110) // ECS stopTimeout 120, minus a margin
 //!         .run()
 //!         .await;
 //!     Ok(report.exit_code())
 //! }
 //! ```
+//!
+//! It logs through `tracing` (here to stdout, with `tracing-subscriber`) and
+//! takes its store from `SPOTBATCH_STORE` ([stores][stores]).
 //!
 //! # Modules
 //!
@@ -74,7 +72,18 @@
 //! | `aws` | `spotbatch::aws`: EC2 Spot notices through the AWS SDK's IMDS client, the ECS task ARN recorded as the checkpoints' writer (aws-config, hyper) |
 //! | `conformance` | `spotbatch::conformance`: the suite every store passes, for stores written elsewhere |
 //!
-//! See the README for the guarantees, the shutdown table and exit codes.
+//! # The guide
+//!
+//! The [README][readme] states the guarantees; the guide, in reading order:
+//! [writing a job][jobs], [shutdown and exit codes][shutdown],
+//! [stores][stores], [deploying][deploying], [the `spotbatch` command][cli].
+//!
+//! [readme]: https://github.com/spotbatch/spotbatch/blob/main/README.md
+//! [jobs]: https://github.com/spotbatch/spotbatch/blob/main/docs/jobs.md
+//! [shutdown]: https://github.com/spotbatch/spotbatch/blob/main/docs/shutdown.md
+//! [stores]: https://github.com/spotbatch/spotbatch/blob/main/docs/stores.md
+//! [deploying]: https://github.com/spotbatch/spotbatch/blob/main/docs/deploying.md
+//! [cli]: https://github.com/spotbatch/spotbatch/blob/main/docs/cli.md
 
 pub mod checkpoint;
 mod codec;

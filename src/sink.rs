@@ -1,4 +1,26 @@
 //! Output files whose length rides in the checkpoint, for exactly-once file output.
+//!
+//! ```
+//! use spotbatch::sink::FileSink;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("out.txt");
+//! let mut out = FileSink::open(&path).await?;
+//! out.write_line("covered by the checkpoint").await?;
+//! out.flush().await?; // in Job::flush, before the checkpoint is saved
+//! let checkpointed = out.len(); // in the job's state, saved with the checkpoint
+//!
+//! out.write_line("written after it, then the process was killed").await?;
+//! out.flush().await?;
+//!
+//! // The next run, in Job::resume:
+//! let mut out = FileSink::open(&path).await?;
+//! out.truncate(checkpointed).await?;
+//! assert_eq!(std::fs::read_to_string(&path)?, "covered by the checkpoint\n");
+//! # Ok(()) }
+//! ```
 
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -11,7 +11,8 @@
 //!   30 s, `terminationGracePeriodSeconds`), and within a few seconds of it;
 //! - ECS `stopTimeout` is at most 120 s (the Fargate maximum), and the
 //!   Terraform's `stop_timeout` is the task definition's;
-//! - the Dockerfile's ENTRYPOINT is exec form, so the job gets SIGTERM;
+//! - the Dockerfile builds the job with the `s3` feature, and its ENTRYPOINT
+//!   is exec form, so the job gets SIGTERM;
 //! - every command line in the kit is accepted by the quickstart's own flags.
 
 // Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
@@ -338,6 +339,34 @@ fn dockerfile_entrypoint_is_exec_form_and_runs_as_non_root() {
             "deploy/Dockerfile: `cargo build` without {needed}"
         );
     }
+    // Every file in the kit names an s3:// store, which a build without the
+    // `s3` feature refuses (exit 78): the image's default build has it.
+    let features = build
+        .1
+        .split_once("--features")
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .next()
+                .unwrap_or("")
+                .trim_matches('"')
+        })
+        .expect("deploy/Dockerfile: `cargo build` without --features (the kit's stores are s3://)");
+    let features = match features
+        .strip_prefix("${")
+        .and_then(|f| f.strip_suffix('}'))
+    {
+        Some(arg) => instructions
+            .iter()
+            .filter(|(k, _)| k == "ARG")
+            .find_map(|(_, a)| a.strip_prefix(&format!("{arg}=")))
+            .unwrap_or_else(|| panic!("deploy/Dockerfile: no default for ARG {arg}"))
+            .trim_matches('"'),
+        None => features,
+    };
+    assert!(
+        features.split([',', ' ']).any(|f| f == "s3"),
+        "deploy/Dockerfile: builds with features {features:?}, without s3"
+    );
 
     let entrypoints: Vec<&String> = last_stage
         .iter()
@@ -698,13 +727,17 @@ fn batch_retries_exactly_the_interrupted_exit_code() {
         "EXIT",
         "deploy/{FILE}: the last rule is not EXIT"
     );
+    // AWS's documented catch-all ("Automated job retries", AWS Batch User
+    // Guide): `onReason: "*"`, which also matches a failure with no exit code.
+    // docs/shutdown.md shows the same form.
     let conditions: Vec<&str> = ["onExitCode", "onReason", "onStatusReason"]
         .into_iter()
         .filter(|k| last.get(*k).is_some())
         .collect();
     assert!(
-        conditions.len() == 1 && text(last, conditions[0]).as_deref() == Some("*"),
-        "deploy/{FILE}: the last rule {last} is not a catch-all (without one, unmatched failures are retried)"
+        conditions == ["onReason"] && text(last, "onReason").as_deref() == Some("*"),
+        "deploy/{FILE}: the last rule {last} is not the catch-all {{\"onReason\": \"*\", \"action\": \"EXIT\"}} \
+         (without one, unmatched failures are retried)"
     );
 
     let c = at(FILE, &jd, &["containerProperties"]);
@@ -879,4 +912,42 @@ fn every_grace_in_the_kit_is_under_its_platforms_stop_timeout() {
         assert_grace_fits(file, args, stop, platform);
     }
     assert!(ecs_stop <= FARGATE_MAX_STOP_TIMEOUT);
+}
+
+// ---------------------------------------------------------------------------
+// The guide
+// ---------------------------------------------------------------------------
+
+/// The body of the first fenced block of `info` in `docs/shutdown.md`.
+fn guide_block(info: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/shutdown.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let fence = format!("```{info}\n");
+    let start = text
+        .find(&fence)
+        .unwrap_or_else(|| panic!("docs/shutdown.md: no ```{info} block"))
+        + fence.len();
+    let len = text[start..].find("```").expect("an unclosed block");
+    text[start..start + len].to_owned()
+}
+
+/// The retry rules the guide shows are the ones the kit uses, so that there
+/// is one form of each.
+#[test]
+fn the_guide_shows_the_kits_retry_rules() {
+    let batch: Value = serde_json::from_str(&format!("{{{}}}", guide_block("json")))
+        .unwrap_or_else(|e| panic!("docs/shutdown.md: the json block: {e}"));
+    assert_eq!(
+        batch["retryStrategy"],
+        json("batch/job-definition.json")["retryStrategy"],
+        "docs/shutdown.md and deploy/batch/job-definition.json show different retry strategies"
+    );
+
+    let kubernetes = parse_yaml(&guide_block("yaml"))
+        .unwrap_or_else(|e| panic!("docs/shutdown.md: the yaml block: {e}"));
+    assert_eq!(
+        kubernetes["podFailurePolicy"],
+        yaml("kubernetes/job.yaml")["spec"]["podFailurePolicy"],
+        "docs/shutdown.md and deploy/kubernetes/job.yaml show different pod failure policies"
+    );
 }

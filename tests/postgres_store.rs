@@ -264,17 +264,17 @@ async fn run_history_rows_are_written_with_each_save() {
         ]
     );
 
-    // The README's query: interruptions and work lost per job, in one statement.
-    let query = include_str!("../README.md")
+    // The guide's query: interruptions and work lost per job, in one statement.
+    let query = include_str!("../docs/stores.md")
         .split("```sql")
         .nth(2)
         .and_then(|s| s.split("```").next())
-        .expect("the README's second sql block");
+        .expect("the second sql block of docs/stores.md");
     let query = query.replace("spotbatch_runs", &format!("\"{schema}\".spotbatch_runs"));
     let row = sqlx::query(sqlx::AssertSqlSafe(query))
         .fetch_one(&pool)
         .await
-        .expect("README query");
+        .expect("the query of docs/stores.md");
     assert_eq!(row.get::<String, _>("job_key"), "history-job");
     assert_eq!(row.get::<i64, _>("runs"), 2);
     assert_eq!(row.get::<i64, _>("interrupted"), 1);

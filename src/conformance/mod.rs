@@ -12,6 +12,35 @@
 //! no keys under `conformance/` (a fresh directory, bucket prefix or schema)
 //! and leaves its keys behind, damaged ones included.
 //!
+//! ```
+//! use std::sync::Arc;
+//! use spotbatch::conformance::{run_all, Capabilities, Corrupter};
+//! use spotbatch::{BoxError, JobKey, MemoryStore};
+//!
+//! /// Damages the store's entries from outside it.
+//! struct Raw(MemoryStore);
+//!
+//! #[spotbatch::async_trait]
+//! impl Corrupter for Raw {
+//!     async fn stored(&self, key: &JobKey) -> Result<Option<Vec<u8>>, BoxError> {
+//!         Ok(self.0.raw(key))
+//!     }
+//!     async fn overwrite(&self, key: &JobKey, bytes: &[u8]) -> Result<(), BoxError> {
+//!         self.0.put_raw(key, bytes.to_vec());
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // The body of a store's `#[tokio::test]`: a fresh store, then every case.
+//! let store = MemoryStore::new(); // clones share their contents
+//! let raw = Raw(store.clone());
+//! let skipped = run_all(Arc::new(store), Capabilities::new().corrupter(&raw)).await;
+//! assert!(skipped.is_empty(), "{skipped:?}");
+//! # }
+//! ```
+//!
 //! # What it checks
 //!
 //! | promise of [`CheckpointStore`] | case |

@@ -16,7 +16,7 @@
 //!
 //! # async fn f() -> Result<std::process::ExitCode> {
 //! // Creates the schema and applies migrations/ if needed.
-//! let store = PostgresStore::connect(&std::env::var("DATABASE_URL")?).await?;
+//! let store = PostgresStore::connect(&std::env::var("SPOTBATCH_STORE")?).await?;
 //! let report = Runner::new("nightly-etl", MyJob)
 //!     .store(store)
 //!     .grace_secs(110)

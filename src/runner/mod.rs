@@ -83,16 +83,18 @@ impl StoreSpec {
 ///
 /// # Shutdown
 ///
-/// | event | what the runner does |
-/// |---|---|
-/// | first SIGTERM/SIGINT (or other stop request) | starts no new chunk; lets the chunk in hand finish until the drain deadline (grace − reserve); flushes; writes the final checkpoint; returns [`Outcome::Interrupted`] |
-/// | chunk still running at the drain deadline | cancels it through [`ChunkContext`](crate::ChunkContext); drops it if it has not returned shortly after; the checkpoint stays at the last finished chunk |
-/// | second SIGTERM/SIGINT | skips the drain: cancels the chunk in hand at once, checkpoints what is finished, returns |
-/// | final checkpoint cannot be saved by the end of the grace period | returns [`Error::CheckpointNotSaved`] (exit code `checkpoint_not_saved`), naming the version the next run resumes from |
-/// | SIGKILL (grace exceeded, OOM, host loss) | nothing runs; the store keeps the last checkpoint, whole; the next run redoes the chunks since it |
+/// On the first stop request (SIGTERM, SIGINT, or another [`StopSource`])
+/// the runner starts no new chunk, lets the chunk in hand finish until the
+/// drain deadline, flushes, saves the final checkpoint and returns
+/// [`Outcome::Interrupted`]; a second request skips the drain. What happens in
+/// every other case (a chunk past the deadline, a checkpoint that cannot be
+/// saved, SIGKILL), and the exit codes: [shutdown and exit codes][guide].
 ///
 /// Signal handlers are installed when [`run`](Self::run) starts, before the
-/// first chunk, and stay installed after it returns (tokio cannot remove them).
+/// store is opened and the first chunk runs, and stay installed after it
+/// returns (tokio cannot remove them).
+///
+/// [guide]: https://github.com/spotbatch/spotbatch/blob/main/docs/shutdown.md
 #[must_use = "a runner does nothing until `.run().await`"]
 pub struct Runner<J: Job> {
     key: String,

@@ -28,17 +28,12 @@
 //! ```
 //!
 //! For an S3-compatible server (MinIO, Ceph, SeaweedFS), set the endpoint and
-//! path-style addressing in code ([`S3StoreBuilder`]) or in the environment:
+//! path-style addressing in code ([`S3StoreBuilder`]) or in the environment
+//! ([the variables][guide]). [`S3Store`] states the compare-and-swap
+//! protocol, key encoding and error mapping; the guide has the IAM policy
+//! the store needs.
 //!
-//! ```text
-//! AWS_ENDPOINT_URL_S3=http://127.0.0.1:9000   # or AWS_ENDPOINT_URL, read by the AWS SDK itself
-//! SPOTBATCH_S3_FORCE_PATH_STYLE=true
-//! SPOTBATCH_S3_SSE=aws:kms                    # optional: AES256 (SSE-S3) or aws:kms (SSE-KMS)
-//! SPOTBATCH_S3_SSE_KMS_KEY_ID=alias/batch     # optional, with aws:kms
-//! ```
-//!
-//! See [`S3Store`] for the compare-and-swap protocol, key encoding, error
-//! mapping and the IAM permissions it needs.
+//! [guide]: https://github.com/spotbatch/spotbatch/blob/main/docs/stores.md#s3-feature-s3
 //!
 //! # Features
 //!

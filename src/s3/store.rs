@@ -91,9 +91,8 @@ const ROUNDS: u32 = 6;
 ///
 /// # Permissions
 ///
-/// `s3:GetObject`, `s3:PutObject` and `s3:DeleteObject` on
-/// `arn:aws:s3:::BUCKET/PREFIX*`, and `s3:ListBucket` on the bucket (for
-/// `list`, and so that a missing object reads as 404 rather than 403).
+/// `s3:GetObject`, `s3:PutObject`, `s3:DeleteObject` and `s3:ListBucket`
+/// under the prefix: [the IAM policy](https://github.com/spotbatch/spotbatch/blob/main/docs/stores.md#iam-permissions).
 #[derive(Clone)]
 pub struct S3Store {
     client: Client,

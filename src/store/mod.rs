@@ -1,4 +1,40 @@
 //! Checkpoint stores: where checkpoints live, and the contract every store keeps.
+//!
+//! A job names its store by URL ([`open_store`],
+//! [`Runner::store_url`](crate::Runner::store_url)) or hands the runner a
+//! store it built. A [`MemoryStore`] keeps a test's checkpoints where the
+//! test can read them:
+//!
+//! ```
+//! use spotbatch::prelude::*;
+//! use spotbatch::store::{CheckpointStore, MemoryStore};
+//! use spotbatch::JobKey;
+//!
+//! struct Count;
+//!
+//! #[async_trait]
+//! impl Job for Count {
+//!     type Cursor = u64;
+//!     type State = ();
+//!
+//!     async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>> {
+//!         Ok((*at < 10).then(|| Chunk::between(*at, *at + 1)))
+//!     }
+//!     async fn process(&mut self, _: &Chunk<u64>, _: &mut (), _: &ChunkContext) -> Result<()> {
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<()> {
+//! let store = MemoryStore::new(); // clones share their contents
+//! let report = Runner::new("count", Count).store(store.clone()).signals(&[]).run().await;
+//! assert_eq!(report.code(), 0);
+//!
+//! let saved = store.load(&JobKey::new("count")?).await?.ok_or("no checkpoint")?;
+//! assert_eq!((saved.status.name(), saved.counters.chunks), ("completed", 10));
+//! # Ok(()) }
+//! ```
 
 mod file;
 mod memory;
@@ -16,6 +52,22 @@ use crate::key::JobKey;
 use crate::BoxError;
 
 /// Where checkpoints are kept: one checkpoint per job key.
+///
+/// The runner is this trait's main user; operators' code can read a store
+/// too (the `spotbatch` command does):
+///
+/// ```no_run
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use spotbatch::{open_store, JobKey};
+///
+/// // Where does the job "squares" stand?
+/// let store = open_store("file://.spotbatch").await?;
+/// if let Some(checkpoint) = store.load(&JobKey::new("squares")?).await? {
+///     let next: u64 = checkpoint.codec.decode(&checkpoint.cursor)?;
+///     println!("version {}, {}, next record {next}", checkpoint.version, checkpoint.status);
+/// }
+/// # Ok(()) }
+/// ```
 ///
 /// # Contract
 ///

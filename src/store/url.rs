@@ -27,6 +27,17 @@ use crate::error::Error;
 ///
 /// Percent-encoded bytes in a `file://` path are decoded (`%20` is a space).
 ///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), spotbatch::Error> {
+/// let store = spotbatch::open_store("memory://").await?;
+/// assert_eq!(store.location(), "memory://");
+///
+/// let refused = spotbatch::open_store("ftp://host/ckpt").await;
+/// assert!(matches!(refused, Err(spotbatch::Error::Config(_))));
+/// # Ok(()) }
+/// ```
+///
 /// # Errors
 ///
 /// - [`Error::Config`] naming the URL (any password shown as `***`) and what

@@ -1,7 +1,7 @@
 //! `spotbatch`: inspect and edit checkpoints in any store, and test a job
 //! against Spot-style interruptions.
 //!
-//! See `spotbatch --help` and the crate's README.
+//! See `spotbatch --help` and the guide, `docs/cli.md`.
 
 mod edit;
 mod error;
