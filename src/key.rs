@@ -81,14 +81,36 @@ impl JobKey {
         let digest = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, self.0.as_bytes());
         format!("{}~{}", &out[..cut], digest.simple())
     }
+
+    /// The key as log lines show it: whole up to [`SHOWN`] characters, longer
+    /// ones cut there and completed with `…` and their length in bytes
+    /// (`etl/aaaa…(1024 bytes)`), so that one long key cannot flood a log.
+    pub(crate) fn short(&self) -> impl fmt::Display + '_ {
+        short(&self.0)
+    }
+}
+
+/// How many characters of a long key log lines and [`InvalidKey`] show.
+const SHOWN: usize = 64;
+
+/// `key` as log lines show it (see [`JobKey::short`]), for keys not yet checked.
+pub(crate) fn short(key: &str) -> impl fmt::Display + '_ {
+    Short(key)
+}
+
+struct Short<'a>(&'a str);
+
+impl fmt::Display for Short<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(SHOWN) {
+            Some((cut, _)) => write!(f, "{}…({} bytes)", &self.0[..cut], self.0.len()),
+            None => f.write_str(self.0),
+        }
+    }
 }
 
 fn shorten(key: &str) -> String {
-    const SHOWN: usize = 64;
-    match key.char_indices().nth(SHOWN) {
-        Some((cut, _)) => format!("{}…", &key[..cut]),
-        None => key.to_owned(),
-    }
+    Short(key).to_string()
 }
 
 impl fmt::Display for JobKey {
@@ -170,5 +192,21 @@ mod tests {
         let control = JobKey::new("a\nb").unwrap_err();
         assert!(control.to_string().contains("control"), "{control}");
         assert!(JobKey::new("nul\0").is_err());
+    }
+
+    #[test]
+    fn log_lines_cut_long_keys() {
+        let key = JobKey::new("k".repeat(JobKey::MAX_LEN)).unwrap();
+        assert_eq!(
+            key.short().to_string(),
+            format!("{}…(1024 bytes)", "k".repeat(64))
+        );
+        let key = JobKey::new("é".repeat(64)).unwrap();
+        assert_eq!(key.short().to_string(), "é".repeat(64));
+        let key = JobKey::new("é".repeat(65)).unwrap();
+        assert_eq!(
+            key.short().to_string(),
+            format!("{}…(130 bytes)", "é".repeat(64))
+        );
     }
 }

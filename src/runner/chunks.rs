@@ -80,7 +80,7 @@ impl<J: Job> Run<'_, J> {
                 ChunkResult::Done(Err(_)) | ChunkResult::Dropped => {
                     self.state = rollback;
                     self.stats.abandoned_chunk = true;
-                    warn!(job = %self.session.key, cursor = ?chunk.start(), "chunk abandoned; the checkpoint stays at the last finished chunk");
+                    warn!(job = %self.session.key.short(), cursor = ?chunk.start(), "chunk abandoned; the checkpoint stays at the last finished chunk");
                     return Ok(End::Interrupted);
                 }
                 ChunkResult::Fenced(e) => return Err(e),
@@ -138,7 +138,7 @@ impl<J: Job> Run<'_, J> {
                 self.log_checkpoint();
             }
             Some(Err(Error::Store(e))) if e.is_transient() => {
-                warn!(job = %self.session.key, error = %e, "periodic checkpoint failed; will retry at the next one");
+                warn!(job = %self.session.key.short(), error = %e, "periodic checkpoint failed; will retry at the next one");
             }
             // Fenced: another runner has the job; write nothing more.
             Some(Err(e @ Error::Store(StoreError::Conflict { .. }))) => return Err(e),
@@ -153,7 +153,7 @@ impl<J: Job> Run<'_, J> {
                 return Err(e);
             }
             None => {
-                warn!(job = %self.session.key, "periodic checkpoint abandoned at the drain deadline")
+                warn!(job = %self.session.key.short(), "periodic checkpoint abandoned at the drain deadline")
             }
         }
         Ok(())
@@ -215,10 +215,12 @@ async fn run_chunk(
             Some(Ok(())) => {}
             Some(Err(e)) => {
                 interrupts.cancel_chunk();
-                error!(job = %session.key, error = %e, "lost the job's lease: stopping at once, without writing");
+                error!(job = %session.key.short(), error = %e, "lost the job's lease: stopping at once, without writing");
                 return ChunkResult::Fenced(e);
             }
-            None => warn!(job = %session.key, "lease renewal abandoned at the drain deadline"),
+            None => {
+                warn!(job = %session.key.short(), "lease renewal abandoned at the drain deadline")
+            }
         }
         if let Some(result) = finished {
             return ChunkResult::Done(result);

@@ -53,7 +53,7 @@ impl<J: Job> Run<'_, J> {
                 outcome
             }
             (Err(save_error), Err(job_error)) => {
-                error!(job = %self.session.key, error = %save_error, "the failed run's checkpoint was not saved either");
+                error!(job = %self.session.key.short(), error = %save_error, "the failed run's checkpoint was not saved either");
                 Err(job_error)
             }
             (Err(save_error), Ok(_)) => Err(save_error),
@@ -109,7 +109,7 @@ impl<J: Job> Run<'_, J> {
                     let Some(delay) = backoff.next_delay() else {
                         return Err(self.session.not_saved(e));
                     };
-                    warn!(job = %self.session.key, error = %e, retry_in = ?delay, "final checkpoint failed; retrying");
+                    warn!(job = %self.session.key.short(), error = %e, retry_in = ?delay, "final checkpoint failed; retrying");
                     tokio::time::sleep(delay).await;
                 }
                 Ok(Err(e @ Error::Job { .. })) => {
@@ -146,10 +146,10 @@ pub(super) async fn release(
     match timeout_at(deadline, session.release(status)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            error!(job = %session.key, error = %e, "could not record the run's end in the checkpoint")
+            error!(job = %session.key.short(), error = %e, "could not record the run's end in the checkpoint")
         }
         Err(_) => {
-            error!(job = %session.key, "could not record the run's end in the checkpoint before the grace period ran out")
+            error!(job = %session.key.short(), "could not record the run's end in the checkpoint before the grace period ran out")
         }
     }
 }

@@ -333,7 +333,7 @@ impl<J: Job> Runner<J> {
         let outcome = match self.drive(&mut stats).await {
             Ok(outcome) => outcome,
             Err(e) => {
-                error!(job = %key, error = %e, "run failed");
+                error!(job = %crate::key::short(&key), error = %e, "run failed");
                 Outcome::Failed(e)
             }
         };
@@ -346,7 +346,7 @@ impl<J: Job> Runner<J> {
             Outcome::Failed(_) => "failed".to_owned(),
         };
         info!(
-            job = %key,
+            job = %crate::key::short(&key),
             %outcome,
             chunks = report.stats.chunks,
             items = report.stats.items,

@@ -55,7 +55,7 @@ impl Progress {
         let done = session.totals.items;
         let progress = describe(done, self.total, rate);
         info!(
-            job = %session.key,
+            job = %session.key.short(),
             version = session.stored.unwrap_or_default(),
             chunks = session.totals.chunks,
             items = done,
@@ -100,7 +100,7 @@ impl Reporter {
                     };
                     last = now;
                     info!(
-                        job = %job,
+                        job = %crate::key::short(&job),
                         items = now.1,
                         rate = format!("{rate:.0}/s"),
                         progress = describe(now.1, total, rate).as_str(),

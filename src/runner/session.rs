@@ -215,7 +215,7 @@ impl Session {
             let Some(delay) = backoff.next_delay() else {
                 return Err(e.into());
             };
-            warn!(job = %self.key, error = %e, retry_in = ?delay, "cannot take the job's lease yet; retrying");
+            warn!(job = %self.key.short(), error = %e, retry_in = ?delay, "cannot take the job's lease yet; retrying");
             tokio::time::sleep(delay).await;
         }
     }
@@ -262,7 +262,7 @@ impl Session {
             attempts -= 1;
             match self.write(payload, Write::Release).await {
                 Err(Error::Store(e)) if e.is_transient() && attempts > 0 => {
-                    warn!(job = %self.key, error = %e, "recording the run's end failed; once more");
+                    warn!(job = %self.key.short(), error = %e, "recording the run's end failed; once more");
                 }
                 other => return other,
             }
@@ -283,7 +283,7 @@ impl Session {
         };
         match self.write(payload, Write::Renew).await {
             Err(Error::Store(e)) if e.is_transient() => {
-                warn!(job = %self.key, error = %e, "lease renewal failed; retrying shortly");
+                warn!(job = %self.key.short(), error = %e, "lease renewal failed; retrying shortly");
                 // Retry after a tenth of the lease rather than at once.
                 let ttl = self.lease_ttl.unwrap_or_default();
                 self.last_save = Instant::now() - ttl / 3 + ttl / 10;
@@ -406,7 +406,7 @@ impl Session {
         if stored.writer != self.writer || Some(stored.version) <= self.stored {
             return false;
         }
-        info!(job = %self.key, version = stored.version, "a save of this run reached the store although it was not confirmed");
+        info!(job = %self.key.short(), version = stored.version, "a save of this run reached the store although it was not confirmed");
         let run_chunks = stored
             .history
             .iter()

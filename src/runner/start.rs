@@ -183,7 +183,7 @@ async fn load(
         let Some(delay) = e.is_transient().then(|| backoff.next_delay()).flatten() else {
             return Err(e.into());
         };
-        warn!(job = %key, error = %e, retry_in = ?delay, "cannot read the checkpoint yet; retrying");
+        warn!(job = %key.short(), error = %e, retry_in = ?delay, "cannot read the checkpoint yet; retrying");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = stop.cancelled() => return Ok(Step::Stopped),
@@ -203,14 +203,14 @@ fn where_to_start<J: Job>(
 ) -> Result<Option<Position<J>>, Error> {
     let key = &session.key;
     let Some(stored) = loaded else {
-        info!(job = %key, store = %session.location, "no checkpoint: starting from the beginning");
+        info!(job = %key.short(), store = %session.location, "no checkpoint: starting from the beginning");
         return Ok(Some(Default::default()));
     };
     session.check_belongs(&stored, !restart)?;
     stats.resumed_from = Some(stored.version);
     if stored.status == Status::Completed && !restart {
         info!(
-            job = %key,
+            job = %key.short(),
             store = %session.location,
             version = stored.version,
             chunks = stored.counters.chunks,
@@ -222,12 +222,12 @@ fn where_to_start<J: Job>(
     session.adopt(&stored, restart);
     let key = &session.key;
     if restart {
-        info!(job = %key, store = %session.location, version = stored.version, status = %stored.status, "restarting from the beginning as asked");
+        info!(job = %key.short(), store = %session.location, version = stored.version, status = %stored.status, "restarting from the beginning as asked");
         return Ok(Some(Default::default()));
     }
     let (cursor, state) = session.decode::<J>(&stored)?;
     info!(
-        job = %key,
+        job = %key.short(),
         store = %session.location,
         version = stored.version,
         status = %stored.status,
@@ -256,7 +256,7 @@ async fn take_lease<J: Job>(
     match began {
         Some(Ok(())) => Ok(None),
         Some(Err(Error::Store(e))) if e.is_transient() && interrupts.stop_requested() => {
-            warn!(job = %session.key, error = %e, "could not take the job's lease before the stop request");
+            warn!(job = %session.key.short(), error = %e, "could not take the job's lease before the stop request");
             stopped_after_lease(session, interrupts, budget).await
         }
         Some(Err(e)) => {
@@ -273,7 +273,7 @@ fn stopped_before_start(interrupts: &Interrupts, key: &JobKey) -> Result<Outcome
     let source = interrupts
         .source()
         .ok_or_else(|| Error::Config("interrupted without a source".into()))?;
-    warn!(job = %key, %source, "stopped before the first chunk: nothing to checkpoint");
+    warn!(job = %key.short(), %source, "stopped before the first chunk: nothing to checkpoint");
     Ok(Outcome::Interrupted(source))
 }
 

@@ -241,7 +241,7 @@ impl S3Store {
     }
 
     fn conflict(&self, key: &JobKey, expected: Option<u64>, found: Option<u64>) -> StoreError {
-        debug!(store = %self.location(), job = %key, ?expected, ?found, "compare-and-swap refused");
+        debug!(store = %self.location(), job = %key.short(), ?expected, ?found, "compare-and-swap refused");
         StoreError::Conflict {
             store: self.location(),
             key: key.to_string(),
@@ -397,7 +397,7 @@ impl S3Store {
         if own_earlier_attempt {
             warn!(
                 store = %self.location(),
-                job = %key,
+                job = %key.short(),
                 version = found,
                 "an earlier attempt of this save reached S3 although it reported an error; replacing it"
             );
@@ -492,7 +492,7 @@ impl CheckpointStore for S3Store {
                     self.remember(key, checkpoint.version, etag);
                     debug!(
                         store = %self.location(),
-                        job = %key,
+                        job = %key.short(),
                         version = checkpoint.version,
                         bytes = bytes.len(),
                         elapsed = ?started.elapsed(),
@@ -502,7 +502,7 @@ impl CheckpointStore for S3Store {
                 }
                 Err(Failure::Other(e)) => return Err(self.io(key, "save", e)),
                 Err(refused) => {
-                    debug!(job = %key, ?refused, ?condition, "conditional PutObject refused; re-reading");
+                    debug!(job = %key.short(), ?refused, ?condition, "conditional PutObject refused; re-reading");
                     if matches!(refused, Failure::Busy) {
                         pause(&mut backoff).await;
                     }

@@ -20,7 +20,7 @@ impl Session {
         let holder = &stored.writer;
         if lease.expires_ms <= now {
             info!(
-                job = %self.key,
+                job = %self.key.short(),
                 holder = %describe(holder),
                 expired_ms_ago = now - lease.expires_ms,
                 "taking the job over: the previous holder's lease expired"
@@ -28,7 +28,7 @@ impl Session {
             return Ok(());
         }
         if holder.run_id == lease.owner && holder_is_gone(holder, &self.writer) {
-            info!(job = %self.key, holder = %describe(holder), "taking the job over: the previous holder's process is gone");
+            info!(job = %self.key.short(), holder = %describe(holder), "taking the job over: the previous holder's process is gone");
             return Ok(());
         }
         Err(Error::Held {
