@@ -41,7 +41,7 @@ struct Args {
     #[arg(long, default_value = "etl/output/")]
     output: String,
     /// Checkpoint store URL (default: s3://BUCKET/etl/checkpoints).
-    #[arg(long)]
+    #[arg(long, env = "SPOTBATCH_STORE")]
     store: Option<String>,
     /// Job key in the store.
     #[arg(long, default_value = "s3-etl")]

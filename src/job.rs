@@ -204,7 +204,7 @@ impl ChunkContext {
     }
 
     /// Runs `work` unless the chunk is cancelled first (through
-    /// [`CancellationToken::run_until_cancelled`]): when the chunk is already
+    /// [`CancellationToken::run_until_cancelled`](tokio_util::sync::CancellationToken::run_until_cancelled)): when the chunk is already
     /// cancelled, `work` is not polled at all; when `work` finishes in the
     /// same poll as the cancellation comes, its output wins.
     ///

@@ -40,7 +40,7 @@
 //!     let report = Runner::new("squares", job)
 //!         .store_url(std::env::var("SPOTBATCH_STORE").unwrap_or_else(|_| "file://.spotbatch".into()))
 //!         .checkpoint(Every::chunks(100).or_seconds(5))
-//!         .grace_secs(110) // ECS stopTimeout 120, minus a margin
+//!         .grace_secs(115) // ECS stopTimeout 120, minus 5 s
 //!         .run()
 //!         .await;
 //!     Ok(report.exit_code())

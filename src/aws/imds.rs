@@ -24,7 +24,7 @@ const REBALANCE: &str = "/latest/meta-data/events/recommendations/rebalance";
 /// a rebalance recommendation), and stops the run like SIGTERM when one appears.
 ///
 /// For ECS on EC2 and plain EC2. It asks through the AWS SDK's IMDSv2 client
-/// ([`aws_config::imds::Client`]), which follows IMDSv2 as AWS documents it
+/// ([`aws_config::imds::Client`](https://docs.rs/aws-config/latest/aws_config/imds/client/struct.Client.html)), which follows IMDSv2 as AWS documents it
 /// ("Use instance metadata to manage your EC2 instance" and "Spot Instance
 /// interruption notices"): a session token from `PUT /latest/api/token`
 /// (six hours, cached and renewed two minutes before it expires), then

@@ -3,7 +3,7 @@
 //! metadata endpoint.
 //!
 //! [`Ec2SpotNotices`] asks instance metadata through the AWS SDK's own IMDSv2
-//! client ([`aws_config::imds::Client`]); [`EcsTask`] reads the ECS task
+//! client ([`aws_config::imds::Client`](https://docs.rs/aws-config/latest/aws_config/imds/client/struct.Client.html)); [`EcsTask`] reads the ECS task
 //! metadata endpoint v4 with the HTTP/1 client the SDK already compiles
 //! (hyper through hyper-util). The runner calls [`EcsTask::from_environment`]
 //! itself at start (see [`Runner::ecs_identity`](crate::Runner::ecs_identity)).

@@ -19,7 +19,7 @@
 //! let store = PostgresStore::connect(&std::env::var("SPOTBATCH_STORE")?).await?;
 //! let report = Runner::new("nightly-etl", MyJob)
 //!     .store(store)
-//!     .grace_secs(110)
+//!     .grace_secs(115)
 //!     .run()
 //!     .await;
 //! # Ok(report.exit_code()) }

@@ -74,7 +74,7 @@ impl StoreSpec {
 /// let report = Runner::new("my-job", MyJob)
 ///     .store_url("file:///var/lib/ckpt")
 ///     .checkpoint(Every::chunks(100).or_seconds(5))
-///     .grace_secs(110) // ECS stopTimeout 120, minus a margin
+///     .grace_secs(115) // ECS stopTimeout 120, minus 5 s
 ///     .run()
 ///     .await;
 /// Ok(report.exit_code())
@@ -185,8 +185,8 @@ impl<J: Job> Runner<J> {
 
     /// Time from a stop request to the platform's SIGKILL. Set it to the
     /// container's `stopTimeout` (ECS: default 30 s, at most 120 s on
-    /// Fargate) or `terminationGracePeriodSeconds` (Kubernetes), minus a
-    /// second or two for process start-up and exit.
+    /// Fargate) or `terminationGracePeriodSeconds` (Kubernetes), minus about
+    /// 5 s for process start-up and exit (`.grace_secs(stop_timeout - 5)`).
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self

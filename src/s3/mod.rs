@@ -20,7 +20,7 @@
 //!     let store = S3Store::from_url("s3://my-bucket/checkpoints").await?;
 //!     let report = Runner::new("nightly-etl", MyJob)
 //!         .store(store)
-//!         .grace_secs(110)
+//!         .grace_secs(115)
 //!         .run()
 //!         .await;
 //!     Ok(report.exit_code())

@@ -34,7 +34,7 @@ setting; a Postgres server unreachable or refusing the login).";
 
 /// Inspect and edit spotbatch checkpoints; test a job against Spot interruptions.
 #[derive(Debug, Parser)]
-#[command(name = "spotbatch", version, after_help = AFTER_HELP)]
+#[command(name = "spotbatch", bin_name = "spotbatch", version, after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
