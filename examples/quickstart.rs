@@ -125,6 +125,9 @@ pub struct Args {
     /// Exit code of an interrupted run (75 for AWS Batch / Kubernetes retries).
     #[arg(long, default_value_t = 0)]
     interrupted_exit_code: u8,
+    /// Stop (as SIGTERM would) after running this many seconds.
+    #[arg(long)]
+    max_runtime: Option<f64>,
     /// Start over even if the job completed.
     #[arg(long)]
     restart: bool,
@@ -171,6 +174,11 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         .interrupted_exit_code(args.interrupted_exit_code);
     if args.restart {
         runner = runner.restart();
+    }
+    if let Some(secs) = args.max_runtime {
+        let limit = Duration::try_from_secs_f64(secs)
+            .map_err(|e| anyhow::anyhow!("bad --max-runtime {secs}: {e}"))?;
+        runner = runner.max_runtime(limit);
     }
     Ok(runner.run().await.exit_code())
 }

@@ -94,7 +94,8 @@ impl fmt::Display for InterruptSource {
 /// as SIGTERM, and is named in the logs, the checkpoint and the outcome.
 ///
 /// The runner calls [`next`](Self::next) on a task of its own for the length
-/// of the run, and again after each request: a second request skips the drain.
+/// of the run, and again after each request. Only a repeated signal skips
+/// the drain: a source's later requests, and a SIGTERM after them, are the same stop.
 #[async_trait::async_trait]
 pub trait StopSource: Send + 'static {
     /// Completes when the run should stop, saying why; `None` when the source

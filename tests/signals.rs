@@ -157,6 +157,30 @@ fn second_sigterm_exits_at_once() {
     assert!(job.audited_chunks().is_empty());
 }
 
+/// The platform's SIGTERM after a stop the job asked for itself (here
+/// `max_runtime`; an EC2 Spot notice or a `stop_on` future alike) is the same
+/// stop, not an impatient user: the chunk in hand still finishes.
+#[test]
+fn sigterm_after_another_stop_request_keeps_draining() {
+    let job = Quickstart::new(20, 10, 200_000); // 2 s per chunk, grace 30 s
+    let mut cmd = job.command();
+    cmd.args(["--max-runtime", "0.5"]);
+    let child = cmd.spawn().expect("spawn quickstart");
+    std::thread::sleep(Duration::from_millis(1_000));
+    signal(&child, libc::SIGTERM);
+    let (status, _, err) = finish(child, LIMIT);
+    assert_eq!(status.code(), Some(75), "{err}");
+    assert!(err.contains("source=max runtime"), "{err}");
+    assert!(err.contains("the same stop; the drain goes on"), "{err}");
+    assert!(!err.contains("chunk abandoned"), "{err}");
+    assert_eq!(
+        job.cursor(),
+        10,
+        "the chunk in hand finished and was checkpointed"
+    );
+    assert_eq!(job.audited_chunks(), vec![(0, 10)]);
+}
+
 /// (e) A completed job exits 0 at once and changes nothing.
 #[test]
 fn completed_job_exits_zero_at_once() {

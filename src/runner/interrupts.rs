@@ -1,6 +1,7 @@
-//! A run's stop requests: the first starts the drain, a second skips it;
-//! the deadlines the budget sets after the first.
+//! A run's stop requests: the first starts the drain, a repeated signal
+//! skips it; the deadlines the budget sets after the first.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -24,11 +25,19 @@ struct Trigger {
     stop: CancellationToken,
     hard: CancellationToken,
     first: Arc<OnceLock<Stop>>,
+    /// Whether a signal has asked to stop: a second one skips the drain.
+    signalled: Arc<AtomicBool>,
     budget: Budget,
 }
 
 impl Trigger {
+    /// Records a stop request. The first starts the drain. Only a repeated
+    /// signal (a person pressing Ctrl-C twice, a second SIGTERM) skips it:
+    /// the platform's SIGTERM after its own notice, after `max_runtime` or a
+    /// `stop_on` future is the same stop, and the drain goes on.
     fn fire(&self, source: InterruptSource) {
+        let signal = matches!(source, InterruptSource::Signal(_));
+        let repeated_signal = signal && self.signalled.swap(true, Ordering::SeqCst);
         let stop = Stop {
             source: source.clone(),
             at: Instant::now(),
@@ -41,9 +50,17 @@ impl Trigger {
                 "stop requested: finishing the chunk in hand, then writing the final checkpoint"
             );
             self.stop.cancel();
-        } else if !self.hard.is_cancelled() {
-            warn!(%source, "second stop request: abandoning the chunk in hand and checkpointing what is finished");
-            self.hard.cancel();
+        } else if repeated_signal {
+            if !self.hard.is_cancelled() {
+                warn!(%source, "second stop request: abandoning the chunk in hand and checkpointing what is finished");
+                self.hard.cancel();
+            }
+        } else if let Some(first) = self.first.get() {
+            info!(
+                %source,
+                first = %first.source,
+                "stop requested again, by another source: the same stop; the drain goes on"
+            );
         }
     }
 }
@@ -69,6 +86,7 @@ impl Interrupts {
             stop: CancellationToken::new(),
             hard: CancellationToken::new(),
             first: Arc::new(OnceLock::new()),
+            signalled: Arc::new(AtomicBool::new(false)),
             budget,
         };
         let mut all = shutdown::built_in(signals, max_runtime)?;
@@ -193,15 +211,66 @@ mod tests {
             "drain = grace - reserve, waited {waited} ms"
         );
 
-        // The max-runtime timer is a second request: it makes the abandon point immediate.
+        // The max-runtime timer is another kind of request: the same stop.
         tokio::time::sleep(Duration::from_secs(60)).await;
-        let started = Instant::now();
-        ints.abandon_point().await;
-        assert_eq!(started.elapsed(), Duration::ZERO);
-        assert_eq!(ints.cancel_chunk(), Duration::from_millis(100));
+        assert!(!ints.trigger.hard.is_cancelled());
         assert_eq!(
             ints.source(),
             Some(InterruptSource::Requested("queue".into()))
         );
+    }
+
+    fn trigger() -> Trigger {
+        Trigger {
+            stop: CancellationToken::new(),
+            hard: CancellationToken::new(),
+            first: Arc::new(OnceLock::new()),
+            signalled: Arc::new(AtomicBool::new(false)),
+            budget: Budget::new(Duration::from_secs(10), None).unwrap(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_repeated_signal_skips_the_drain() {
+        let notice = || InterruptSource::Notice {
+            from: "EC2 spot".into(),
+            detail: "terminate at 2026-11-30T05:00:00Z".into(),
+        };
+        let term = || InterruptSource::Signal(Signal::Term);
+
+        // The platform's SIGTERM after its notice, after max_runtime, after a
+        // stop_on future: one stop.
+        for first in [
+            notice(),
+            InterruptSource::MaxRuntime(Duration::from_secs(1)),
+            InterruptSource::Requested("queue".into()),
+        ] {
+            let t = trigger();
+            t.fire(first.clone());
+            t.fire(term());
+            assert!(
+                t.stop.is_cancelled() && !t.hard.is_cancelled(),
+                "{first} then SIGTERM"
+            );
+            assert_eq!(t.first.get().map(|s| s.source.clone()), Some(first));
+            // A second SIGTERM is a person insisting.
+            t.fire(term());
+            assert!(t.hard.is_cancelled());
+        }
+
+        // Ctrl-C twice; SIGTERM then SIGINT.
+        for second in [InterruptSource::Signal(Signal::Int), term()] {
+            let t = trigger();
+            t.fire(term());
+            assert!(!t.hard.is_cancelled());
+            t.fire(second);
+            assert!(t.hard.is_cancelled());
+        }
+
+        // A notice after a SIGTERM changes nothing either.
+        let t = trigger();
+        t.fire(term());
+        t.fire(notice());
+        assert!(!t.hard.is_cancelled());
     }
 }

@@ -86,7 +86,8 @@ impl StoreSpec {
 /// On the first stop request (SIGTERM, SIGINT, or another [`StopSource`])
 /// the runner starts no new chunk, lets the chunk in hand finish until the
 /// drain deadline, flushes, saves the final checkpoint and returns
-/// [`Outcome::Interrupted`]; a second request skips the drain. What happens in
+/// [`Outcome::Interrupted`]; a second signal skips the drain (a SIGTERM after
+/// another source's request is the same stop). What happens in
 /// every other case (a chunk past the deadline, a checkpoint that cannot be
 /// saved, SIGKILL), and the exit codes: [shutdown and exit codes][guide].
 ///
