@@ -691,11 +691,12 @@ async fn a_chunk_that_ends_before_the_drain_deadline_is_kept() {
 }
 
 // ---------------------------------------------------------------------------
-// 6. A second stop request skips the drain
+// 6. A request from another source is the same stop: the drain goes on
+//    (a repeated signal skipping it is tested with real signals in signals.rs)
 // ---------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
-async fn a_second_stop_request_abandons_the_chunk_at_once() {
+async fn a_request_from_another_source_does_not_cut_the_drain_short() {
     // Second request from another stop_on future, or from max_runtime; the
     // chunk in hand cooperates or ignores cancellation.
     for (trap, by_max_runtime) in [
@@ -727,12 +728,13 @@ async fn a_second_stop_request_abandons_the_chunk_at_once() {
             InterruptSource::Requested("first".into()),
             "{name}"
         );
+        // The chunk that never finishes is abandoned at the drain deadline
+        // of the first request, not at the second.
         assert!(report.stats.abandoned_chunk, "{name}");
         assert!(
-            took >= ms(500) && took <= ms(600),
+            took >= DRAIN && took <= DRAIN + COOPERATE + ms(100),
             "{name}: returned {took:?} after the first request"
         );
-        assert!(took < DRAIN, "{name}");
         let ckpt = stored(&store, "count").await;
         assert_eq!(cursor_and_sum(&ckpt), (20, sum_below(20)), "{name}");
     }
