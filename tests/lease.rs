@@ -187,6 +187,37 @@ async fn a_holder_on_this_host_whose_process_is_gone_is_taken_over_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_second_runner_in_the_same_process_is_refused_while_the_first_runs() {
+    let store = MemoryStore::new();
+    let first = tokio::spawn(runner(slow(5, 1, &store), Duration::from_secs(60)).run());
+    // Let the first take its lease and start its first chunk.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = runner(slow(5, 1, &store), Duration::from_secs(60))
+        .run()
+        .await;
+    assert_eq!(second.code(), 73, "{:?}", second.outcome);
+    assert!(
+        matches!(second.error(), Some(Error::Held { .. })),
+        "{:?}",
+        second.outcome
+    );
+    let first = first.await.unwrap();
+    assert!(first.is_complete(), "{:?}", first.outcome);
+    assert_eq!(first.stats.chunks, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_previous_incarnation_with_our_pid_is_taken_over_at_once() {
+    // PID 1 of a restarted container: same host, namespace and pid, another run.
+    let store = MemoryStore::new();
+    held_by(&store, Writer::this_process(), now_ms() + 60_000).await;
+    let report = runner(slow(5, 1, &store), Duration::from_secs(60))
+        .run()
+        .await;
+    assert!(report.is_complete(), "{:?}", report.outcome);
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_lease_is_renewed_during_a_long_chunk() {
     let store = MemoryStore::new();
     // One 10 s chunk, a 3 s lease: renewed every second.

@@ -67,6 +67,8 @@ pub(super) struct Session {
     /// A write's outcome is unknown (it failed or was cut off, and may have
     /// landed): the store is asked before the next write.
     unsure: bool,
+    /// This run, known to other runners of the same process.
+    _live: lease::LiveRun,
 }
 
 impl Session {
@@ -77,6 +79,7 @@ impl Session {
         lease_ttl: Option<Duration>,
     ) -> Self {
         let writer = Writer::this_process();
+        let writer_run_id = writer.run_id;
         Self {
             location: store.location(),
             store,
@@ -94,6 +97,7 @@ impl Session {
             last: None,
             last_save: Instant::now(),
             unsure: false,
+            _live: lease::LiveRun::register(writer_run_id),
         }
     }
 

@@ -18,10 +18,27 @@ pub(crate) struct S3Url {
 ///
 /// [`Error::Config`] naming the URL and what is wrong with it.
 pub(crate) fn parse(url: &str) -> Result<S3Url, Error> {
-    let bad = |reason: &str| Error::Config(format!("bad S3 store URL {url:?}: {reason}"));
+    let bad = |reason: &str| {
+        Error::Config(format!(
+            "bad S3 store URL {:?}: {reason}",
+            crate::store::redact_url(url)
+        ))
+    };
     let rest = url
-        .strip_prefix("s3://")
+        .get(..5)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("s3://"))
+        .map(|_| &url[5..])
         .ok_or_else(|| bad("expected s3://bucket or s3://bucket/prefix"))?;
+    if rest
+        .split('/')
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
+    {
+        return Err(bad(
+            "s3:// URLs take no credentials; they come from the AWS environment \
+             (the task role, AWS_PROFILE, AWS_ACCESS_KEY_ID…)",
+        ));
+    }
     if rest.contains(['?', '#']) {
         return Err(bad(
             "s3:// URLs take no query or fragment; set the endpoint, path style and \
@@ -95,6 +112,8 @@ mod tests {
             ("s3://my-bucket/ckpt", "my-bucket", "ckpt/"),
             ("s3://my-bucket/ckpt/", "my-bucket", "ckpt/"),
             ("s3://my.bucket-2/a/b c/é", "my.bucket-2", "a/b c/é/"),
+            ("S3://my-bucket/ckpt", "my-bucket", "ckpt/"),
+            ("s3://my-bucket/user@example/", "my-bucket", "user@example/"),
         ] {
             assert_eq!(
                 parse(url).unwrap(),
@@ -123,12 +142,15 @@ mod tests {
             ("s3://bucket/../x", "empty, '.' or '..' segment"),
             ("s3://bucket/x?region=eu-west-1", "no query"),
             (long.as_str(), "fit S3's 1024-byte keys"),
+            ("s3://AKIA:secret@bucket/x", "no credentials"),
         ] {
             let err = parse(url).expect_err(url).to_string();
+            let shown = crate::store::redact_url(url);
             assert!(
-                err.contains(&format!("{url:?}")) && err.contains(says),
+                err.contains(&format!("{shown:?}")) && err.contains(says),
                 "{url}: {err}"
             );
+            assert!(!err.contains("secret"), "{url}: {err}");
         }
     }
 }

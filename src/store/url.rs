@@ -75,11 +75,13 @@ pub(crate) fn check_store_url(url: &str) -> Result<(), Error> {
 /// not parse, too.
 pub fn redact_url(raw: &str) -> String {
     let mut out = raw.to_owned();
-    if let Some(start) = out.find("://").map(|i| i + 3) {
-        let authority_end = out[start..]
-            .find(['/', '?', '#'])
-            .map_or(out.len(), |i| start + i);
-        if let Some(at) = out[start..authority_end].rfind('@').map(|i| start + i) {
+    // The user info ends at the last `@`: a password may hold `/`, `?` or `#`
+    // unencoded (generated ones often do), and hiding too much is the safe
+    // side. `file://` URLs carry no credentials, and their paths may hold `@`.
+    let scheme_end = out.find("://");
+    let is_file = scheme_end.is_some_and(|i| out[..i].eq_ignore_ascii_case("file"));
+    if let (Some(start), false) = (scheme_end.map(|i| i + 3), is_file) {
+        if let Some(at) = out[start..].rfind('@').map(|i| start + i) {
             if let Some(colon) = out[start..at].find(':').map(|i| start + i) {
                 out.replace_range(colon + 1..at, "***");
             }
@@ -176,6 +178,12 @@ fn file_dir(url: &str) -> Result<PathBuf, Error> {
                 ),
             ))
         }
+    }
+    if parsed.path().trim_matches('/').is_empty() {
+        return Err(bad(
+            url,
+            "a file:// URL needs a directory other than the root, e.g. file:///var/lib/ckpt",
+        ));
     }
     parsed
         .to_file_path()
@@ -286,6 +294,8 @@ mod tests {
             ("file://", "needs a directory"),
             ("file:///x?y=1", "no query"),
             ("file://otherhost/x", "names the host \"otherhost\""),
+            ("file://localhost", "other than the root"),
+            ("file:///", "other than the root"),
             ("file://otherhost/x", "file://./otherhost/x"),
             ("file://localhost.d/x", "names the host"),
             ("ftp://host/x", "unknown scheme \"ftp\""),
@@ -335,6 +345,21 @@ mod tests {
             ("postgres://db/jobs", "postgres://db/jobs"),
             ("file:///var/lib/a@b:c", "file:///var/lib/a@b:c"),
             ("s3://bucket/prefix", "s3://bucket/prefix"),
+            // Unencoded `/`, `#`, `?` and `@` in a password.
+            (
+                "postgres://u:Super/Secret@127.0.0.1:5555/db",
+                "postgres://u:***@127.0.0.1:5555/db",
+            ),
+            ("postgres://u:Super#Secret@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://u:Super?Secret@h/db?schema=a",
+                "postgres://u:***@h/db?schema=a",
+            ),
+            ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
+            (
+                "s3://AKIAXX:SuperSecret@bucket/x",
+                "s3://AKIAXX:***@bucket/x",
+            ),
         ] {
             assert_eq!(redact_url(url), shown);
         }

@@ -1,8 +1,12 @@
 //! Who may run the job: the stored checkpoint's lease, and when its holder
 //! is known to be gone.
 
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+
+use uuid::Uuid;
 
 use tracing::info;
 
@@ -49,9 +53,49 @@ fn describe(w: &Writer) -> String {
     format!("host {}, pid {}, run {}{task}", w.host, w.pid, w.run_id)
 }
 
+/// The runs under way in this process, by run id: a holder with our pid is a
+/// previous incarnation of this process only if its run is not among them.
+static LIVE_RUNS: Mutex<Option<HashSet<Uuid>>> = Mutex::new(None);
+
+/// Marks a run of this process as under way until the guard is dropped.
+#[derive(Debug)]
+pub(in crate::runner) struct LiveRun(Uuid);
+
+impl LiveRun {
+    pub(in crate::runner) fn register(run_id: Uuid) -> Self {
+        LIVE_RUNS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(HashSet::new)
+            .insert(run_id);
+        Self(run_id)
+    }
+}
+
+impl Drop for LiveRun {
+    fn drop(&mut self) {
+        if let Some(runs) = LIVE_RUNS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            runs.remove(&self.0);
+        }
+    }
+}
+
+fn live_here(run_id: Uuid) -> bool {
+    LIVE_RUNS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .is_some_and(|runs| runs.contains(&run_id))
+}
+
 /// Whether the lease holder is certainly dead: it ran on this host in our
-/// PID namespace, and its process is gone (or its pid is ours: a previous
-/// incarnation, e.g. PID 1 of a restarted container with the same name).
+/// PID namespace, and its process is gone (or its pid is ours but its run is
+/// not one of this process's: a previous incarnation, e.g. PID 1 of a
+/// restarted container with the same name).
 /// Containers that share a host name but not a PID namespace (host
 /// networking) cannot see each other's processes: they wait for the lease.
 fn holder_is_gone(holder: &Writer, me: &Writer) -> bool {
@@ -60,7 +104,7 @@ fn holder_is_gone(holder: &Writer, me: &Writer) -> bool {
         return false;
     }
     if holder.pid == me.pid {
-        return true;
+        return !live_here(holder.run_id);
     }
     cfg!(target_os = "linux") && !Path::new("/proc").join(holder.pid.to_string()).exists()
 }
