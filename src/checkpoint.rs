@@ -163,7 +163,7 @@ impl Writer {
 
 /// This process's PID namespace inode, from the `/proc/self/ns/pid` link
 /// (`pid:[4026531836]`); 0 where there is no such link.
-fn pid_namespace() -> u64 {
+pub(crate) fn pid_namespace() -> u64 {
     std::fs::read_link("/proc/self/ns/pid")
         .ok()
         .and_then(|target| {

@@ -135,5 +135,6 @@ fn listing_key(l: &Listing) -> &str {
     match l {
         Listing::Checkpoint(s) => s.job.as_str(),
         Listing::Unreadable { key, .. } => key,
+        Listing::Leftover { name, .. } => name,
     }
 }

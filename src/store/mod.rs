@@ -176,6 +176,11 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// the checkpoint (S3 object metadata, Postgres columns) may list it as
     /// that metadata describes, and [`load`](Self::load) then refuses it.
     ///
+    /// A store whose saves can leave something behind when killed may clean
+    /// it up here, and lists what it leaves as [`Listing::Leftover`], after
+    /// the checkpoints (the file store removes the temporary files of
+    /// writers that are gone; see its docs). Checkpoints are never changed.
+    ///
     /// # Errors
     ///
     /// [`StoreError::Io`] when the store cannot be listed.
@@ -204,6 +209,16 @@ pub enum Listing {
         /// The job key, or the store's name for the entry when the key cannot be read.
         key: String,
         /// Why it cannot be read.
+        reason: String,
+    },
+    /// Not a checkpoint: something a save cut off by a kill left behind,
+    /// which `list` did not remove because its writer may still be using it
+    /// (the file store's temporary files; see
+    /// [`FileStore`](crate::FileStore#temporary-files)). Nothing reads it.
+    Leftover {
+        /// Where it is: the store's name for it (a file's path).
+        name: String,
+        /// Why it was left in place.
         reason: String,
     },
 }

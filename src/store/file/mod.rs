@@ -1,11 +1,16 @@
 //! A store on the local file system (or EFS/NFS): one file per job.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
+mod leftovers;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
 use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
+use tracing::debug;
 
 use super::{CheckpointStore, Listing, StoreError};
 use crate::checkpoint::Checkpoint;
@@ -32,6 +37,41 @@ const MAX_STEM: usize = 120;
 /// on the server's NFSv4 locks. Lock files are left in place (removing them
 /// would race with the next writer); they are empty.
 ///
+/// # Temporary files
+///
+/// A save's temporary file is named after the checkpoint and its writer:
+/// `.<encoded key>.ckpt.pid<pid>-ns<n>-boot<b>-t<t>.<32 hex random>.tmp`,
+/// where `pid` is the writing process, `n` the inode of its PID namespace,
+/// `b` the first 16 hex digits of the kernel's boot id
+/// (`/proc/sys/kernel/random/boot_id`: one per boot of one machine) and `t`
+/// the process's start time in clock ticks since boot (`/proc/<pid>/stat`).
+/// A kill between its creation and the rename leaves it behind. It is
+/// removed later, while holding the key's lock (so no writer that takes the
+/// lock is in the middle of a save), by:
+///
+/// - every save and delete of the key;
+/// - the first load of the key by this store value (or a clone), which is a
+///   runner's start, unless a save of the key holds the lock right then;
+/// - [`list`](CheckpointStore::list), for every key, without waiting for a
+///   lock that a save holds.
+///
+/// A temporary file is removed when:
+///
+/// - its writer ran on this boot of this machine in this PID namespace, and
+///   that process (pid *and* start time, so a reused pid is not mistaken for
+///   it) is gone, or is a zombie;
+/// - otherwise (another host sharing the directory over NFS/EFS, another
+///   container, a platform without `/proc`, a name that does not record its
+///   writer), when its modification time is more than 1 hour old: far longer
+///   than a save takes, and a writer that still held it would find its
+///   rename failing and the old checkpoint whole, never a torn one.
+///
+/// A temporary file whose writer is running is never removed. Liveness is
+/// read from `/proc`: where `/proc` is mounted with `hidepid`, run every
+/// writer of a directory as the same user. [`list`](CheckpointStore::list)
+/// reports the temporary files it leaves, with why, as
+/// [`Listing::Leftover`], after the checkpoints.
+///
 /// # Key encoding
 ///
 /// ASCII letters, digits, `-` and `_` are kept; `.` is kept except first;
@@ -46,13 +86,19 @@ const MAX_STEM: usize = 120;
 #[derive(Debug, Clone)]
 pub struct FileStore {
     dir: PathBuf,
+    /// Stems whose temporary files this store (or a clone) has swept at a
+    /// load or a list; a first load sweeps.
+    visited: Arc<Mutex<HashSet<String>>>,
 }
 
 impl FileStore {
     /// A store in `dir`. Nothing touches the disk until the first save, which
     /// creates the directory (and its parents) if needed.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            visited: Arc::default(),
+        }
     }
 
     /// The directory.
@@ -101,14 +147,59 @@ impl FileStore {
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)?;
-        let lock = OpenOptions::new()
-            .create(true)
+        let lock = self.open_lock(&file_stem(key), true)?;
+        lock.lock()?;
+        Ok(lock)
+    }
+
+    /// The lock file of the key whose file stem is `stem`, not yet locked.
+    fn open_lock(&self, stem: &str, create: bool) -> io::Result<File> {
+        // Opened for writing: on NFS an exclusive lock needs it.
+        OpenOptions::new()
+            .create(create)
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .open(self.dir.join(format!("{}.lock", file_stem(key))))?;
-        lock.lock()?;
-        Ok(lock)
+            .open(self.dir.join(format!("{stem}.lock")))
+    }
+
+    /// Whether `stem` has not been swept by this store at a load or list
+    /// yet; it counts as swept from now on.
+    fn first_visit(&self, stem: &str) -> bool {
+        self.visited
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(stem.to_owned())
+    }
+
+    /// Removes the stale temporary files of `stem`'s checkpoint; the caller
+    /// holds its lock. Never fails: what stays is reported by `list`.
+    fn sweep_locked(&self, stem: &str) {
+        let names: Vec<String> = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with('.') && n.ends_with(".tmp"))
+                .collect(),
+            Err(e) => {
+                debug!(dir = %self.dir.display(), error = %e, "cannot look for temporary files");
+                return;
+            }
+        };
+        for kept in leftovers::sweep(&self.dir, stem, names.iter().map(String::as_str)) {
+            debug!(path = %kept.path.display(), reason = %kept.reason, "temporary file left in place");
+        }
+    }
+
+    /// Sweeps `stem`'s temporary files unless a save holds its lock (that
+    /// save sweeps them) or no save ever took it (it left none).
+    fn sweep_if_free(&self, stem: &str) {
+        let Ok(lock) = self.open_lock(stem, false) else {
+            return;
+        };
+        if lock.try_lock().is_ok() {
+            self.sweep_locked(stem);
+        }
     }
 
     fn check(
@@ -136,6 +227,7 @@ impl FileStore {
         expected: Option<u64>,
     ) -> Result<(), StoreError> {
         let _lock = self.lock(key).map_err(|e| self.io_error(key, "lock", e))?;
+        self.sweep_locked(&file_stem(key));
         let path = self.path_of(key);
         let found = self.read_version(key, &path)?;
         self.check(key, expected, found)?;
@@ -151,6 +243,7 @@ impl FileStore {
             });
         }
         let _lock = self.lock(key).map_err(|e| self.io_error(key, "lock", e))?;
+        self.sweep_locked(&file_stem(key));
         match self.read_version(key, &path)? {
             None => Err(StoreError::NotFound {
                 store: self.location(),
@@ -180,7 +273,19 @@ impl FileStore {
             }
         };
         let mut out = Vec::new();
+        // Temporary files by the stem of their checkpoint.
+        let mut temps: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            if let Some(name) = file_name.to_str() {
+                if let Some(temp) = leftovers::parse(name) {
+                    temps
+                        .entry(temp.stem.to_owned())
+                        .or_default()
+                        .push(name.to_owned());
+                    continue;
+                }
+            }
             let path = entry.path();
             let is_checkpoint = path.extension().is_some_and(|e| e == EXTENSION)
                 && !entry.file_name().to_string_lossy().starts_with('.');
@@ -205,10 +310,50 @@ impl FileStore {
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
                 Err(e) => unreadable(e.to_string()),
             };
+            if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                self.first_visit(stem);
+            }
             out.push(listing);
         }
         out.sort_by(|a, b| listing_key(a).cmp(listing_key(b)));
+        let mut left: Vec<Listing> = temps
+            .iter()
+            .flat_map(|(stem, names)| self.sweep_for_list(stem, names))
+            .map(|kept| Listing::Leftover {
+                name: kept.path.display().to_string(),
+                reason: kept.reason,
+            })
+            .collect();
+        left.sort_by(|a, b| listing_key(a).cmp(listing_key(b)));
+        out.append(&mut left);
         Ok(out)
+    }
+
+    /// `list`'s sweep of `stem`'s temporary files `names`: under its lock if
+    /// it is free at once, else they are all left, with why.
+    fn sweep_for_list(&self, stem: &str, names: &[String]) -> Vec<leftovers::Kept> {
+        self.first_visit(stem);
+        let reason = match self.open_lock(stem, true).map(|lock| {
+            let locked = lock.try_lock();
+            (lock, locked)
+        }) {
+            Ok((_lock, Ok(()))) => {
+                return leftovers::sweep(&self.dir, stem, names.iter().map(String::as_str))
+            }
+            Ok((_, Err(TryLockError::WouldBlock))) => {
+                "a save of this job holds its lock: it may be this save's own; checked again at the next save or list".to_owned()
+            }
+            Ok((_, Err(TryLockError::Error(e)))) | Err(e) => {
+                format!("the job's lock could not be taken to check it: {e}")
+            }
+        };
+        names
+            .iter()
+            .map(|name| leftovers::Kept {
+                path: self.dir.join(name),
+                reason: reason.clone(),
+            })
+            .collect()
     }
 }
 
@@ -216,18 +361,19 @@ fn listing_key(l: &Listing) -> &str {
     match l {
         Listing::Checkpoint(s) => s.job.as_str(),
         Listing::Unreadable { key, .. } => key,
+        Listing::Leftover { name, .. } => name,
     }
 }
 
-/// Writes `bytes` to a temporary file next to `path`, fsyncs it, renames it
-/// over `path` and fsyncs the directory. The directory fsync lives here so it
-/// cannot be forgotten at a call site.
+/// Writes `bytes` to a temporary file next to `path` (named as the type's
+/// docs say), fsyncs it, renames it over `path` and fsyncs the directory.
+/// The directory fsync lives here so it cannot be forgotten at a call site.
 fn replace_durably(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let tmp = dir.join(leftovers::temp_name(&name));
     let written = (|| {
         let mut file = OpenOptions::new()
             .write(true)
@@ -263,6 +409,12 @@ impl CheckpointStore for FileStore {
     }
 
     async fn load(&self, key: &JobKey) -> Result<Option<Checkpoint>, StoreError> {
+        let stem = file_stem(key);
+        if self.first_visit(&stem) {
+            let store = self.clone();
+            // Best effort: a failed sweep fails no load.
+            let _ = tokio::task::spawn_blocking(move || store.sweep_if_free(&stem)).await;
+        }
         let path = self.path_of(key);
         let bytes = match tokio::fs::read(&path).await {
             Ok(bytes) => bytes,
