@@ -1,4 +1,6 @@
-//! Read-only commands: `list`, `show`, `export`.
+//! Commands that change no checkpoint: `list`, `show`, `export`. (`list`
+//! lets the store remove what killed saves left behind, e.g. the file
+//! store's temporary files whose writer is gone.)
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -19,6 +21,9 @@ const LOADS_IN_FLIGHT: usize = 16;
 /// One row of `list --json`.
 #[derive(Serialize)]
 struct ListEntry {
+    /// `checkpoint`, or `leftover`: something a killed save left behind that
+    /// the store could not remove yet (`key` is where it is, `reason` why).
+    kind: &'static str,
     key: String,
     readable: bool,
     /// Why the entry cannot be read (`readable` false).
@@ -51,6 +56,7 @@ pub(crate) async fn list(url: &str, json: bool) -> Result<(), CliError> {
     let loaded = load_all(&store, keys).await;
 
     let mut entries = Vec::with_capacity(listing.len());
+    let mut leftovers = Vec::new();
     for l in listing {
         let entry = match l {
             Listing::Checkpoint(summary) => {
@@ -59,6 +65,7 @@ pub(crate) async fn list(url: &str, json: bool) -> Result<(), CliError> {
                     // Changed since the listing (deleted, or now unreadable): say so.
                     Some((_, Err(e))) => unreadable(summary.job.to_string(), e.to_string()),
                     _ => ListEntry {
+                        kind: "checkpoint",
                         key: summary.job.to_string(),
                         readable: true,
                         reason: None,
@@ -75,6 +82,13 @@ pub(crate) async fn list(url: &str, json: bool) -> Result<(), CliError> {
                 }
             }
             Listing::Unreadable { key, reason } => unreadable(key, reason),
+            Listing::Leftover { name, reason } => {
+                leftovers.push(ListEntry {
+                    kind: "leftover",
+                    ..unreadable(name, reason)
+                });
+                continue;
+            }
             other => unreadable(format!("{other:?}"), "unknown kind of entry".into()),
         };
         entries.push(entry);
@@ -82,14 +96,31 @@ pub(crate) async fn list(url: &str, json: bool) -> Result<(), CliError> {
 
     let mut out = std::io::stdout().lock();
     if json {
+        entries.append(&mut leftovers);
         serde_json::to_writer_pretty(&mut out, &entries).map_err(|e| io_error("stdout", e))?;
         writeln!(out)?;
         return Ok(());
     }
     if entries.is_empty() {
         writeln!(out, "{}: no checkpoints", store.location())?;
-        return Ok(());
+    } else {
+        write_table(&mut out, &entries, now)?;
     }
+    if !leftovers.is_empty() {
+        let files = if leftovers.len() == 1 { "file" } else { "files" };
+        writeln!(
+            out,
+            "\n{} temporary {files} of saves cut off by a kill could not be removed yet:",
+            leftovers.len()
+        )?;
+        for l in &leftovers {
+            writeln!(out, "  {}\n    {}", l.key, l.reason.as_deref().unwrap_or(""))?;
+        }
+    }
+    Ok(())
+}
+
+fn write_table(out: &mut impl Write, entries: &[ListEntry], now: u64) -> Result<(), CliError> {
     let rows: Vec<Vec<String>> = entries.iter().map(|e| row_of(e, now)).collect();
     out.write_all(
         fmt::table(
@@ -132,6 +163,7 @@ async fn load_all(store: &Arc<dyn CheckpointStore>, keys: Vec<JobKey>) -> Vec<Lo
 
 fn entry_of(c: &Checkpoint, now: u64) -> ListEntry {
     ListEntry {
+        kind: "checkpoint",
         key: c.job.to_string(),
         readable: true,
         reason: None,
@@ -149,6 +181,7 @@ fn entry_of(c: &Checkpoint, now: u64) -> ListEntry {
 
 fn unreadable(key: String, reason: String) -> ListEntry {
     ListEntry {
+        kind: "checkpoint",
         key,
         readable: false,
         reason: Some(reason),

@@ -94,6 +94,116 @@ fn list_shows_each_job_with_status_version_chunks_and_writer_and_unreadable_entr
     assert!(stdout(&out).contains("no checkpoints"), "{}", stdout(&out));
 }
 
+/// The writer part of a file store's temporary file name for process `pid`
+/// (see `FileStore`'s docs): `pid<pid>-ns<n>-boot<b>-t<t>`.
+fn writer_tag(pid: u32) -> String {
+    let boot: String = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(16)
+        .collect();
+    let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+    let ns = ns
+        .to_str()
+        .and_then(|l| l.strip_prefix("pid:[")?.strip_suffix(']'))
+        .unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, fields) = stat.rsplit_once(')').unwrap();
+    let start = fields.split_whitespace().nth(22 - 3).unwrap();
+    format!("pid{pid}-ns{ns}-boot{boot}-t{start}")
+}
+
+/// A temporary file of `job`'s checkpoint, as a save by `writer` (a tag)
+/// that was cut off leaves it.
+fn temporary(s: &Store, job: &str, writer: &str) -> std::path::PathBuf {
+    let path = s.path().join(format!(".{job}.ckpt.{writer}.{}.tmp", "ab".repeat(16)));
+    std::fs::write(&path, b"partial").unwrap();
+    path
+}
+
+#[test]
+fn list_removes_temporaries_of_gone_writers_and_shows_the_others_with_why() {
+    let s = Store::new();
+    s.save(&json_checkpoint("etl", 1200, 5), None);
+    let live = temporary(&s, "etl", &writer_tag(std::process::id()));
+    let remote = temporary(&s, "etl", "pid77-ns4026531836-boot0123456789abcdef-t5");
+    let gone = {
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let path = temporary(&s, "etl", &writer_tag(child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        path
+    };
+
+    let out = run(&["list", &s.url()]);
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    assert!(!gone.exists(), "a gone writer's temporary file was kept");
+    assert!(live.exists() && remote.exists());
+    assert!(
+        text.contains("2 temporary files of saves cut off by a kill could not be removed yet:"),
+        "{text}"
+    );
+    let why = |path: &std::path::Path| {
+        let mut lines = text.lines();
+        lines
+            .find(|l| l.trim() == path.display().to_string())
+            .unwrap_or_else(|| panic!("{} not listed:\n{text}", path.display()));
+        lines.next().unwrap().trim().to_owned()
+    };
+    assert!(
+        why(&live).contains(&format!("pid {}, is running on this host", std::process::id())),
+        "{text}"
+    );
+    let remote_why = why(&remote);
+    assert!(
+        remote_why.contains("pid 77 on another host")
+            && remote_why.contains("may still be saving; a save or list removes it once it is 1 h old"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("etl ")),
+        "the checkpoint is not listed:\n{text}"
+    );
+
+    let out = run(&["list", &s.url(), "--json"]);
+    assert_code(&out, 0);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = v.as_array().unwrap();
+    let kinds: Vec<&str> = entries.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["checkpoint", "leftover", "leftover"], "{v:#}");
+    let leftover = entries
+        .iter()
+        .find(|e| e["key"] == live.display().to_string())
+        .unwrap();
+    assert_eq!(leftover["readable"], false);
+    assert!(
+        leftover["reason"]
+            .as_str()
+            .unwrap()
+            .contains("is running on this host"),
+        "{leftover}"
+    );
+
+    // Nothing but leftovers.
+    let empty = Store::new();
+    std::fs::create_dir_all(empty.path()).unwrap();
+    let remote = temporary(&empty, "gone-job", "pid77-ns4026531836-boot0123456789abcdef-t5");
+    let out = run(&["list", &empty.url()]);
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    assert!(
+        text.contains("no checkpoints")
+            && text.contains("1 temporary file of saves")
+            && text.contains(&remote.display().to_string()),
+        "{text}"
+    );
+}
+
 #[test]
 fn show_prints_the_whole_envelope_and_decodes_json_cursors() {
     let s = Store::new();

@@ -180,7 +180,7 @@ pub(super) fn sweep<'n>(
             Some(origin) if origin.visible_from(&me) => match liveness(&origin) {
                 Liveness::Gone(why) => Ok(format!("its writer, pid {}, {why}", origin.pid)),
                 Liveness::Running => Err(format!(
-                    "its writer, pid {}, is running on this host",
+                    "its writer, pid {}, is running on this host; a save or list removes it once that process is gone",
                     origin.pid
                 )
                 .into()),
@@ -245,7 +245,7 @@ fn by_age(path: &Path, writer: &str) -> Result<String, Verdict> {
         ))
     } else {
         Err(format!(
-            "written {} ago by {writer}, whose process cannot be checked from here: it may still be saving; removed once {} old",
+            "written {} ago by {writer}, whose process cannot be checked from here: it may still be saving; a save or list removes it once it is {} old",
             human(age),
             human(STALE_AFTER)
         )
@@ -255,6 +255,7 @@ fn by_age(path: &Path, writer: &str) -> Result<String, Verdict> {
 
 fn human(d: Duration) -> String {
     match d.as_secs() {
+        s if s >= 3600 && s % 3600 == 0 => format!("{} h", s / 3600),
         s if s < 120 => format!("{s} s"),
         s if s < 2 * 3600 => format!("{} min", s / 60),
         s => format!("{} h", s / 3600),
@@ -356,6 +357,120 @@ mod tests {
         ] {
             assert_eq!(parse(other), None, "{other}");
         }
+    }
+
+    /// A temporary file of `stem` by `origin` (`None`: a name without a
+    /// writer), last modified `age` ago.
+    fn temp(dir: &Path, stem: &str, origin: Option<Origin>, age: Duration) -> PathBuf {
+        let random = uuid::Uuid::new_v4().simple();
+        let name = match origin {
+            Some(o) => format!(".{stem}.{EXTENSION}.{}.{random}.tmp", o.tag()),
+            None => format!(".{stem}.{EXTENSION}.{random}.tmp"),
+        };
+        let path = dir.join(name);
+        let file = fs::File::create(&path).unwrap();
+        file.set_modified(SystemTime::now() - age).unwrap();
+        path
+    }
+
+    fn swept(dir: &Path, stem: &str) -> Vec<Kept> {
+        let names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        sweep(dir, stem, names.iter().map(String::as_str))
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_sweep_removes_what_is_stale_and_keeps_what_may_be_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let me = Origin::this_process();
+        let young = Duration::ZERO;
+        let old = STALE_AFTER + Duration::from_secs(60);
+
+        // A real process, gone: killed and reaped. Another, killed but not
+        // reaped (a zombie).
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let dead = Origin {
+            pid: child.id(),
+            start: proc_stat(child.id()).unwrap().start,
+            ..me
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let mut zombie = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let undead = Origin {
+            pid: zombie.id(),
+            start: proc_stat(zombie.id()).unwrap().start,
+            ..me
+        };
+        zombie.kill().unwrap();
+        while proc_stat(undead.pid).unwrap().state != 'Z' {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+
+        let other_host = Origin {
+            boot: me.boot ^ 1,
+            ..me
+        };
+        let other_namespace = Origin {
+            pid_ns: me.pid_ns + 1,
+            ..me
+        };
+        let reused_pid = Origin {
+            start: me.start + 1,
+            ..me
+        };
+        let removed = [
+            temp(dir, "job", Some(dead), young),
+            temp(dir, "job", Some(undead), young),
+            temp(dir, "job", Some(reused_pid), young),
+            temp(dir, "job", Some(other_host), old),
+            temp(dir, "job", Some(other_namespace), old),
+            temp(dir, "job", None, old),
+        ];
+        let live = temp(dir, "job", Some(me), old);
+        let young_remote = [
+            temp(dir, "job", Some(other_host), young),
+            temp(dir, "job", Some(other_namespace), young),
+            temp(dir, "job", None, young),
+        ];
+        let other_job = temp(dir, "job2", Some(dead), young);
+
+        let kept = swept(dir, "job");
+        zombie.wait().unwrap();
+        for path in &removed {
+            assert!(!path.exists(), "{} was kept: {kept:?}", path.display());
+        }
+        assert!(other_job.exists(), "another job's file was swept");
+        let mut paths: Vec<&PathBuf> = kept.iter().map(|k| &k.path).collect();
+        paths.sort();
+        let mut expected: Vec<&PathBuf> = young_remote.iter().chain([&live]).collect();
+        expected.sort();
+        assert_eq!(paths, expected, "{kept:?}");
+        let reason = |p: &PathBuf| &kept.iter().find(|k| &k.path == p).unwrap().reason;
+        assert!(
+            reason(&live).contains(&format!("pid {}, is running on this host", me.pid)),
+            "{}",
+            reason(&live)
+        );
+        assert!(
+            reason(&young_remote[0]).contains("another host") && reason(&young_remote[0]).contains("removes it once it is 1 h old"),
+            "{}",
+            reason(&young_remote[0])
+        );
+        assert!(
+            reason(&young_remote[1]).contains("another PID namespace"),
+            "{}",
+            reason(&young_remote[1])
+        );
+        assert!(
+            reason(&young_remote[2]).contains("its name does not record"),
+            "{}",
+            reason(&young_remote[2])
+        );
     }
 
     #[test]

@@ -458,6 +458,7 @@ impl CheckpointStore for FileStore {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
 
     use super::*;
     use crate::checkpoint::Writer;
@@ -563,6 +564,85 @@ mod tests {
             .collect();
         assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
         assert!(!dir.path().join("etc").exists());
+    }
+
+    /// A temporary file of `key` whose name does not record its writer,
+    /// last modified `age` ago: removable only once old.
+    fn anonymous_temp(store: &FileStore, key: &JobKey, age: Duration) -> PathBuf {
+        let path = store.dir().join(format!(
+            ".{}.{EXTENSION}.{}.tmp",
+            file_stem(key),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let file = File::create(&path).unwrap();
+        file.set_modified(SystemTime::now() - age).unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn saves_deletes_first_loads_and_lists_remove_stale_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path());
+        let job = key("job");
+        let stale = || anonymous_temp(&store, &job, leftovers::STALE_AFTER * 2);
+        let mut ckpt = Checkpoint::new(job.clone(), Writer::this_process());
+        store.save(&ckpt, None).await.unwrap();
+        // This process's own name: a live writer's.
+        let live = store.dir().join(leftovers::temp_name(&format!("{}.{EXTENSION}", file_stem(&job))));
+        File::create(&live).unwrap();
+        let young = anonymous_temp(&store, &job, Duration::ZERO);
+        let other_job = anonymous_temp(&store, &key("other"), leftovers::STALE_AFTER * 2);
+
+        let t = stale();
+        ckpt.version = 2;
+        store.save(&ckpt, Some(1)).await.unwrap();
+        assert!(!t.exists(), "a save kept a stale temporary file");
+        assert!(other_job.exists(), "a save of one job swept another's");
+
+        let t = stale();
+        let fresh = FileStore::new(dir.path());
+        assert!(fresh.load(&job).await.unwrap().is_some());
+        assert!(!t.exists(), "a first load kept a stale temporary file");
+        let t = stale();
+        fresh.clone().load(&job).await.unwrap();
+        assert!(t.exists(), "a second load swept again");
+
+        let listed = fresh.list().await.unwrap();
+        assert!(!t.exists(), "list kept a stale temporary file");
+        assert!(!other_job.exists(), "list kept a stale temporary file");
+        assert!(matches!(&listed[0], Listing::Checkpoint(s) if s.job == job), "{listed:?}");
+        let left: Vec<(&String, &String)> = listed[1..]
+            .iter()
+            .map(|l| match l {
+                Listing::Leftover { name, reason } => (name, reason),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(left.len(), 2, "{listed:?}");
+        let reason_of = |p: &Path| {
+            left.iter()
+                .find(|(n, _)| n.as_str() == p.display().to_string())
+                .unwrap_or_else(|| panic!("{} not listed: {listed:?}", p.display()))
+                .1
+        };
+        assert!(reason_of(&live).contains("is running on this host"), "{listed:?}");
+        assert!(reason_of(&young).contains("may still be saving"), "{listed:?}");
+
+        // A save in progress holds the lock: load and list leave its files alone.
+        let held = store.lock(&job).unwrap();
+        let t = stale();
+        FileStore::new(dir.path()).load(&job).await.unwrap();
+        assert!(t.exists(), "a first load swept under a held lock");
+        let listed = store.list().await.unwrap();
+        assert!(
+            listed.iter().any(|l| matches!(l, Listing::Leftover { name, reason }
+                if *name == t.display().to_string() && reason.contains("holds its lock"))),
+            "{listed:?}"
+        );
+        drop(held);
+        store.delete(&job, 2).await.unwrap();
+        assert!(!t.exists(), "a delete kept a stale temporary file");
+        assert!(live.exists() && young.exists());
     }
 
     #[tokio::test]

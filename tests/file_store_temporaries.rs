@@ -1,0 +1,172 @@
+//! End-to-end: the temporary files that SIGKILLed saves leave in a file store
+//! are removed by the next runs; a live writer's never are.
+
+// Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{finish, reference_output, signal, stderr, Quickstart, JOB};
+use spotbatch::Status;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// The temporary files in the store's directory.
+fn temporaries(job: &Quickstart) -> Vec<String> {
+    match std::fs::read_dir(job.store().dir()) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The pid a temporary file's name gives its writer (`…ckpt.pid<pid>-…`).
+fn writer_pid(name: &str) -> Option<u32> {
+    let (_, after) = name.split_once(".ckpt.pid")?;
+    after.split('-').next()?.parse().ok()
+}
+
+/// SIGKILLs at random moments while the job saves after every chunk leave
+/// temporary files behind; the following runs remove them, and a completed
+/// run leaves none, with the output of an uninterrupted run.
+#[test]
+fn temporaries_of_sigkilled_saves_are_removed_by_the_next_runs() {
+    const KILLS: usize = 30;
+    let (records, chunk) = (10_000, 10);
+    let mut job = Quickstart::new(records, chunk, 0);
+    job.every_chunks = 1;
+    let mut rng = fastrand::Rng::with_seed(0x5eed_0007);
+    let mut killed = HashSet::new();
+    let mut left_by_a_kill = 0;
+    let mut most_at_once = 0;
+    while killed.len() < KILLS {
+        let child = job.spawn();
+        let pid = child.id();
+        std::thread::sleep(Duration::from_millis(rng.u64(20..200)));
+        signal(&child, libc::SIGKILL);
+        let (status, _, log) = finish(child, LIMIT);
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "the job ended before {KILLS} kills landed (raise `records`): {status:?}\n{log}"
+        );
+        killed.insert(pid);
+        let left = temporaries(&job);
+        for name in &left {
+            let writer = writer_pid(name);
+            assert!(
+                writer.is_some_and(|w| killed.contains(&w)),
+                "{name}: not named after a killed writer ({killed:?})"
+            );
+            if writer == Some(pid) {
+                left_by_a_kill += 1;
+            }
+        }
+        most_at_once = most_at_once.max(left.len());
+    }
+    // Saves take most of the time: many kills land inside one.
+    assert!(
+        left_by_a_kill >= 1,
+        "only {left_by_a_kill} of {KILLS} kills left a temporary file: the test proves nothing"
+    );
+
+    let out = job.run();
+    assert!(out.status.success(), "last run:\n{}", stderr(&out));
+    assert_eq!(temporaries(&job), Vec::<String>::new(), "left after completion");
+    assert_eq!(job.checkpoint().unwrap().status, Status::Completed);
+    assert!(
+        std::fs::read(job.out()).unwrap() == reference_output(records, chunk),
+        "the output differs from an uninterrupted run's"
+    );
+    eprintln!(
+        "{KILLS} kills, {left_by_a_kill} left a temporary file, at most {most_at_once} at once"
+    );
+}
+
+/// The writer part of a temporary file's name for process `pid`, as the
+/// `FileStore` docs describe it: `pid<pid>-ns<n>-boot<b>-t<t>`.
+fn writer_tag(pid: u32) -> String {
+    let boot: String = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(16)
+        .collect();
+    let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+    let ns = ns
+        .to_str()
+        .and_then(|l| l.strip_prefix("pid:[")?.strip_suffix(']'))
+        .unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, fields) = stat.rsplit_once(')').unwrap();
+    let start = fields.split_whitespace().nth(22 - 3).unwrap();
+    format!("pid{pid}-ns{ns}-boot{boot}-t{start}")
+}
+
+/// Creates a temporary file of `job`'s checkpoint named after process `pid`.
+fn temporary_of(job: &Quickstart, pid: u32) -> PathBuf {
+    let dir = job.store().dir().to_owned();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!(
+        ".{JOB}.ckpt.{}.{:032x}.tmp",
+        writer_tag(pid),
+        fastrand::u128(..)
+    ));
+    std::fs::write(&path, b"partial").unwrap();
+    path
+}
+
+fn exists(path: &Path) -> bool {
+    path.try_exists().unwrap()
+}
+
+/// A temporary file named after a running process (this test, a `sleep`)
+/// survives a run's start and saves; one named after a process that has
+/// exited is removed by the next run's first save, or its first load when
+/// the job is already complete and nothing is saved.
+#[test]
+fn a_running_writers_temporary_survives_and_a_gone_ones_is_removed() {
+    let job = Quickstart::new(2_000, 100, 0);
+    let ours = temporary_of(&job, std::process::id());
+    let mut sleeper = Command::new("sleep").arg("600").spawn().unwrap();
+    let sleepers = temporary_of(&job, sleeper.id());
+    let gone = {
+        let mut short = Command::new("sleep").arg("600").spawn().unwrap();
+        let path = temporary_of(&job, short.id());
+        short.kill().unwrap();
+        short.wait().unwrap();
+        path
+    };
+
+    let out = job.run();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!exists(&gone), "a gone writer's temporary file was kept");
+    assert!(
+        exists(&ours) && exists(&sleepers),
+        "a running writer's temporary file was removed"
+    );
+    let log = stderr(&out);
+    assert!(
+        log.contains("removed the temporary file of a save that was cut off"),
+        "{log}"
+    );
+
+    // Now the sleeper is gone; the job is complete: the next run only loads.
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    let version = job.checkpoint().unwrap().version;
+    let out = job.run();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already completed"), "{}", stderr(&out));
+    assert_eq!(job.checkpoint().unwrap().version, version, "it saved");
+    assert!(!exists(&sleepers), "the first load kept a gone writer's file");
+    assert!(exists(&ours), "a running writer's temporary file was removed");
+}
