@@ -80,7 +80,11 @@ fn temporaries_of_sigkilled_saves_are_removed_by_the_next_runs() {
 
     let out = job.run();
     assert!(out.status.success(), "last run:\n{}", stderr(&out));
-    assert_eq!(temporaries(&job), Vec::<String>::new(), "left after completion");
+    assert_eq!(
+        temporaries(&job),
+        Vec::<String>::new(),
+        "left after completion"
+    );
     assert_eq!(job.checkpoint().unwrap().status, Status::Completed);
     assert!(
         std::fs::read(job.out()).unwrap() == reference_output(records, chunk),
@@ -165,8 +169,18 @@ fn a_running_writers_temporary_survives_and_a_gone_ones_is_removed() {
     let version = job.checkpoint().unwrap().version;
     let out = job.run();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("already completed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already completed"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(job.checkpoint().unwrap().version, version, "it saved");
-    assert!(!exists(&sleepers), "the first load kept a gone writer's file");
-    assert!(exists(&ours), "a running writer's temporary file was removed");
+    assert!(
+        !exists(&sleepers),
+        "the first load kept a gone writer's file"
+    );
+    assert!(
+        exists(&ours),
+        "a running writer's temporary file was removed"
+    );
 }

@@ -107,14 +107,23 @@ pub(crate) async fn list(url: &str, json: bool) -> Result<(), CliError> {
         write_table(&mut out, &entries, now)?;
     }
     if !leftovers.is_empty() {
-        let files = if leftovers.len() == 1 { "file" } else { "files" };
+        let files = if leftovers.len() == 1 {
+            "file"
+        } else {
+            "files"
+        };
         writeln!(
             out,
             "\n{} temporary {files} of saves cut off by a kill could not be removed yet:",
             leftovers.len()
         )?;
         for l in &leftovers {
-            writeln!(out, "  {}\n    {}", l.key, l.reason.as_deref().unwrap_or(""))?;
+            writeln!(
+                out,
+                "  {}\n    {}",
+                l.key,
+                l.reason.as_deref().unwrap_or("")
+            )?;
         }
     }
     Ok(())

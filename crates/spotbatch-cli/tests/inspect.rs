@@ -117,7 +117,9 @@ fn writer_tag(pid: u32) -> String {
 /// A temporary file of `job`'s checkpoint, as a save by `writer` (a tag)
 /// that was cut off leaves it.
 fn temporary(s: &Store, job: &str, writer: &str) -> std::path::PathBuf {
-    let path = s.path().join(format!(".{job}.ckpt.{writer}.{}.tmp", "ab".repeat(16)));
+    let path = s
+        .path()
+        .join(format!(".{job}.ckpt.{writer}.{}.tmp", "ab".repeat(16)));
     std::fs::write(&path, b"partial").unwrap();
     path
 }
@@ -156,13 +158,17 @@ fn list_removes_temporaries_of_gone_writers_and_shows_the_others_with_why() {
         lines.next().unwrap().trim().to_owned()
     };
     assert!(
-        why(&live).contains(&format!("pid {}, is running on this host", std::process::id())),
+        why(&live).contains(&format!(
+            "pid {}, is running on this host",
+            std::process::id()
+        )),
         "{text}"
     );
     let remote_why = why(&remote);
     assert!(
         remote_why.contains("pid 77 on another host")
-            && remote_why.contains("may still be saving; a save or list removes it once it is 1 h old"),
+            && remote_why
+                .contains("may still be saving; a save or list removes it once it is 1 h old"),
         "{text}"
     );
     assert!(
@@ -174,7 +180,10 @@ fn list_removes_temporaries_of_gone_writers_and_shows_the_others_with_why() {
     assert_code(&out, 0);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let entries = v.as_array().unwrap();
-    let kinds: Vec<&str> = entries.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = entries
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["checkpoint", "leftover", "leftover"], "{v:#}");
     let leftover = entries
         .iter()
@@ -192,7 +201,11 @@ fn list_removes_temporaries_of_gone_writers_and_shows_the_others_with_why() {
     // Nothing but leftovers.
     let empty = Store::new();
     std::fs::create_dir_all(empty.path()).unwrap();
-    let remote = temporary(&empty, "gone-job", "pid77-ns4026531836-boot0123456789abcdef-t5");
+    let remote = temporary(
+        &empty,
+        "gone-job",
+        "pid77-ns4026531836-boot0123456789abcdef-t5",
+    );
     let out = run(&["list", &empty.url()]);
     assert_code(&out, 0);
     let text = stdout(&out);

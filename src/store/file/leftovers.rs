@@ -295,11 +295,19 @@ struct ProcStat {
 
 fn proc_stat(pid: u32) -> io::Result<ProcStat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let bad = || io::Error::new(ErrorKind::InvalidData, format!("/proc/{pid}/stat: {text:?}"));
+    let bad = || {
+        io::Error::new(
+            ErrorKind::InvalidData,
+            format!("/proc/{pid}/stat: {text:?}"),
+        )
+    };
     // The command name (field 2) is in parentheses and may hold anything.
     let (_, after) = text.rsplit_once(')').ok_or_else(bad)?;
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let state = fields.first().and_then(|f| f.chars().next()).ok_or_else(bad)?;
+    let state = fields
+        .first()
+        .and_then(|f| f.chars().next())
+        .ok_or_else(bad)?;
     let start = fields
         .get(22 - 3)
         .and_then(|f| f.parse().ok())
@@ -312,7 +320,11 @@ fn boot_id() -> u64 {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .ok()
         .and_then(|text| {
-            let hex: String = text.chars().filter(char::is_ascii_hexdigit).take(16).collect();
+            let hex: String = text
+                .chars()
+                .filter(char::is_ascii_hexdigit)
+                .take(16)
+                .collect();
             (hex.len() == 16).then(|| u64::from_str_radix(&hex, 16).ok())?
         })
         .unwrap_or(0)
@@ -328,7 +340,10 @@ mod tests {
         let parsed = parse(&name).unwrap();
         assert_eq!(parsed.stem, "job");
         assert_eq!(parsed.origin, Some(Origin::this_process()));
-        assert!(name.contains(&format!(".pid{}-", std::process::id())), "{name}");
+        assert!(
+            name.contains(&format!(".pid{}-", std::process::id())),
+            "{name}"
+        );
 
         // Names without a writer.
         let old = ".job.ckpt.0123456789abcdef0123456789abcdef.tmp";
@@ -392,7 +407,10 @@ mod tests {
 
         // A real process, gone: killed and reaped. Another, killed but not
         // reaped (a zombie).
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let dead = Origin {
             pid: child.id(),
             start: proc_stat(child.id()).unwrap().start,
@@ -400,7 +418,10 @@ mod tests {
         };
         child.kill().unwrap();
         child.wait().unwrap();
-        let mut zombie = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut zombie = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let undead = Origin {
             pid: zombie.id(),
             start: proc_stat(zombie.id()).unwrap().start,
@@ -457,7 +478,8 @@ mod tests {
             reason(&live)
         );
         assert!(
-            reason(&young_remote[0]).contains("another host") && reason(&young_remote[0]).contains("removes it once it is 1 h old"),
+            reason(&young_remote[0]).contains("another host")
+                && reason(&young_remote[0]).contains("removes it once it is 1 h old"),
             "{}",
             reason(&young_remote[0])
         );

@@ -2,12 +2,13 @@
 
 mod leftovers;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
 use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tracing::debug;
@@ -20,6 +21,9 @@ const EXTENSION: &str = "ckpt";
 /// Encoded names longer than this are shortened and completed with a hash,
 /// keeping every file name well under the usual 255-byte limit.
 const MAX_STEM: usize = 120;
+/// After a key's first sweep, its saves sweep again at most this often: a
+/// sweep reads the whole directory.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Checkpoints as files in one directory: `DIR/<encoded key>.ckpt`.
 ///
@@ -49,9 +53,10 @@ const MAX_STEM: usize = 120;
 /// removed later, while holding the key's lock (so no writer that takes the
 /// lock is in the middle of a save), by:
 ///
-/// - every save and delete of the key;
 /// - the first load of the key by this store value (or a clone), which is a
 ///   runner's start, unless a save of the key holds the lock right then;
+/// - the first save of the key by this store value, then one save a minute
+///   at most (a sweep reads the whole directory), and every delete;
 /// - [`list`](CheckpointStore::list), for every key, without waiting for a
 ///   lock that a save holds.
 ///
@@ -86,9 +91,8 @@ const MAX_STEM: usize = 120;
 #[derive(Debug, Clone)]
 pub struct FileStore {
     dir: PathBuf,
-    /// Stems whose temporary files this store (or a clone) has swept at a
-    /// load or a list; a first load sweeps.
-    visited: Arc<Mutex<HashSet<String>>>,
+    /// When this store (or a clone) last swept each stem's temporary files.
+    swept: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl FileStore {
@@ -97,7 +101,7 @@ impl FileStore {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
-            visited: Arc::default(),
+            swept: Arc::default(),
         }
     }
 
@@ -163,18 +167,29 @@ impl FileStore {
             .open(self.dir.join(format!("{stem}.lock")))
     }
 
-    /// Whether `stem` has not been swept by this store at a load or list
-    /// yet; it counts as swept from now on.
-    fn first_visit(&self, stem: &str) -> bool {
-        self.visited
+    /// Whether `stem` is due a sweep: this store never swept it, or (with
+    /// `every`) not for that long.
+    fn sweep_due(&self, stem: &str, every: Option<Duration>) -> bool {
+        let swept = self.swept.lock().unwrap_or_else(PoisonError::into_inner);
+        match (swept.get(stem), every) {
+            (None, _) => true,
+            (Some(last), Some(every)) => last.elapsed() >= every,
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Records a sweep of `stem` now.
+    fn swept_now(&self, stem: &str) {
+        self.swept
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(stem.to_owned())
+            .insert(stem.to_owned(), Instant::now());
     }
 
     /// Removes the stale temporary files of `stem`'s checkpoint; the caller
     /// holds its lock. Never fails: what stays is reported by `list`.
     fn sweep_locked(&self, stem: &str) {
+        self.swept_now(stem);
         let names: Vec<String> = match fs::read_dir(&self.dir) {
             Ok(entries) => entries
                 .flatten()
@@ -191,8 +206,8 @@ impl FileStore {
         }
     }
 
-    /// Sweeps `stem`'s temporary files unless a save holds its lock (that
-    /// save sweeps them) or no save ever took it (it left none).
+    /// Sweeps `stem`'s temporary files unless a save holds its lock (its
+    /// store sweeps them) or no save ever took it (it left none).
     fn sweep_if_free(&self, stem: &str) {
         let Ok(lock) = self.open_lock(stem, false) else {
             return;
@@ -227,7 +242,10 @@ impl FileStore {
         expected: Option<u64>,
     ) -> Result<(), StoreError> {
         let _lock = self.lock(key).map_err(|e| self.io_error(key, "lock", e))?;
-        self.sweep_locked(&file_stem(key));
+        let stem = file_stem(key);
+        if self.sweep_due(&stem, Some(SWEEP_EVERY)) {
+            self.sweep_locked(&stem);
+        }
         let path = self.path_of(key);
         let found = self.read_version(key, &path)?;
         self.check(key, expected, found)?;
@@ -275,6 +293,8 @@ impl FileStore {
         let mut out = Vec::new();
         // Temporary files by the stem of their checkpoint.
         let mut temps: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        // Stems of the checkpoints.
+        let mut stems = Vec::new();
         for entry in entries.flatten() {
             let file_name = entry.file_name();
             if let Some(name) = file_name.to_str() {
@@ -311,11 +331,15 @@ impl FileStore {
                 Err(e) => unreadable(e.to_string()),
             };
             if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
-                self.first_visit(stem);
+                stems.push(stem.to_owned());
             }
             out.push(listing);
         }
         out.sort_by(|a, b| listing_key(a).cmp(listing_key(b)));
+        // Those without a temporary file are as good as swept.
+        for stem in stems.iter().filter(|s| !temps.contains_key(*s)) {
+            self.swept_now(stem);
+        }
         let mut left: Vec<Listing> = temps
             .iter()
             .flat_map(|(stem, names)| self.sweep_for_list(stem, names))
@@ -332,13 +356,13 @@ impl FileStore {
     /// `list`'s sweep of `stem`'s temporary files `names`: under its lock if
     /// it is free at once, else they are all left, with why.
     fn sweep_for_list(&self, stem: &str, names: &[String]) -> Vec<leftovers::Kept> {
-        self.first_visit(stem);
         let reason = match self.open_lock(stem, true).map(|lock| {
             let locked = lock.try_lock();
             (lock, locked)
         }) {
             Ok((_lock, Ok(()))) => {
-                return leftovers::sweep(&self.dir, stem, names.iter().map(String::as_str))
+                self.swept_now(stem);
+                return leftovers::sweep(&self.dir, stem, names.iter().map(String::as_str));
             }
             Ok((_, Err(TryLockError::WouldBlock))) => {
                 "a save of this job holds its lock: it may be this save's own; checked again at the next save or list".to_owned()
@@ -410,7 +434,7 @@ impl CheckpointStore for FileStore {
 
     async fn load(&self, key: &JobKey) -> Result<Option<Checkpoint>, StoreError> {
         let stem = file_stem(key);
-        if self.first_visit(&stem) {
+        if self.sweep_due(&stem, None) {
             let store = self.clone();
             // Best effort: a failed sweep fails no load.
             let _ = tokio::task::spawn_blocking(move || store.sweep_if_free(&stem)).await;
@@ -588,16 +612,33 @@ mod tests {
         let mut ckpt = Checkpoint::new(job.clone(), Writer::this_process());
         store.save(&ckpt, None).await.unwrap();
         // This process's own name: a live writer's.
-        let live = store.dir().join(leftovers::temp_name(&format!("{}.{EXTENSION}", file_stem(&job))));
+        let live = store.dir().join(leftovers::temp_name(&format!(
+            "{}.{EXTENSION}",
+            file_stem(&job)
+        )));
         File::create(&live).unwrap();
         let young = anonymous_temp(&store, &job, Duration::ZERO);
         let other_job = anonymous_temp(&store, &key("other"), leftovers::STALE_AFTER * 2);
 
+        // The first save swept; the next ones sweep once a minute.
         let t = stale();
         ckpt.version = 2;
         store.save(&ckpt, Some(1)).await.unwrap();
+        assert!(t.exists(), "a save swept again within a minute");
+        for last in store.swept.lock().unwrap().values_mut() {
+            *last -= SWEEP_EVERY;
+        }
+        ckpt.version = 3;
+        store.save(&ckpt, Some(2)).await.unwrap();
         assert!(!t.exists(), "a save kept a stale temporary file");
         assert!(other_job.exists(), "a save of one job swept another's");
+        let t = stale();
+        ckpt.version = 4;
+        FileStore::new(dir.path())
+            .save(&ckpt, Some(3))
+            .await
+            .unwrap();
+        assert!(!t.exists(), "a first save kept a stale temporary file");
 
         let t = stale();
         let fresh = FileStore::new(dir.path());
@@ -610,7 +651,10 @@ mod tests {
         let listed = fresh.list().await.unwrap();
         assert!(!t.exists(), "list kept a stale temporary file");
         assert!(!other_job.exists(), "list kept a stale temporary file");
-        assert!(matches!(&listed[0], Listing::Checkpoint(s) if s.job == job), "{listed:?}");
+        assert!(
+            matches!(&listed[0], Listing::Checkpoint(s) if s.job == job),
+            "{listed:?}"
+        );
         let left: Vec<(&String, &String)> = listed[1..]
             .iter()
             .map(|l| match l {
@@ -625,8 +669,14 @@ mod tests {
                 .unwrap_or_else(|| panic!("{} not listed: {listed:?}", p.display()))
                 .1
         };
-        assert!(reason_of(&live).contains("is running on this host"), "{listed:?}");
-        assert!(reason_of(&young).contains("may still be saving"), "{listed:?}");
+        assert!(
+            reason_of(&live).contains("is running on this host"),
+            "{listed:?}"
+        );
+        assert!(
+            reason_of(&young).contains("may still be saving"),
+            "{listed:?}"
+        );
 
         // A save in progress holds the lock: load and list leave its files alone.
         let held = store.lock(&job).unwrap();
@@ -635,12 +685,14 @@ mod tests {
         assert!(t.exists(), "a first load swept under a held lock");
         let listed = store.list().await.unwrap();
         assert!(
-            listed.iter().any(|l| matches!(l, Listing::Leftover { name, reason }
+            listed
+                .iter()
+                .any(|l| matches!(l, Listing::Leftover { name, reason }
                 if *name == t.display().to_string() && reason.contains("holds its lock"))),
             "{listed:?}"
         );
         drop(held);
-        store.delete(&job, 2).await.unwrap();
+        store.delete(&job, 4).await.unwrap();
         assert!(!t.exists(), "a delete kept a stale temporary file");
         assert!(live.exists() && young.exists());
     }
