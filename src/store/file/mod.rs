@@ -365,7 +365,7 @@ impl FileStore {
                 return leftovers::sweep(&self.dir, stem, names.iter().map(String::as_str));
             }
             Ok((_, Err(TryLockError::WouldBlock))) => {
-                "a save of this job holds its lock: it may be this save's own; checked again at the next save or list".to_owned()
+                "a save of this job holds its lock right now (this may be that save's own file); checked again at the next save or list".to_owned()
             }
             Ok((_, Err(TryLockError::Error(e)))) | Err(e) => {
                 format!("the job's lock could not be taken to check it: {e}")
