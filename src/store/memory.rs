@@ -56,16 +56,7 @@ impl MemoryStore {
         expected: Option<u64>,
         found: Option<u64>,
     ) -> Result<(), StoreError> {
-        if expected == found {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict {
-                store: self.location(),
-                key: key.to_string(),
-                expected,
-                found,
-            })
-        }
+        StoreError::unless_version(self, key, expected, found)
     }
 }
 

@@ -324,6 +324,26 @@ fn show_version(v: Option<u64>) -> String {
 }
 
 impl StoreError {
+    /// `Ok` when the version `store` found for `key` is the one the caller
+    /// expected; otherwise [`StoreError::Conflict`] naming both.
+    pub(crate) fn unless_version(
+        store: &dyn CheckpointStore,
+        key: &JobKey,
+        expected: Option<u64>,
+        found: Option<u64>,
+    ) -> Result<(), StoreError> {
+        if expected == found {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict {
+                store: store.location(),
+                key: key.to_string(),
+                expected,
+                found,
+            })
+        }
+    }
+
     /// Whether retrying the same operation later may succeed (an I/O error),
     /// as opposed to a conflict or bad data, which will not go away.
     pub fn is_transient(&self) -> bool {
