@@ -73,7 +73,7 @@ impl Job for Etl {
             .bind(&gross)
             .execute(&mut *tx)
             .await?;
-        tx.done().await?; // last fallible step of the chunk
+        tx.done().await?; // every statement succeeded (their errors returned with `?`)
         Ok(())
     }
 

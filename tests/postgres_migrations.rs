@@ -11,7 +11,7 @@ use spotbatch::postgres::{PostgresOptions, PostgresStore};
 use spotbatch::{Checkpoint, CheckpointStore, JobKey, StoreError, Writer};
 use sqlx::PgPool;
 
-/// The number of migration files in the workspace's `migrations/`.
+/// The number of migration files in the crate's `migrations/`.
 fn migration_files() -> i64 {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
     let n = std::fs::read_dir(&dir)
@@ -150,4 +150,40 @@ async fn opting_out_leaves_the_schema_alone() {
         .expect_err("no tables");
     assert!(matches!(err, StoreError::Io { .. }), "{err}");
     assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+/// Every save changes `updated_at`, the counters, the envelope and the
+/// lease: an index on any of them would keep saves from being heap-only
+/// (HOT) updates, each adding index entries. Only `key` (never changes) and
+/// `status` (changes when a run ends) may be indexed.
+#[tokio::test]
+async fn saves_change_no_indexed_column() {
+    let schema = fresh_name("hot");
+    let store = PostgresStore::connect(&with_schema(&pg_url(), &schema))
+        .await
+        .expect("connect");
+    let indexed: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT a.attname::text FROM pg_index i \
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+         WHERE i.indrelid = format('%I.spotbatch_checkpoints', $1::text)::regclass \
+         ORDER BY 1",
+    )
+    .bind(&schema)
+    .fetch_all(store.pool())
+    .await
+    .expect("indexed columns");
+    assert_eq!(indexed, ["key", "status"]);
+    let expressions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_index \
+         WHERE indrelid = format('%I.spotbatch_checkpoints', $1::text)::regclass \
+           AND (indexprs IS NOT NULL OR indpred IS NOT NULL)",
+    )
+    .bind(&schema)
+    .fetch_one(store.pool())
+    .await
+    .expect("expression indexes");
+    assert_eq!(
+        expressions, 0,
+        "an expression or partial index may cover any column"
+    );
 }

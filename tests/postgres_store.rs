@@ -264,6 +264,56 @@ async fn run_history_rows_are_written_with_each_save() {
         ]
     );
 
+    // A run id already recorded for another job is left alone.
+    let mut foreign = Checkpoint::new(key("other-job"), Writer::this_process());
+    let mut claimed = killed.clone();
+    claimed.chunks = 99;
+    foreign.history = vec![claimed];
+    store
+        .save(&foreign, None)
+        .await
+        .expect("another job's save");
+    let owner: (String, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT job_key, chunks FROM \"{schema}\".spotbatch_runs WHERE run_id = $1"
+    )))
+    .bind(killed.run_id)
+    .fetch_one(&pool)
+    .await
+    .expect("the killed run's row");
+    assert_eq!(owner, ("history-job".into(), 40));
+
+    // A store that has not saved this job yet writes the whole history (as
+    // arrays): a changed record, an unchanged one, a new one.
+    let again = PostgresStore::connect(&with_schema(&pg_url(), &schema))
+        .await
+        .expect("a second store");
+    let mut third = next.clone();
+    third.version = 3;
+    let mut resumed = killed.clone();
+    resumed.outcome = "killed".into();
+    let latest = RunRecord::started(&Writer::this_process(), 1_700_000_300_000);
+    third.history = vec![resumed.clone(), interrupted.clone(), latest.clone()];
+    again
+        .save(&third, Some(2))
+        .await
+        .expect("save with three runs");
+    let rows: Vec<(uuid::Uuid, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT run_id, outcome, last_version FROM \"{schema}\".spotbatch_runs \
+         WHERE job_key = $1 ORDER BY started_at"
+    )))
+    .bind(job.as_str())
+    .fetch_all(&pool)
+    .await
+    .expect("runs");
+    assert_eq!(
+        rows,
+        vec![
+            (killed.run_id, "killed".into(), 3),
+            (interrupted.run_id, "interrupted".into(), 2),
+            (latest.run_id, "running".into(), 3),
+        ]
+    );
+
     // The guide's query: interruptions and work lost per job, in one statement.
     let query = include_str!("../docs/stores.md")
         .split("```sql")
@@ -276,7 +326,7 @@ async fn run_history_rows_are_written_with_each_save() {
         .await
         .expect("the query of docs/stores.md");
     assert_eq!(row.get::<String, _>("job_key"), "history-job");
-    assert_eq!(row.get::<i64, _>("runs"), 2);
+    assert_eq!(row.get::<i64, _>("runs"), 3);
     assert_eq!(row.get::<i64, _>("interrupted"), 1);
     assert_eq!(row.get::<i64, _>("killed"), 1);
 }

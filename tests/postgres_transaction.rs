@@ -130,6 +130,77 @@ async fn an_unfinished_chunk_is_rolled_back_before_the_save() {
 }
 
 #[tokio::test]
+async fn a_failed_first_chunk_rolls_back_only_itself() {
+    let mut f = Fixture::new().await;
+    // The first chunk after a checkpoint has no savepoint: failing, it takes
+    // the transaction (which holds nothing else) with it.
+    let err = f.chunk(&[1, 1], true).await.expect_err("duplicate");
+    assert!(matches!(err, TxError::Sql { .. }), "{err}");
+    f.chunk(&[2], true)
+        .await
+        .expect("chunk after the failed one");
+    // A middle chunk fails at its savepoint; the chunks around it stay.
+    f.chunk(&[3], false).await.expect("chunk left without done");
+    f.chunk(&[4], true)
+        .await
+        .expect("chunk after the abandoned one");
+    f.save().await.expect("save");
+    assert_eq!(f.committed().await, [2, 4]);
+    // And again, the failed first chunk followed by the save alone.
+    f.chunk(&[5], false).await.expect("chunk left without done");
+    assert!(f.tx.is_open().await);
+    f.save().await.expect("save after the only chunk failed");
+    assert!(!f.tx.is_open().await);
+    assert_eq!(f.committed().await, [2, 4]);
+    assert_eq!(
+        f.store.load(&f.key).await.expect("load").map(|c| c.version),
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn a_chunk_that_ignores_a_failed_statement_loses_the_transaction() {
+    for next in ["chunk", "check", "save"] {
+        let mut f = Fixture::new().await;
+        f.save().await.expect("first save");
+        f.chunk(&[1], true).await.expect("chunk");
+        {
+            let mut chunk = f.tx.chunk().await.expect("chunk");
+            sqlx::query(AssertSqlSafe(format!("INSERT INTO {} VALUES (2)", f.table)))
+                .execute(&mut *chunk)
+                .await
+                .expect("insert");
+            // Fails (duplicate key); the job ignores it and calls done.
+            let ignored = sqlx::query(AssertSqlSafe(format!("INSERT INTO {} VALUES (1)", f.table)))
+                .execute(&mut *chunk)
+                .await;
+            assert!(ignored.is_err());
+            chunk.done().await.expect("done takes no round trip");
+        }
+        let err = match next {
+            "chunk" => f.tx.chunk().await.map(drop).expect_err("chunk").to_string(),
+            "check" => f.tx.check().await.expect_err("check").to_string(),
+            _ => f.save().await.expect_err("save").to_string(),
+        };
+        assert!(
+            err.contains("its error was ignored") && err.contains("next run redoes them"),
+            "{next}: {err}"
+        );
+        assert!(
+            matches!(f.tx.chunk().await, Err(TxError::Lost { .. })),
+            "{next}"
+        );
+        assert!(f.save().await.is_err(), "{next}: a save after the loss");
+        assert!(f.committed().await.is_empty(), "{next}");
+        assert_eq!(
+            f.store.load(&f.key).await.expect("load").map(|c| c.version),
+            Some(1),
+            "{next}: the checkpoint moved without its writes"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_lost_conflict_rolls_everything_back() {
     let mut f = Fixture::new().await;
     f.save().await.expect("first save");

@@ -30,13 +30,25 @@ fn ms(col: &str) -> String {
     format!("(extract(epoch from {col}) * 1000)::bigint")
 }
 
+/// Which run records a save writes to the runs table, and so which of its
+/// statements it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// None: every record of the history is stored as it is.
+    NoRuns,
+    /// One (a run's progress, at most saves): bound as plain values.
+    OneRun,
+    /// Several, bound as arrays.
+    Runs,
+}
+
 /// Every statement of one store, with its schema's names.
 #[derive(Debug, Clone)]
 pub(crate) struct Queries {
     pub(crate) checkpoints: String,
     pub(crate) load: SqlStr,
-    pub(crate) save_update: SqlStr,
-    pub(crate) save_create: SqlStr,
+    /// The saves: `[over a version, creating]` × [`Shape`] in declaration order.
+    save: [[SqlStr; 3]; 2],
     pub(crate) found: SqlStr,
     pub(crate) list: SqlStr,
     pub(crate) delete: SqlStr,
@@ -49,47 +61,93 @@ impl Queries {
         let runs = format!("{s}.{RUNS}");
         let sql = |text: String| AssertSqlSafe(text).into_sql_str();
 
-        // $1..$23: the checkpoint; $24..$32: its run history; $33: the
+        // $1..$23: the checkpoint; then the run records to write (none;
+        // one, as $24..$32; or several, as arrays $24..$32); last, the
         // transaction mark ('' outside a SharedTransaction).
-        let values = format!(
-            "v AS (
-    SELECT $1::text AS key, $2::bigint AS expected, $3::bigint AS version,
-           $4::text AS status, $5::text AS status_detail, $6::bytea AS envelope,
-           $7::text AS cursor_codec, $8::text AS cursor_type, $9::bigint AS job_schema,
-           $10::text::jsonb AS cursor_json,
-           $11::bigint AS chunks, $12::bigint AS items, $13::bigint AS checkpoints,
-           $14::bigint AS interruptions, $15::bigint AS runs,
-           {created} AS created_at, {updated} AS updated_at,
-           $18::text AS writer_host, $19::bigint AS writer_pid, $20::uuid AS writer_run_id,
-           $21::text AS writer_task, $22::uuid AS lease_owner, {lease} AS lease_expires_at
-    WHERE coalesce(current_setting('{TX_MARK}', true), '') = $33::text
-)",
-            created = ts("$16::bigint"),
-            updated = ts("$17::bigint"),
-            lease = ts("$23::bigint"),
+        //
+        // One statement, one round trip: the compare-and-swap (`cas`), then
+        // the runs upsert, which joins `cas` and so writes nothing when the
+        // compare-and-swap did not. The checkpoint row is written with plain
+        // parameters, and the `status` index leaves out `updated_at`
+        // (migrations/0003), so a save is a heap-only (HOT) update that adds
+        // no index entries.
+        let mark =
+            |n: usize| format!("coalesce(current_setting('{TX_MARK}', true), '') = ${n}::text");
+        let columns = [
+            ("key", "$1::text".to_owned()),
+            ("version", "$3::bigint".to_owned()),
+            ("status", "$4::text".to_owned()),
+            ("status_detail", "$5::text".to_owned()),
+            ("envelope", "$6::bytea".to_owned()),
+            ("cursor_codec", "$7::text".to_owned()),
+            ("cursor_type", "$8::text".to_owned()),
+            ("job_schema", "$9::bigint".to_owned()),
+            ("cursor_json", "$10::text::jsonb".to_owned()),
+            ("chunks", "$11::bigint".to_owned()),
+            ("items", "$12::bigint".to_owned()),
+            ("checkpoints", "$13::bigint".to_owned()),
+            ("interruptions", "$14::bigint".to_owned()),
+            ("runs", "$15::bigint".to_owned()),
+            ("created_at", ts("$16::bigint")),
+            ("updated_at", ts("$17::bigint")),
+            ("writer_host", "$18::text".to_owned()),
+            ("writer_pid", "$19::bigint".to_owned()),
+            ("writer_run_id", "$20::uuid".to_owned()),
+            ("writer_task", "$21::text".to_owned()),
+            ("lease_owner", "$22::uuid".to_owned()),
+            ("lease_expires_at", ts("$23::bigint")),
+        ];
+        let list = |items: Vec<String>| items.join(", ");
+        let names = list(columns.iter().map(|(c, _)| (*c).to_owned()).collect());
+        let values = list(columns.iter().map(|(_, v)| v.clone()).collect());
+        let set = list(
+            columns
+                .iter()
+                .filter(|(c, _)| *c != "key")
+                .map(|(c, v)| format!("{c} = {v}"))
+                .collect(),
         );
-        let columns = "key, version, status, status_detail, envelope, cursor_codec, cursor_type, \
-             job_schema, cursor_json, chunks, items, checkpoints, interruptions, runs, created_at, \
-             updated_at, writer_host, writer_pid, writer_run_id, writer_task, lease_owner, lease_expires_at";
-        let set = columns
-            .split(", ")
-            .filter(|c| *c != "key")
-            .map(|c| format!("{c} = v.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let history = format!(
-            "h AS (
-    SELECT * FROM unnest($24::uuid[], $25::bigint[], $26::bigint[], $27::text[], $28::text[],
-                         $29::text[], $30::bigint[], $31::text[], $32::text[])
-        AS h(run_id, started_ms, ended_ms, outcome, outcome_detail, source, chunks, host, task)
-), hist AS (
-    INSERT INTO {runs} AS r (run_id, job_key, started_at, ended_at, outcome, outcome_detail,
-                             interruption_source, chunks, writer_host, writer_task,
-                             last_saved_at, last_version)
-    SELECT h.run_id, v.key, {started}, {ended}, h.outcome, h.outcome_detail, h.source, h.chunks,
-           h.host, h.task, v.updated_at, v.version
-    FROM h CROSS JOIN v
-    WHERE EXISTS (SELECT 1 FROM cas)
+        // The run columns a save may change.
+        let run_cols = [
+            "started_at",
+            "ended_at",
+            "outcome",
+            "outcome_detail",
+            "interruption_source",
+            "chunks",
+            "writer_host",
+            "writer_task",
+        ];
+        let prefixed =
+            |alias: &str| list(run_cols.iter().map(|c| format!("{alias}.{c}")).collect());
+        let run_values = |types: [&str; 9]| {
+            let [id, started, ended, outcome, detail, source, chunks, host, task] =
+                [24, 25, 26, 27, 28, 29, 30, 31, 32].map(|n| n.to_string());
+            let [t_id, t_started, t_ended, t_outcome, t_detail, t_source, t_chunks, t_host, t_task] =
+                types;
+            format!(
+                "${id}::{t_id}, ${started}::{t_started}, ${ended}::{t_ended}, ${outcome}::{t_outcome}, \
+                 ${detail}::{t_detail}, ${source}::{t_source}, ${chunks}::{t_chunks}, ${host}::{t_host}, \
+                 ${task}::{t_task}"
+            )
+        };
+        let scalar = [
+            "uuid", "bigint", "bigint", "text", "text", "text", "bigint", "text", "text",
+        ];
+        let arrays = scalar.map(|t| match t {
+            "uuid" => "uuid[]",
+            "bigint" => "bigint[]",
+            _ => "text[]",
+        });
+        let h =
+            "h(run_id, started_ms, ended_ms, outcome, outcome_detail, source, chunks, host, task)";
+        let runs_upsert = |source: String| {
+            format!(
+                "runs AS (
+    INSERT INTO {runs} AS r (run_id, job_key, {run_cols}, last_saved_at, last_version)
+    SELECT h.run_id, cas.key, {started}, {ended}, h.outcome, h.outcome_detail, h.source,
+           h.chunks, h.host, h.task, cas.updated_at, cas.version
+    FROM cas CROSS JOIN {source}
     ON CONFLICT (run_id) DO UPDATE SET
         started_at = excluded.started_at, ended_at = excluded.ended_at,
         outcome = excluded.outcome, outcome_detail = excluded.outcome_detail,
@@ -97,32 +155,58 @@ impl Queries {
         writer_host = excluded.writer_host, writer_task = excluded.writer_task,
         last_saved_at = excluded.last_saved_at, last_version = excluded.last_version
     WHERE r.job_key = excluded.job_key
-      AND (r.started_at, r.ended_at, r.outcome, r.outcome_detail, r.interruption_source,
-           r.chunks, r.writer_host, r.writer_task)
-          IS DISTINCT FROM
-          (excluded.started_at, excluded.ended_at, excluded.outcome, excluded.outcome_detail,
-           excluded.interruption_source, excluded.chunks, excluded.writer_host, excluded.writer_task)
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM cas) AS saved, (SELECT count(*) FROM v) AS marked",
-            started = ts("h.started_ms"),
-            ended = ts("h.ended_ms"),
-        );
-        let save_update = format!(
-            "WITH {values}, cas AS (
-    UPDATE {cp} AS c SET {set}
-    FROM v WHERE c.key = v.key AND c.version = v.expected
-    RETURNING c.key
-), {history}"
-        );
-        let save_create = format!(
-            "WITH {values}, cas AS (
-    INSERT INTO {cp} ({columns})
-    SELECT {columns} FROM v WHERE v.expected IS NULL
+      AND ({r_cols}) IS DISTINCT FROM ({x_cols})
+)",
+                run_cols = run_cols.join(", "),
+                started = ts("h.started_ms"),
+                ended = ts("h.ended_ms"),
+                r_cols = prefixed("r"),
+                x_cols = prefixed("excluded"),
+            )
+        };
+        // Per shape: the runs upsert, and the number of the mark's parameter.
+        let shapes = [
+            (None, 24),
+            (
+                Some(runs_upsert(format!(
+                    "(SELECT {}) AS {h}",
+                    run_values(scalar)
+                ))),
+                33,
+            ),
+            (
+                Some(runs_upsert(format!(
+                    "unnest({}) AS {h}",
+                    run_values(arrays)
+                ))),
+                33,
+            ),
+        ];
+        let save = |cas: &str| {
+            shapes.clone().map(|(runs, n)| {
+                let cas = cas.replace("{mark}", &mark(n));
+                let ctes = list([Some(cas), runs].into_iter().flatten().collect());
+                sql(format!(
+                    "WITH {ctes}\nSELECT count(*) AS saved, {mark} AS marked FROM cas",
+                    mark = mark(n),
+                ))
+            })
+        };
+        let save_update = save(&format!(
+            "cas AS (
+    UPDATE {cp} SET {set}
+    WHERE key = $1::text AND version = $2::bigint AND {{mark}}
+    RETURNING key, version, updated_at
+)"
+        ));
+        let save_create = save(&format!(
+            "cas AS (
+    INSERT INTO {cp} ({names})
+    SELECT {values} WHERE $2::bigint IS NULL AND {{mark}}
     ON CONFLICT (key) DO NOTHING
-    RETURNING key
-), {history}"
-        );
+    RETURNING key, version, updated_at
+)"
+        ));
         Self {
             load: sql(format!("SELECT envelope, version FROM {cp} WHERE key = $1")),
             found: sql(format!("SELECT version, envelope FROM {cp} WHERE key = $1")),
@@ -132,8 +216,7 @@ SELECT (SELECT count(*) FROM cas) AS saved, (SELECT count(*) FROM v) AS marked",
                 updated = ms("updated_at")
             )),
             delete: sql(format!("DELETE FROM {cp} WHERE key = $1 AND version = $2")),
-            save_update: sql(save_update),
-            save_create: sql(save_create),
+            save: [save_update, save_create],
             checkpoints: cp,
         }
     }
@@ -167,6 +250,9 @@ pub(crate) struct SaveArgs {
     lease_owner: Option<Uuid>,
     lease_ms: Option<i64>,
     history: History,
+    /// The history's records, one per run id (the last wins): what the
+    /// runs table holds once this save commits.
+    pub(crate) runs: Vec<RunRecord>,
     mark: String,
 }
 
@@ -217,7 +303,9 @@ fn cursor_json(checkpoint: &Checkpoint) -> Option<String> {
 }
 
 impl SaveArgs {
-    /// The values to save `checkpoint` over version `expected`.
+    /// The values to save `checkpoint` over version `expected`. Run records
+    /// equal to one in `written` (the runs table holds them already) are
+    /// left out of the runs upsert.
     ///
     /// Fails only for versions beyond `i64::MAX`, which the `version` column
     /// cannot hold.
@@ -225,6 +313,7 @@ impl SaveArgs {
         checkpoint: &Checkpoint,
         expected: Option<u64>,
         mark: &str,
+        written: &[RunRecord],
     ) -> Result<Self, String> {
         let version_of = |v: u64| {
             i64::try_from(v).map_err(|_| format!("version {v} does not fit the bigint column"))
@@ -238,13 +327,15 @@ impl SaveArgs {
         let mut history = History::default();
         // A run id appears once: the last record wins (an upsert cannot touch a row twice).
         let mut seen = std::collections::HashSet::new();
-        let records: Vec<&RunRecord> = checkpoint
+        let mut runs: Vec<RunRecord> = checkpoint
             .history
             .iter()
             .rev()
             .filter(|r| seen.insert(r.run_id))
+            .cloned()
             .collect();
-        for run in records.into_iter().rev() {
+        runs.reverse();
+        for run in runs.iter().filter(|r| !written.contains(r)) {
             let (word, source) = outcome_parts(&run.outcome);
             history.run_id.push(run.run_id);
             history.started_ms.push(clamp(run.started_ms));
@@ -279,23 +370,31 @@ impl SaveArgs {
             lease_owner: checkpoint.lease.map(|l| l.owner),
             lease_ms: checkpoint.lease.map(|l| clamp(l.expires_ms)),
             history,
+            runs,
             mark: mark.to_owned(),
         })
     }
 
-    /// The statement for this save, with every value bound.
+    fn shape(&self) -> Shape {
+        match self.history.run_id.len() {
+            0 => Shape::NoRuns,
+            1 => Shape::OneRun,
+            _ => Shape::Runs,
+        }
+    }
+
+    /// The statement for this save, with every value bound. Its row:
+    /// whether the compare-and-swap wrote (1 or 0), and whether the
+    /// transaction mark matched (`false`: the job ended its
+    /// [`SharedTransaction`](crate::postgres::SharedTransaction)'s transaction itself).
     pub(crate) fn query<'a>(
         &'a self,
         queries: &Queries,
-    ) -> sqlx::query::QueryAs<'a, sqlx::Postgres, (i64, i64), sqlx::postgres::PgArguments> {
-        let sql = if self.expected.is_some() {
-            queries.save_update.clone()
-        } else {
-            queries.save_create.clone()
-        };
-        let h = &self.history;
+    ) -> sqlx::query::QueryAs<'a, sqlx::Postgres, (i64, bool), sqlx::postgres::PgArguments> {
+        let shape = self.shape();
+        let sql = queries.save[usize::from(self.expected.is_none())][shape as usize].clone();
         let [chunks, items, checkpoints, interruptions, runs] = self.counters;
-        sqlx::query_as(sql)
+        let query = sqlx::query_as(sql)
             .bind(&self.key)
             .bind(self.expected)
             .bind(self.version)
@@ -318,17 +417,32 @@ impl SaveArgs {
             .bind(self.run_id)
             .bind(&self.task)
             .bind(self.lease_owner)
-            .bind(self.lease_ms)
-            .bind(&h.run_id)
-            .bind(&h.started_ms)
-            .bind(&h.ended_ms)
-            .bind(&h.outcome)
-            .bind(&h.detail)
-            .bind(&h.source)
-            .bind(&h.chunks)
-            .bind(&h.host)
-            .bind(&h.task)
-            .bind(&self.mark)
+            .bind(self.lease_ms);
+        let h = &self.history;
+        let query = match shape {
+            Shape::NoRuns => query,
+            Shape::OneRun => query
+                .bind(h.run_id[0])
+                .bind(h.started_ms[0])
+                .bind(h.ended_ms[0])
+                .bind(&h.outcome[0])
+                .bind(&h.detail[0])
+                .bind(&h.source[0])
+                .bind(h.chunks[0])
+                .bind(&h.host[0])
+                .bind(&h.task[0]),
+            Shape::Runs => query
+                .bind(&h.run_id)
+                .bind(&h.started_ms)
+                .bind(&h.ended_ms)
+                .bind(&h.outcome)
+                .bind(&h.detail)
+                .bind(&h.source)
+                .bind(&h.chunks)
+                .bind(&h.host)
+                .bind(&h.task),
+        };
+        query.bind(&self.mark)
     }
 }
 

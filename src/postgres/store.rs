@@ -1,11 +1,12 @@
 //! `PostgresStore`: start-up (connect, migrate) and the `CheckpointStore` operations.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::{
-    Checkpoint, CheckpointError, CheckpointStore, JobKey, Listing, Status, StoreError, Summary,
-    Writer,
+    Checkpoint, CheckpointError, CheckpointStore, JobKey, Listing, RunRecord, Status, StoreError,
+    Summary, Writer,
 };
 use async_trait::async_trait;
 use sqlx::postgres::PgPoolOptions;
@@ -55,7 +56,12 @@ use crate::postgres::transaction::{SharedTransaction, TxShared};
 /// SQL queries (status, counters, timestamps, writer, lease); `load` trusts
 /// only the envelope and checks its checksum, its job key and that the
 /// `version` column agrees with it. The same statement upserts one
-/// `spotbatch_runs` row per run in the checkpoint's recent history.
+/// `spotbatch_runs` row per run in the checkpoint's recent history whose
+/// record changed since this store's last committed save of the job (the
+/// whole history the first time, and after a save whose outcome it did not
+/// learn): the current run's row at each save, the others when they change.
+/// Only `key` and `status` are indexed, so a save rewrites its row in place
+/// (a heap-only update, with no new index entries).
 ///
 /// `list` reads the columns, not the envelopes: a row whose envelope was
 /// damaged (edited by hand, say) is listed as its columns describe, and
@@ -92,6 +98,13 @@ pub(crate) struct Inner {
     pub(crate) schema: String,
     pub(crate) sql: Queries,
     pub(crate) options: PostgresOptions,
+    /// Per job key, the run records the runs table holds since this store's
+    /// last save of the job committed, so that the next save writes only
+    /// those that changed. A save takes its key's entry and puts it back,
+    /// updated, only once it knows it committed: after any other outcome
+    /// (an error, a conflict, a save cut off) the next save writes every
+    /// record again.
+    written: Mutex<HashMap<String, Vec<RunRecord>>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -190,6 +203,7 @@ impl PostgresStore {
                 schema: options.schema.clone(),
                 location,
                 options,
+                written: Mutex::default(),
             }),
             tx: None,
         }
@@ -301,6 +315,30 @@ impl PostgresStore {
         }
     }
 
+    /// The values of a save of `checkpoint`, leaving out the run records
+    /// the runs table holds as they are (see [`Inner::written`]).
+    pub(crate) fn save_args(
+        &self,
+        checkpoint: &Checkpoint,
+        expected: Option<u64>,
+        mark: &str,
+    ) -> Result<SaveArgs, StoreError> {
+        let key = checkpoint.job.as_str();
+        let written = self.written().remove(key).unwrap_or_default();
+        SaveArgs::new(checkpoint, expected, mark, &written)
+            .map_err(|e| self.io_error(key, "save", PgError::Refused(e)))
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<RunRecord>>> {
+        // Each change is one insert or remove: a poisoned map is still sound.
+        self.inner.written.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The save made of `args` committed: the runs table holds its records.
+    pub(crate) fn committed(&self, args: &SaveArgs) {
+        self.written().insert(args.key.clone(), args.runs.clone());
+    }
+
     /// A save outside any shared transaction, retried on connection errors.
     pub(crate) async fn save_plain(
         &self,
@@ -308,9 +346,18 @@ impl PostgresStore {
         expected: Option<u64>,
     ) -> Result<(), StoreError> {
         let key = checkpoint.job.as_str();
-        let args = SaveArgs::new(checkpoint, expected, "")
-            .map_err(|e| self.io_error(key, "save", PgError::Refused(e)))?;
-        let args = &args;
+        let args = self.save_args(checkpoint, expected, "")?;
+        self.save_with(key, expected, &args).await?;
+        self.committed(&args);
+        Ok(())
+    }
+
+    async fn save_with(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        args: &SaveArgs,
+    ) -> Result<(), StoreError> {
         self.retrying(key, "save", |attempt| async move {
             let (saved, _) = args
                 .query(&self.inner.sql)
@@ -454,6 +501,7 @@ impl CheckpointStore for PostgresStore {
 
     async fn delete(&self, key: &JobKey, expected: u64) -> Result<(), StoreError> {
         let version = i64::try_from(expected).unwrap_or(i64::MAX);
+        self.written().remove(key.as_str());
         self.retrying(key.as_str(), "delete", |attempt| async move {
             let deleted = sqlx::query(self.inner.sql.delete.clone())
                 .bind(key.as_str())

@@ -11,21 +11,47 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tracing::{debug, error, info};
 
 use crate::postgres::error::{is_connection_lost, Failure, PgError, TxError};
-use crate::postgres::sql::{SaveArgs, TX_MARK};
+use crate::postgres::sql::TX_MARK;
 use crate::postgres::store::PostgresStore;
 
 const SAVEPOINT: &str = "SAVEPOINT spotbatch_chunk";
+/// Keeps the previous chunk's writes and opens the next chunk's, in one round trip.
+const RELEASE_AND_SAVEPOINT: &str = "RELEASE SAVEPOINT spotbatch_chunk; SAVEPOINT spotbatch_chunk";
 const ROLLBACK_CHUNK: &str = "ROLLBACK TO SAVEPOINT spotbatch_chunk";
-const RELEASE_CHUNK: &str = "RELEASE SAVEPOINT spotbatch_chunk";
 const ENDED_BY_JOB: &str =
     "the job ended the transaction itself (COMMIT, ROLLBACK or END in its SQL): \
                             its writes may be committed without the checkpoint, or gone";
+const FAILED_AFTER_DONE: &str =
+    "a statement of a chunk failed and the chunk still called done (its error was ignored): \
+     the transaction is aborted, so none of its chunks' writes can be committed";
+
+/// The SQLSTATE of a database error.
+fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    e.as_database_error()
+        .and_then(|db| db.code())
+        .map(|c| c.into_owned())
+}
 
 /// SQLSTATE 25P01 `no_active_sql_transaction`: our transaction is no more.
 fn no_transaction(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .and_then(|db| db.code())
-        .is_some_and(|c| c == "25P01")
+    sqlstate(e).is_some_and(|c| c == "25P01")
+}
+
+/// SQLSTATE 25P02 `in_failed_sql_transaction`: a statement failed earlier in
+/// the transaction, which now refuses everything but a rollback.
+fn aborted(e: &sqlx::Error) -> bool {
+    sqlstate(e).is_some_and(|c| c == "25P02")
+}
+
+/// Why a statement of ours on the open transaction failed.
+fn failure(sql: &str, e: &sqlx::Error) -> String {
+    if no_transaction(e) {
+        ENDED_BY_JOB.to_owned()
+    } else if aborted(e) {
+        FAILED_AFTER_DONE.to_owned()
+    } else {
+        format!("{sql} failed: {e}")
+    }
 }
 
 /// A database transaction shared by a job and its [`PostgresStore`]: the job
@@ -48,13 +74,13 @@ fn no_transaction(e: &sqlx::Error) -> bool {
 ///     }
 ///
 ///     async fn process(&mut self, chunk: &Chunk<i64>, _: &mut (), _: &ChunkContext) -> Result<()> {
-///         let mut tx = self.tx.chunk().await?; // BEGIN (first chunk) + SAVEPOINT
+///         let mut tx = self.tx.chunk().await?; // BEGIN (first chunk) or SAVEPOINT
 ///         sqlx::query("INSERT INTO dst (id, v) SELECT id, upper(v) FROM src WHERE id >= $1 AND id < $2")
 ///             .bind(*chunk.start())
 ///             .bind(*chunk.next())
 ///             .execute(&mut *tx)
 ///             .await?;
-///         tx.done().await?; // the chunk's writes are complete: keep them
+///         tx.done().await?; // every statement succeeded: keep the chunk's writes
 ///         Ok(())
 ///     }
 ///
@@ -75,10 +101,16 @@ fn no_transaction(e: &sqlx::Error) -> bool {
 ///
 /// # How it works
 ///
-/// - [`chunk`](Self::chunk) begins a transaction on a pooled connection the
-///   first time (lazily), then sets a savepoint and hands the connection to
-///   the chunk as a [`ChunkTx`]. [`ChunkTx::done`] releases the savepoint:
-///   the chunk's writes are kept.
+/// - [`chunk`](Self::chunk) begins a transaction on a pooled connection for
+///   the first chunk after a checkpoint (lazily), and sets a savepoint for
+///   each later chunk, then hands the connection to the chunk as a
+///   [`ChunkTx`]. [`ChunkTx::done`] marks the chunk's writes as kept.
+/// - Round trips: a chunk costs one of its own (the `BEGIN`, or the
+///   `SAVEPOINT` together with the release of the previous chunk's) besides
+///   its statements; `done` costs none; the save costs two (the checkpoint's
+///   statement and the `COMMIT`). A job that checkpoints after every chunk
+///   therefore makes as many round trips as `BEGIN`, its statements,
+///   `UPDATE`, `COMMIT` by hand.
 /// - The runner saves a checkpoint every few chunks. That save, through
 ///   [`store`](Self::store), runs the checkpoint's compare-and-swap `UPDATE`
 ///   inside the same transaction and `COMMIT`s: the writes of every chunk
@@ -86,9 +118,10 @@ fn no_transaction(e: &sqlx::Error) -> bool {
 ///   the same instant. Between checkpoints the transaction stays open (and
 ///   holds its row locks).
 /// - A chunk that failed or was abandoned (its `ChunkTx` dropped without
-///   `done`) is rolled back to its savepoint before the save, so the
-///   checkpoint, which stays at the last finished chunk, commits only the
-///   finished chunks' writes.
+///   `done`) is rolled back to its savepoint before the next chunk or save
+///   (the transaction's first chunk, which has none, by rolling back the
+///   transaction, which holds nothing else), so the checkpoint, which stays
+///   at the last finished chunk, commits only the finished chunks' writes.
 /// - A failed compare-and-swap (another runner advanced the job) rolls back
 ///   everything and the save fails with [`StoreError::Conflict`].
 /// - Lease renewals during a chunk ([`CheckpointStore::renew`](spotbatch::CheckpointStore::renew))
@@ -100,7 +133,8 @@ fn no_transaction(e: &sqlx::Error) -> bool {
 /// - A save cut off before its commit is known (the runner gave up on it at
 ///   the end of the grace period) counts the transaction as lost.
 /// - If the transaction is lost (the connection dropped, the server
-///   restarted, the commit failed), its writes are gone together with the
+///   restarted, the commit failed, a chunk ignored a failed statement and
+///   called `done`), its writes are gone together with the
 ///   cursor advance they belonged to: every later `chunk`, `check` and save
 ///   fails, and the run must stop. The next run resumes from the last
 ///   committed checkpoint and redoes those chunks. A commit whose reply was
@@ -115,8 +149,14 @@ fn no_transaction(e: &sqlx::Error) -> bool {
 ///   rolled back (they would be missing). Nested `sqlx` transactions
 ///   (`(&mut *tx).begin()`) are fine: they are savepoints.
 /// - Do all of a chunk's writes through the `ChunkTx`, and call
-///   [`done`](ChunkTx::done) as the chunk's last fallible step, just before
-///   `process` returns `Ok`.
+///   [`done`](ChunkTx::done) as the chunk's last step, just before `process`
+///   returns `Ok`, and only when every statement succeeded: propagate their
+///   errors (`?`), so that the chunk fails and is rolled back alone. A failed
+///   statement aborts the transaction (Postgres refuses everything after it
+///   but a rollback); a chunk that ignores the error and calls `done` makes
+///   the transaction lost, detected by the next chunk, `check` or save. To
+///   tolerate a failing statement, run it in a nested transaction
+///   (`(&mut *tx).begin()`), whose rollback leaves the chunk usable.
 /// - Call [`check`](Self::check) in [`Job::flush`](spotbatch::Job::flush):
 ///   a lost transaction then stops the run at once (outcome failed) instead
 ///   of being retried as a store error until the grace period ends.
@@ -146,7 +186,7 @@ pub(crate) struct TxShared {
     /// The store without a transaction: its pool, names and retry policy.
     store: PostgresStore,
     state: Mutex<TxState>,
-    /// A `ChunkTx` set its savepoint and has not called `done` yet.
+    /// A `ChunkTx` was handed out and has not called `done` yet.
     chunk_open: AtomicBool,
     /// Why the transaction was lost; set once, for good.
     lost: SyncMutex<Option<String>>,
@@ -161,6 +201,12 @@ struct TxState {
     mark: String,
     /// Chunks whose writes the open transaction holds.
     chunks: u64,
+    /// Our savepoint `spotbatch_chunk` is set in the open transaction (the
+    /// last chunk's, kept until the next chunk releases it or the commit).
+    savepoint: bool,
+    /// The open chunk began at its own savepoint. When it did not, it is the
+    /// transaction's first chunk, and undoing it rolls back the transaction.
+    chunk_savepoint: bool,
 }
 
 /// A poisoned std mutex still holds consistent data here (plain values, set in one step).
@@ -204,25 +250,40 @@ impl SharedTransaction {
         }
     }
 
-    /// Opens this chunk's writes: begins the transaction if none is open,
-    /// then sets a savepoint. Write through the returned [`ChunkTx`] and call
-    /// [`ChunkTx::done`] when the chunk's writes are complete.
+    /// Opens this chunk's writes. The first chunk after a checkpoint begins
+    /// the transaction (one round trip, no savepoint: undoing that chunk rolls
+    /// back the transaction, which holds nothing else); each later chunk sets
+    /// a savepoint, releasing the previous chunk's in the same round trip.
+    /// Write through the returned [`ChunkTx`] and call [`ChunkTx::done`] when
+    /// the chunk's writes are complete.
     ///
     /// # Errors
     ///
     /// [`TxError::Lost`] once the transaction was lost, or when it breaks
-    /// now (the run must stop); [`TxError::Begin`] when no transaction can be
-    /// begun (nothing is lost: none was open).
+    /// now (the run must stop), for instance because a statement of an
+    /// earlier chunk failed although that chunk called `done`;
+    /// [`TxError::Begin`] when no transaction can be begun (nothing is lost:
+    /// none was open).
     pub async fn chunk(&self) -> Result<ChunkTx<'_>, TxError> {
         let shared = &*self.shared;
         let mut state = shared.state.lock().await;
         shared.ensure_not_lost(&mut state)?;
-        if state.tx.is_none() {
-            shared.begin(&mut state).await?;
-        } else if shared.chunk_open.load(Ordering::SeqCst) {
+        if shared.chunk_open.load(Ordering::SeqCst) {
             shared.rollback_chunk(&mut state).await?;
         }
-        shared.run(&mut state, SAVEPOINT).await?;
+        if state.tx.is_none() {
+            shared.begin(&mut state).await?;
+            state.chunk_savepoint = false;
+        } else {
+            let sql = if state.savepoint {
+                RELEASE_AND_SAVEPOINT
+            } else {
+                SAVEPOINT
+            };
+            shared.run(&mut state, sql).await?;
+            state.savepoint = true;
+            state.chunk_savepoint = true;
+        }
         shared.chunk_open.store(true, Ordering::SeqCst);
         state.chunks += 1;
         let conn = MutexGuard::try_map(state, |s| s.tx.as_deref_mut())
@@ -231,23 +292,39 @@ impl SharedTransaction {
     }
 
     /// Fails if the transaction was lost; else makes sure it is still usable:
-    /// rolls back a chunk left without [`done`](ChunkTx::done), or pings the
-    /// connection. Call it from [`Job::flush`](spotbatch::Job::flush).
+    /// rolls back a chunk left without [`done`](ChunkTx::done), then asks the
+    /// server whether the transaction is still ours and not aborted (one
+    /// round trip when a transaction is open). Call it from
+    /// [`Job::flush`](spotbatch::Job::flush).
     ///
     /// # Errors
     ///
-    /// [`TxError::Lost`] when the transaction is gone.
+    /// [`TxError::Lost`] when the transaction is gone: the connection
+    /// failed, the job ended the transaction, or a statement of a chunk that
+    /// called `done` had failed.
     pub async fn check(&self) -> Result<(), TxError> {
         let shared = &*self.shared;
         let mut state = shared.state.lock().await;
         shared.ensure_not_lost(&mut state)?;
         if shared.chunk_open.load(Ordering::SeqCst) {
-            return shared.rollback_chunk(&mut state).await;
+            shared.rollback_chunk(&mut state).await?;
         }
-        if let Some(tx) = state.tx.as_mut() {
-            if let Err(e) = sqlx::Connection::ping(&mut **tx).await {
-                return Err(shared.lose(format!("the connection failed: {e}")));
-            }
+        if state.tx.is_some() {
+            return match shared.inspect(&mut state).await {
+                Inside::Ours => Ok(()),
+                Inside::Aborted => {
+                    state.tx = None;
+                    Err(shared.lose(FAILED_AFTER_DONE.into()))
+                }
+                Inside::Ended => {
+                    state.tx = None;
+                    Err(shared.lose(ENDED_BY_JOB.into()))
+                }
+                Inside::Broken(e) => {
+                    state.tx = None;
+                    Err(shared.lose(format!("the transaction cannot be used: {e}")))
+                }
+            };
         }
         Ok(())
     }
@@ -304,10 +381,10 @@ impl TxShared {
         let mark = uuid::Uuid::new_v4().simple().to_string();
         // READ COMMITTED whatever the server's default: the checkpoint's
         // compare-and-swap must see renewals committed on other connections
-        // since the transaction began.
-        let begin = format!(
-            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT set_config('{TX_MARK}', '{mark}', true)"
-        );
+        // since the transaction began. `SET LOCAL` (a utility statement, with
+        // no plan and no row to send back) rather than `set_config()`, which
+        // costs a SELECT; `mark` is hex digits, safe to quote.
+        let begin = format!("BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL {TX_MARK} = '{mark}'");
         let pool = &self.store.inner.pool;
         // Nothing is lost before the transaction exists: retry like any store operation.
         let tx = self
@@ -323,6 +400,7 @@ impl TxShared {
         state.tx = Some(tx);
         state.mark = mark;
         state.chunks = 0;
+        state.savepoint = false;
         Ok(())
     }
 
@@ -335,18 +413,51 @@ impl TxShared {
             Ok(_) => Ok(()),
             Err(e) => {
                 state.tx = None;
-                Err(self.lose(if no_transaction(&e) {
-                    ENDED_BY_JOB.to_owned()
-                } else {
-                    format!("{sql} failed: {e}")
-                }))
+                Err(self.lose(failure(sql, &e)))
             }
         }
     }
 
-    /// Undoes the writes of a chunk that did not call `done`.
+    /// What the open transaction's connection says about it.
+    async fn inspect(&self, state: &mut TxState) -> Inside {
+        let Some(tx) = state.tx.as_mut() else {
+            return Inside::Ended;
+        };
+        let found: Result<String, _> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT coalesce(current_setting('{TX_MARK}', true), '')"
+        )))
+        .fetch_one(&mut **tx)
+        .await;
+        match found {
+            Ok(mark) if mark == state.mark => Inside::Ours,
+            Ok(_) => Inside::Ended,
+            Err(e) if aborted(&e) => Inside::Aborted,
+            Err(e) => Inside::Broken(e),
+        }
+    }
+
+    /// Undoes the writes of a chunk that did not call `done`: back to its
+    /// savepoint, or, for the transaction's first chunk, the whole
+    /// transaction (it holds nothing else, so nothing is lost).
     async fn rollback_chunk(&self, state: &mut TxState) -> Result<(), TxError> {
-        self.run(state, ROLLBACK_CHUNK).await?;
+        if state.chunk_savepoint {
+            self.run(state, ROLLBACK_CHUNK).await?;
+        } else {
+            match self.inspect(state).await {
+                // Aborted: the chunk's statement failed, as expected here.
+                Inside::Ours | Inside::Aborted | Inside::Broken(_) => {}
+                Inside::Ended => {
+                    state.tx = None;
+                    return Err(self.lose(ENDED_BY_JOB.into()));
+                }
+            }
+            if let Some(tx) = state.tx.take() {
+                if let Err(e) = tx.rollback().await {
+                    debug!(store = %self.location(), error = %e, "rolling back a transaction that held one unfinished chunk");
+                }
+            }
+            state.savepoint = false;
+        }
         self.chunk_open.store(false, Ordering::SeqCst);
         state.chunks = state.chunks.saturating_sub(1);
         debug!(store = %self.location(), "rolled back the writes of an unfinished chunk");
@@ -382,15 +493,14 @@ impl TxShared {
         let mut state = self.state.lock().await;
         let lost = |e: TxError| io(PgError::Refused(e.to_string()));
         self.ensure_not_lost(&mut state).map_err(lost)?;
-        if state.tx.is_none() {
-            // No chunk wrote since the last checkpoint.
-            return store.save_plain(checkpoint, expected).await;
-        }
         if self.chunk_open.load(Ordering::SeqCst) {
             self.rollback_chunk(&mut state).await.map_err(lost)?;
         }
-        let args = SaveArgs::new(checkpoint, expected, &state.mark)
-            .map_err(|e| io(PgError::Refused(e)))?;
+        if state.tx.is_none() {
+            // No chunk finished since the last checkpoint.
+            return store.save_plain(checkpoint, expected).await;
+        }
+        let args = store.save_args(checkpoint, expected, &state.mark)?;
         let chunks = state.chunks;
         let Some(mut tx) = state.tx.take() else {
             return Err(lost(
@@ -409,7 +519,7 @@ impl TxShared {
         let saved = args.query(&store.inner.sql).fetch_one(&mut *tx).await;
         match saved {
             Ok((1, _)) => {}
-            Ok((_, 0)) => {
+            Ok((_, false)) => {
                 drop(tx);
                 return Err(lost(self.lose(ENDED_BY_JOB.into())));
             }
@@ -421,9 +531,11 @@ impl TxShared {
             }
             Err(e) => {
                 drop(tx);
-                return Err(lost(
-                    self.lose(format!("the checkpoint update failed: {e}")),
-                ));
+                return Err(lost(self.lose(if aborted(&e) {
+                    FAILED_AFTER_DONE.to_owned()
+                } else {
+                    format!("the checkpoint update failed: {e}")
+                })));
             }
         }
         let committed = tx.commit().await;
@@ -432,6 +544,7 @@ impl TxShared {
         }
         match committed {
             Ok(()) => {
+                store.committed(&args);
                 debug!(
                     key,
                     version = args.version,
@@ -453,6 +566,7 @@ impl TxShared {
                         if version == args.version && bytes == args.envelope =>
                     {
                         guard.disarm();
+                        store.committed(&args);
                         info!(
                             key,
                             version, "the commit's reply was lost, but it committed"
@@ -465,6 +579,18 @@ impl TxShared {
             Err(e) => Err(lost(self.lose(format!("the commit failed: {e}")))),
         }
     }
+}
+
+/// What [`TxShared::inspect`] found on the open transaction's connection.
+enum Inside {
+    /// Our transaction, usable.
+    Ours,
+    /// Our transaction, aborted by a failed statement.
+    Aborted,
+    /// Not our transaction: the job ended it.
+    Ended,
+    /// The question failed (the connection, mostly).
+    Broken(sqlx::Error),
 }
 
 /// Marks the transaction lost when dropped armed: a save cut off between
@@ -526,31 +652,23 @@ impl DerefMut for ChunkTx<'_> {
 }
 
 impl ChunkTx<'_> {
-    /// The chunk's writes are complete: releases its savepoint. They are
-    /// committed by the next checkpoint save, with the cursor after this chunk.
+    /// The chunk's writes are complete: they are kept, and committed by the
+    /// next checkpoint save with the cursor after this chunk.
+    ///
+    /// This takes no round trip: the chunk's savepoint (if it has one) is
+    /// released together with the next chunk's `SAVEPOINT`, or by the commit.
+    /// So `done` cannot see whether a statement of the chunk failed: call it
+    /// only when every statement succeeded (propagate their errors with `?`).
+    /// A chunk that ignored a failed statement and called `done` leaves the
+    /// transaction aborted; the next [`chunk`](SharedTransaction::chunk),
+    /// [`check`](SharedTransaction::check) or save finds it and reports the
+    /// transaction lost, so nothing of it is committed.
     ///
     /// # Errors
     ///
-    /// [`TxError::Sql`] when the savepoint cannot be released (a statement of
-    /// the chunk failed and the job went on): return it, and the chunk's
-    /// writes are rolled back; [`TxError::Lost`] when the connection dropped.
-    pub async fn done(mut self) -> Result<(), TxError> {
-        match (&mut *self.conn).execute(RELEASE_CHUNK).await {
-            Ok(_) => {
-                self.shared.chunk_open.store(false, Ordering::SeqCst);
-                Ok(())
-            }
-            Err(e) if no_transaction(&e) => Err(self.shared.lose(ENDED_BY_JOB.into())),
-            Err(e) if is_connection_lost(&e) => {
-                Err(self.shared.lose(format!("{RELEASE_CHUNK} failed: {e}")))
-            }
-            // E.g. a statement of the chunk failed and the job went on: the
-            // chunk stays open, and is rolled back to its savepoint when the
-            // job returns this error.
-            Err(source) => Err(TxError::Sql {
-                store: self.shared.location(),
-                source,
-            }),
-        }
+    /// None today; the `Result` leaves room for a check that needs the server.
+    pub async fn done(self) -> Result<(), TxError> {
+        self.shared.chunk_open.store(false, Ordering::SeqCst);
+        Ok(())
     }
 }
