@@ -120,25 +120,20 @@ impl Queries {
         ];
         let prefixed =
             |alias: &str| list(run_cols.iter().map(|c| format!("{alias}.{c}")).collect());
-        let run_values = |types: [&str; 9]| {
-            let [id, started, ended, outcome, detail, source, chunks, host, task] =
-                [24, 25, 26, 27, 28, 29, 30, 31, 32].map(|n| n.to_string());
-            let [t_id, t_started, t_ended, t_outcome, t_detail, t_source, t_chunks, t_host, t_task] =
-                types;
-            format!(
-                "${id}::{t_id}, ${started}::{t_started}, ${ended}::{t_ended}, ${outcome}::{t_outcome}, \
-                 ${detail}::{t_detail}, ${source}::{t_source}, ${chunks}::{t_chunks}, ${host}::{t_host}, \
-                 ${task}::{t_task}"
-            )
-        };
-        let scalar = [
+        // $24..$32 as the run's id, start, end, outcome word, outcome, source,
+        // chunks, host and task, each cast to its type (or array of it).
+        let types = [
             "uuid", "bigint", "bigint", "text", "text", "text", "bigint", "text", "text",
         ];
-        let arrays = scalar.map(|t| match t {
-            "uuid" => "uuid[]",
-            "bigint" => "bigint[]",
-            _ => "text[]",
-        });
+        let run_values = |suffix: &str| {
+            list(
+                types
+                    .iter()
+                    .zip(24..)
+                    .map(|(t, n)| format!("${n}::{t}{suffix}"))
+                    .collect(),
+            )
+        };
         let h =
             "h(run_id, started_ms, ended_ms, outcome, outcome_detail, source, chunks, host, task)";
         let runs_upsert = |source: String| {
@@ -168,17 +163,11 @@ impl Queries {
         let shapes = [
             (None, 24),
             (
-                Some(runs_upsert(format!(
-                    "(SELECT {}) AS {h}",
-                    run_values(scalar)
-                ))),
+                Some(runs_upsert(format!("(SELECT {}) AS {h}", run_values("")))),
                 33,
             ),
             (
-                Some(runs_upsert(format!(
-                    "unnest({}) AS {h}",
-                    run_values(arrays)
-                ))),
+                Some(runs_upsert(format!("unnest({}) AS {h}", run_values("[]")))),
                 33,
             ),
         ];
@@ -449,6 +438,31 @@ impl SaveArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The highest `$n` a statement uses.
+    fn last_parameter(sql: &str) -> usize {
+        (1..=40)
+            .rev()
+            .find(|n| sql.contains(&format!("${n}::")))
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn each_shape_takes_the_parameters_its_binds_give() {
+        let queries = Queries::new("public");
+        for (kind, statements) in ["update", "create"].iter().zip(&queries.save) {
+            let [none, one, many] = statements.each_ref().map(|s| s.as_str());
+            assert_eq!(last_parameter(none), 24, "{kind}: {none}");
+            assert!(!none.contains("spotbatch_runs"), "{kind}: {none}");
+            assert_eq!(last_parameter(one), 33, "{kind}: {one}");
+            assert!(
+                one.contains("$24::uuid,") && !one.contains("[]"),
+                "{kind}: {one}"
+            );
+            assert_eq!(last_parameter(many), 33, "{kind}: {many}");
+            assert!(many.contains("unnest($24::uuid[],"), "{kind}: {many}");
+        }
+    }
 
     #[test]
     fn outcomes_split_into_word_and_source() {
