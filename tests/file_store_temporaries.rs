@@ -122,24 +122,8 @@ fn temporaries_of_sigkilled_saves_are_removed_by_the_next_runs() {
     );
 }
 
-/// The writer part of a temporary file's name for process `pid`, as the
-/// `FileStore` docs describe it: `pid<pid>-ns<n>-boot<b>-t<t>`.
 fn writer_tag(pid: u32) -> String {
-    let boot: String = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .unwrap()
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .take(16)
-        .collect();
-    let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
-    let ns = ns
-        .to_str()
-        .and_then(|l| l.strip_prefix("pid:[")?.strip_suffix(']'))
-        .unwrap();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let (_, fields) = stat.rsplit_once(')').unwrap();
-    let start = fields.split_whitespace().nth(22 - 3).unwrap();
-    format!("pid{pid}-ns{ns}-boot{boot}-t{start}")
+    spotbatch_test_support::temp_writer_tag(pid)
 }
 
 /// Creates a temporary file of `job`'s checkpoint named after process `pid`.

@@ -94,24 +94,8 @@ fn list_shows_each_job_with_status_version_chunks_and_writer_and_unreadable_entr
     assert!(stdout(&out).contains("no checkpoints"), "{}", stdout(&out));
 }
 
-/// The writer part of a file store's temporary file name for process `pid`
-/// (see `FileStore`'s docs): `pid<pid>-ns<n>-boot<b>-t<t>`.
 fn writer_tag(pid: u32) -> String {
-    let boot: String = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .unwrap()
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .take(16)
-        .collect();
-    let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
-    let ns = ns
-        .to_str()
-        .and_then(|l| l.strip_prefix("pid:[")?.strip_suffix(']'))
-        .unwrap();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let (_, fields) = stat.rsplit_once(')').unwrap();
-    let start = fields.split_whitespace().nth(22 - 3).unwrap();
-    format!("pid{pid}-ns{ns}-boot{boot}-t{start}")
+    spotbatch_test_support::temp_writer_tag(pid)
 }
 
 /// A temporary file of `job`'s checkpoint, as a save by `writer` (a tag)

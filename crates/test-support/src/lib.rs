@@ -111,3 +111,27 @@ pub fn finish(mut child: Child, limit: Duration) -> (ExitStatus, Duration, Strin
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// The writer part of a file store's temporary file name for process `pid`
+/// (see `FileStore`'s docs): `pid<pid>-ns<n>-boot<b>-t<t>`, read from `/proc`.
+///
+/// # Panics
+///
+/// When `/proc` cannot tell (no such process, no `/proc`).
+pub fn temp_writer_tag(pid: u32) -> String {
+    let boot: String = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .expect("boot id")
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(16)
+        .collect();
+    let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).expect("pid namespace");
+    let ns = ns
+        .to_str()
+        .and_then(|l| l.strip_prefix("pid:[")?.strip_suffix(']'))
+        .expect("pid:[N]");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let (_, fields) = stat.rsplit_once(')').expect("stat fields");
+    let start = fields.split_whitespace().nth(22 - 3).expect("start time");
+    format!("pid{pid}-ns{ns}-boot{boot}-t{start}")
+}
