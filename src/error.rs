@@ -96,6 +96,8 @@ pub enum FailureKind {
     BadConfig,
     /// The final checkpoint was not saved.
     CheckpointNotSaved,
+    /// The store refused for a reason that retrying cannot fix.
+    StoreRefused,
 }
 
 impl Error {
@@ -107,6 +109,7 @@ impl Error {
                 FailureKind::BadCheckpoint
             }
             Error::Store(StoreError::Conflict { .. }) | Error::Held { .. } => FailureKind::Conflict,
+            Error::Store(StoreError::Refused { .. }) => FailureKind::StoreRefused,
             Error::Store(_) | Error::Open { .. } => FailureKind::Failed,
             Error::CheckpointNotSaved { .. } => FailureKind::CheckpointNotSaved,
             Error::Config(_) => FailureKind::BadConfig,

@@ -30,7 +30,8 @@ pub struct ExitCodes {
     /// Stopped on request with the final checkpoint saved: resume me.
     /// Default 0; [`ExitCodes::RETRY_ME`] where the platform retries by exit code.
     pub interrupted: u8,
-    /// The job's error, a store error, or a store that could not be opened. Default 1.
+    /// The job's error, a store error that may pass but outlasted the
+    /// retries, or a store that could not be opened. Default 1.
     pub failed: u8,
     /// Another runner holds the job's live lease, or advanced the job: this
     /// one wrote nothing more. Default 73.
@@ -42,6 +43,11 @@ pub struct ExitCodes {
     pub bad_config: u8,
     /// The final checkpoint could not be saved in time. Default 69.
     pub checkpoint_not_saved: u8,
+    /// The store refused an operation for a reason that retrying cannot
+    /// fix ([`StoreError::Refused`](crate::StoreError::Refused): its
+    /// location, permissions, a read-only or full store, data it rejects):
+    /// a person must fix the store first. Default 74 (`EX_IOERR`).
+    pub store_refused: u8,
 }
 
 impl ExitCodes {
@@ -60,6 +66,7 @@ impl Default for ExitCodes {
             bad_checkpoint: 65,
             bad_config: 78,
             checkpoint_not_saved: 69,
+            store_refused: 74,
         }
     }
 }
@@ -126,6 +133,7 @@ impl Report {
                 FailureKind::BadCheckpoint => c.bad_checkpoint,
                 FailureKind::BadConfig => c.bad_config,
                 FailureKind::CheckpointNotSaved => c.checkpoint_not_saved,
+                FailureKind::StoreRefused => c.store_refused,
                 _ => c.failed,
             },
         }

@@ -128,7 +128,8 @@ pub use runner::{Runner, DEFAULT_STORE_DIR};
 pub use shutdown::{InterruptSource, Signal, StopSource};
 pub use sink::FileSink;
 pub use store::{
-    open_store, redact_url, CheckpointStore, FileStore, Listing, MemoryStore, StoreError, Summary,
+    open_store, redact_url, CheckpointStore, FileStore, Listing, MemoryStore, Refusal, StoreError,
+    Summary,
 };
 
 /// Everything a first job needs, in one import.

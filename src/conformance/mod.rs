@@ -251,7 +251,8 @@ fn assert_names(err: &StoreError, store: &dyn CheckpointStore, key: &JobKey) {
         StoreError::Conflict { store, key, .. }
         | StoreError::Corrupt { store, key, .. }
         | StoreError::NotFound { store, key }
-        | StoreError::Io { store, key, .. } => (store, key),
+        | StoreError::Io { store, key, .. }
+        | StoreError::Refused { store, key, .. } => (store, key),
     };
     assert_eq!(
         (named_store.as_str(), named_key.as_str()),

@@ -36,8 +36,9 @@ impl<J: Job> Run<'_, J> {
     ///
     /// Ends the run at once, without a final checkpoint, when another runner
     /// took the job over ([`StoreError::Conflict`]: fenced), or when a
-    /// periodic checkpoint fails for good (after recording the failure on
-    /// the last checkpoint and releasing the lease).
+    /// periodic checkpoint or a lease renewal fails for good (a refusal:
+    /// after recording the failure on the last checkpoint, if the store
+    /// takes that, and releasing the lease).
     pub(super) async fn run_chunks(&mut self) -> Result<End, Error> {
         let mut ctx =
             ChunkContext::new(self.interrupts.cancel_token(), self.interrupts.stop_token());
@@ -84,6 +85,17 @@ impl<J: Job> Run<'_, J> {
                     return Ok(End::Interrupted);
                 }
                 ChunkResult::Fenced(e) => return Err(e),
+                ChunkResult::Refused(e) => {
+                    self.state = rollback;
+                    release(
+                        &mut self.session,
+                        failed(&e),
+                        &self.interrupts,
+                        self.budget.grace,
+                    )
+                    .await;
+                    return Err(e);
+                }
             }
             self.stats.chunks += 1;
             self.stats.items += chunk.items();
@@ -166,6 +178,9 @@ enum ChunkResult {
     Dropped,
     /// A lease renewal found that another runner took the job over.
     Fenced(Error),
+    /// The store refused a lease renewal for good ([`StoreError::Refused`]):
+    /// the chunk was dropped.
+    Refused(Error),
 }
 
 /// Whether a chunk's error means it gave up on a stop request, not that it failed.
@@ -213,6 +228,11 @@ async fn run_chunk(
         };
         match renewed {
             Some(Ok(())) => {}
+            Some(Err(e @ Error::Store(StoreError::Refused { .. }))) => {
+                interrupts.cancel_chunk();
+                error!(job = %session.key.short(), error = %e, "the store refused the lease renewal: stopping at once");
+                return ChunkResult::Refused(e);
+            }
             Some(Err(e)) => {
                 interrupts.cancel_chunk();
                 error!(job = %session.key.short(), error = %e, "lost the job's lease: stopping at once, without writing");

@@ -65,7 +65,9 @@ impl<J: Job> Run<'_, J> {
     /// After a stop request both must be done by the end of the grace
     /// period. Otherwise the flush takes as long as it takes. Transient store
     /// errors are retried with backoff from 50 ms up to 2 s until the end of
-    /// the grace period (without a stop request: for as long as one).
+    /// the grace period (without a stop request: for as long as one); a
+    /// refusal ([`StoreError::Refused`]) is not retried: it is recorded on
+    /// the last checkpoint if the store takes that.
     async fn save_final(&mut self, status: Status) -> Result<(), Error> {
         let retry_for = self.budget.grace;
         let deadline = self.interrupts.final_deadline();
@@ -82,12 +84,7 @@ impl<J: Job> Run<'_, J> {
                     during: "flush".into(),
                     source,
                 };
-                let recorded = match &status {
-                    Status::Failed { message } => Status::Failed {
-                        message: format!("{message}; then the final flush failed too: {e}"),
-                    },
-                    _ => failed(&e),
-                };
+                let recorded = failed_after(&status, "the final flush failed too", &e);
                 release(&mut self.session, recorded, &self.interrupts, retry_for).await;
                 return Err(e);
             }
@@ -116,6 +113,13 @@ impl<J: Job> Run<'_, J> {
                     release(&mut self.session, failed(&e), &self.interrupts, retry_for).await;
                     return Err(e);
                 }
+                Ok(Err(e @ Error::Store(StoreError::Refused { .. }))) => {
+                    // Retrying cannot help; the last checkpoint may still take
+                    // the failure (a store that refuses only this save's data).
+                    let recorded = failed_after(&status, "the final checkpoint was refused", &e);
+                    release(&mut self.session, recorded, &self.interrupts, retry_for).await;
+                    return Err(e);
+                }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(self.session.not_saved(timed_out(&self.session, "save"))),
             }
@@ -127,6 +131,17 @@ impl<J: Job> Run<'_, J> {
 pub(super) fn failed(error: &Error) -> Status {
     Status::Failed {
         message: error.to_string(),
+    }
+}
+
+/// The status recording `error` as the end of a run that was to end as
+/// `status`: a failed run's own message comes first, then `what` happened.
+fn failed_after(status: &Status, what: &str, error: &Error) -> Status {
+    match status {
+        Status::Failed { message } => Status::Failed {
+            message: format!("{message}; then {what}: {error}"),
+        },
+        _ => failed(error),
     }
 }
 

@@ -38,12 +38,14 @@
 
 mod file;
 mod memory;
+mod refusal;
 mod url;
 
 use async_trait::async_trait;
 
 pub use file::FileStore;
 pub use memory::MemoryStore;
+pub use refusal::Refusal;
 pub(crate) use url::check_store_url;
 pub use url::{open_store, redact_url};
 
@@ -98,6 +100,10 @@ use crate::BoxError;
 ///   to compare.
 /// - **Errors name the store and the key**: every [`StoreError`] carries the
 ///   store's [`location`](Self::location) and the job key (empty for `list`).
+/// - **Errors say whether to retry**: [`StoreError::Io`] only for what may
+///   pass (a network, a server, a busy or briefly failing disk), and
+///   [`StoreError::Refused`], with its [`Refusal`], for what a person must
+///   fix first. The runner retries the first and stops at once on the second.
 ///
 /// The `conformance` module (feature `conformance`) checks every promise a
 /// test can observe, against each store: compare-and-swap on saves,
@@ -117,7 +123,10 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     ///
     /// [`StoreError::Corrupt`] when the stored bytes fail verification or
     /// hold another job's checkpoint (they are left untouched);
-    /// [`StoreError::Io`] when the store cannot be read.
+    /// [`StoreError::Io`] when the store cannot be read right now;
+    /// [`StoreError::Refused`] when it refuses the read for good (a path that
+    /// is not a directory, access denied, a bucket or table that does not
+    /// exist).
     async fn load(&self, key: &JobKey) -> Result<Option<Checkpoint>, StoreError>;
 
     /// Stores `checkpoint` under `checkpoint.job` if the stored version is `expected`.
@@ -138,7 +147,9 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// when the stored checkpoint cannot be read to compare (nothing was
     /// written; see *Damaged entries* in the trait's contract);
     /// [`StoreError::Io`] when the store cannot be reached, in which case the
-    /// old checkpoint is still whole.
+    /// old checkpoint is still whole; [`StoreError::Refused`] when it refuses
+    /// the write for good (read-only, full, access denied, the data
+    /// rejected), and the old checkpoint is still whole too.
     async fn save(&self, checkpoint: &Checkpoint, expected: Option<u64>) -> Result<(), StoreError>;
 
     /// Saves a checkpoint that covers no new work, with every promise of
@@ -183,7 +194,8 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Io`] when the store cannot be listed.
+    /// [`StoreError::Io`] when the store cannot be listed;
+    /// [`StoreError::Refused`] when it refuses for good.
     async fn list(&self) -> Result<Vec<Listing>, StoreError>;
 
     /// Removes the job's checkpoint if its version is `expected`.
@@ -194,7 +206,8 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// when the stored version differs (nothing was removed);
     /// [`StoreError::Corrupt`] when the stored checkpoint cannot be read to
     /// compare (nothing was removed; see *Damaged entries* in the trait's
-    /// contract); [`StoreError::Io`] when the store cannot be reached.
+    /// contract); [`StoreError::Io`] when the store cannot be reached;
+    /// [`StoreError::Refused`] when it refuses for good.
     async fn delete(&self, key: &JobKey, expected: u64) -> Result<(), StoreError>;
 }
 
@@ -305,7 +318,9 @@ pub enum StoreError {
         /// The job key.
         key: String,
     },
-    /// The store could not be read or written.
+    /// The store could not be read or written, for a reason that may pass
+    /// (a network, server or disk error): the same operation may succeed if
+    /// retried.
     #[error("{store}: could not {operation} checkpoint {key:?}: {source}")]
     Io {
         /// The store.
@@ -317,6 +332,36 @@ pub enum StoreError {
         /// The underlying error.
         source: BoxError,
     },
+    /// The store refused the operation for a reason that retrying cannot
+    /// fix: `cause` says what a person must change (the store's location,
+    /// its permissions, a read-only or full store, data it rejects).
+    /// Nothing was written, unless the store's docs say otherwise.
+    #[error(
+        "{store}: could not {operation}{}: {source} ({cause}; retrying cannot help)",
+        of_checkpoint(key)
+    )]
+    Refused {
+        /// The store.
+        store: String,
+        /// The job key (empty for store-wide operations).
+        key: String,
+        /// What was being done: `load`, `save`, `list`, `delete`, `connect`.
+        operation: &'static str,
+        /// What must change.
+        cause: Refusal,
+        /// The store's own error, naming what it refused (a path, an
+        /// object, a table) where the store knows it.
+        source: BoxError,
+    },
+}
+
+/// ` checkpoint "key"`, or nothing for a store-wide operation.
+fn of_checkpoint(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" checkpoint {key:?}")
+    }
 }
 
 fn show_version(v: Option<u64>) -> String {
@@ -344,9 +389,20 @@ impl StoreError {
         }
     }
 
-    /// Whether retrying the same operation later may succeed (an I/O error),
-    /// as opposed to a conflict or bad data, which will not go away.
+    /// Whether retrying the same operation later may succeed
+    /// ([`StoreError::Io`]), as opposed to a conflict, a corrupt checkpoint
+    /// or a refusal ([`StoreError::Refused`]), which will not go away by
+    /// themselves. The runner retries only transient errors.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Io { .. })
+    }
+
+    /// Why the store refused the operation for good, if it did
+    /// ([`StoreError::Refused`]).
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            StoreError::Refused { cause, .. } => Some(*cause),
+            _ => None,
+        }
     }
 }

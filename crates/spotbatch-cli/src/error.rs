@@ -40,6 +40,7 @@ impl CliError {
             }
             CliError::Store(StoreError::Conflict { .. }) | CliError::Held(_) => codes.conflict,
             CliError::Config(_) => codes.bad_config,
+            CliError::Store(StoreError::Refused { .. }) => codes.store_refused,
             CliError::Usage(_) => USAGE,
             CliError::Store(_) | CliError::Failed(_) => codes.failed,
         }

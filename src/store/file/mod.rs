@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tracing::debug;
 
-use super::{CheckpointStore, Listing, StoreError};
+use super::{CheckpointStore, Listing, Refusal, StoreError};
 use crate::checkpoint::Checkpoint;
 use crate::key::JobKey;
 
@@ -115,13 +115,11 @@ impl FileStore {
         self.dir.join(format!("{}.{EXTENSION}", file_stem(key)))
     }
 
-    fn io_error(&self, key: &JobKey, operation: &'static str, source: io::Error) -> StoreError {
-        StoreError::Io {
-            store: self.location(),
-            key: key.to_string(),
-            operation,
-            source: source.into(),
-        }
+    /// The error for `operation` on `key` failing with `error`:
+    /// [`StoreError::Refused`] when retrying cannot help
+    /// ([`Refusal::of_io_error`]), else [`StoreError::Io`].
+    fn io_error(&self, key: &JobKey, operation: &'static str, error: AtPath) -> StoreError {
+        fs_error(self.location(), key.to_string(), operation, error)
     }
 
     fn read_version(&self, key: &JobKey, path: &Path) -> Result<Option<u64>, StoreError> {
@@ -131,7 +129,7 @@ impl FileStore {
                 Ok(Some(checkpoint.version))
             }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.io_error(key, "read", e)),
+            Err(e) => Err(self.io_error(key, "read", AtPath::new(path, e))),
         }
     }
 
@@ -146,13 +144,16 @@ impl FileStore {
     }
 
     /// Takes the key's lock, creating the directory and lock file if needed.
-    fn lock(&self, key: &JobKey) -> io::Result<File> {
+    fn lock(&self, key: &JobKey) -> Result<File, AtPath> {
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&self.dir)?;
-        let lock = self.open_lock(&file_stem(key), true)?;
-        lock.lock()?;
+            .create(&self.dir)
+            .map_err(|e| AtPath::new(&self.dir, e))?;
+        let stem = file_stem(key);
+        let at_lock = |e| AtPath::new(self.dir.join(format!("{stem}.lock")), e);
+        let lock = self.open_lock(&stem, true).map_err(at_lock)?;
+        lock.lock().map_err(at_lock)?;
         Ok(lock)
     }
 
@@ -232,7 +233,7 @@ impl FileStore {
         bytes: &[u8],
         expected: Option<u64>,
     ) -> Result<(), StoreError> {
-        let _lock = self.lock(key).map_err(|e| self.io_error(key, "lock", e))?;
+        let _lock = self.lock(key).map_err(|e| self.io_error(key, "save", e))?;
         let stem = file_stem(key);
         if self.sweep_due(&stem, Some(SWEEP_EVERY)) {
             self.sweep_locked(&stem);
@@ -251,7 +252,7 @@ impl FileStore {
                 key: key.to_string(),
             });
         }
-        let _lock = self.lock(key).map_err(|e| self.io_error(key, "lock", e))?;
+        let _lock = self.lock(key).map_err(|e| self.io_error(key, "delete", e))?;
         self.sweep_locked(&file_stem(key));
         match self.read_version(key, &path)? {
             None => Err(StoreError::NotFound {
@@ -260,10 +261,11 @@ impl FileStore {
             }),
             found => {
                 self.check(key, Some(expected), found)?;
-                fs::remove_file(&path).map_err(|e| self.io_error(key, "delete", e))?;
+                fs::remove_file(&path)
+                    .map_err(|e| self.io_error(key, "delete", AtPath::new(&path, e)))?;
                 File::open(&self.dir)
                     .and_then(|d| d.sync_all())
-                    .map_err(|e| self.io_error(key, "delete", e))
+                    .map_err(|e| self.io_error(key, "delete", AtPath::new(&self.dir, e)))
             }
         }
     }
@@ -273,12 +275,12 @@ impl FileStore {
             Ok(entries) => entries,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => {
-                return Err(StoreError::Io {
-                    store: self.location(),
-                    key: String::new(),
-                    operation: "list",
-                    source: e.into(),
-                })
+                return Err(fs_error(
+                    self.location(),
+                    String::new(),
+                    "list",
+                    AtPath::new(&self.dir, e),
+                ))
             }
         };
         let mut out = Vec::new();
@@ -383,7 +385,7 @@ fn listing_key(l: &Listing) -> &str {
 /// Writes `bytes` to a temporary file next to `path` (named as the type's
 /// docs say), fsyncs it, renames it over `path` and fsyncs the directory.
 /// The directory fsync lives here so it cannot be forgotten at a call site.
-fn replace_durably(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+fn replace_durably(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), AtPath> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -394,17 +396,59 @@ fn replace_durably(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
+            .open(&tmp)
+            .map_err(|e| AtPath::new(&tmp, e))?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| AtPath::new(&tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| AtPath::new(path, e))
     })();
     if let Err(e) = written {
         // Best effort: the temporary file is garbage either way.
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    File::open(dir)?.sync_all()
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| AtPath::new(dir, e))
+}
+
+/// An I/O error and the path it happened at.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {error}", path.display())]
+struct AtPath {
+    path: PathBuf,
+    error: io::Error,
+}
+
+impl AtPath {
+    fn new(path: impl Into<PathBuf>, error: io::Error) -> Self {
+        Self {
+            path: path.into(),
+            error,
+        }
+    }
+}
+
+/// `operation` on `store`'s `key` (empty: the whole store) failing with
+/// `error`: [`StoreError::Refused`] when retrying cannot help
+/// ([`Refusal::of_io_error`]), else [`StoreError::Io`].
+fn fs_error(store: String, key: String, operation: &'static str, error: AtPath) -> StoreError {
+    match Refusal::of_io_error(&error.error) {
+        Some(cause) => StoreError::Refused {
+            store,
+            key,
+            operation,
+            cause,
+            source: error.into(),
+        },
+        None => StoreError::Io {
+            store,
+            key,
+            operation,
+            source: error.into(),
+        },
+    }
 }
 
 /// The file name (without extension) for a key; see the type's docs.
@@ -434,7 +478,7 @@ impl CheckpointStore for FileStore {
         let bytes = match tokio::fs::read(&path).await {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.io_error(key, "load", e)),
+            Err(e) => return Err(self.io_error(key, "load", AtPath::new(&path, e))),
         };
         self.decode(key, &path, &bytes).map(Some)
     }
@@ -445,7 +489,10 @@ impl CheckpointStore for FileStore {
         let bytes = checkpoint.encode();
         tokio::task::spawn_blocking(move || store.save_blocking(&key, &bytes, expected))
             .await
-            .map_err(|e| self.io_error(&checkpoint.job, "save", io::Error::other(e)))?
+            .map_err(|e| {
+                let error = AtPath::new(self.path_of(&checkpoint.job), io::Error::other(e));
+                self.io_error(&checkpoint.job, "save", error)
+            })?
     }
 
     async fn list(&self) -> Result<Vec<Listing>, StoreError> {
@@ -465,7 +512,7 @@ impl CheckpointStore for FileStore {
         let owned = key.clone();
         tokio::task::spawn_blocking(move || store.delete_blocking(&owned, expected))
             .await
-            .map_err(|e| self.io_error(key, "delete", io::Error::other(e)))?
+            .map_err(|e| self.io_error(key, "delete", AtPath::new(self.path_of(key), io::Error::other(e))))?
     }
 }
 
