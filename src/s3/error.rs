@@ -1,6 +1,6 @@
 //! The store's private errors, and how they map to [`StoreError`].
 
-use crate::{JobKey, StoreError};
+use crate::{Refusal, StoreError};
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
@@ -13,7 +13,9 @@ pub(crate) enum Failure {
     Busy,
     /// 404 for the object (not for the bucket): absent.
     NotFound,
-    /// Anything else: transport, timeouts, throttling, access denied, a missing bucket.
+    /// Anything else: transport, timeouts, throttling, 5xx (which may pass);
+    /// access denied, a missing bucket, a request refused as invalid (which
+    /// will not: [`S3Error::refusal`]).
     Other(S3Error),
 }
 
@@ -27,6 +29,8 @@ pub(crate) enum S3Error {
         bucket: String,
         object: String,
         detail: String,
+        /// Why retrying cannot help, if it cannot ([`refusal`]).
+        refusal: Option<Refusal>,
     },
     /// The response body could not be read to the end.
     #[error("reading the body of s3://{bucket}/{object} failed: {detail}")]
@@ -54,20 +58,67 @@ pub(crate) enum S3Error {
 }
 
 impl S3Error {
-    /// As the error every store returns when the store cannot be reached:
-    /// [`StoreError::Io`], which the runner treats as transient.
+    /// As a [`StoreError`]: [`StoreError::Refused`] for an answer that
+    /// retrying cannot change ([`refusal`]), [`StoreError::Io`] for the rest.
     pub(crate) fn into_store_error(
         self,
         store: String,
-        key: &JobKey,
+        key: String,
         operation: &'static str,
     ) -> StoreError {
-        StoreError::Io {
-            store,
-            key: key.to_string(),
-            operation,
-            source: Box::new(self),
+        match self {
+            S3Error::Request {
+                refusal: Some(cause),
+                ..
+            } => StoreError::Refused {
+                store,
+                key,
+                operation,
+                cause,
+                source: Box::new(self),
+            },
+            _ => StoreError::Io {
+                store,
+                key,
+                operation,
+                source: Box::new(self),
+            },
         }
+    }
+}
+
+/// Whether an S3 error answer (HTTP `status`, error `code`) is one that
+/// retrying cannot change, and why; `None` for those that may pass: 5xx,
+/// throttling (`SlowDown`, 429, 503), timeouts (408 `RequestTimeout`), and
+/// credentials that a refresh or a clock sync may mend (`ExpiredToken`,
+/// `RequestTimeTooSkewed`).
+///
+/// The codes are S3's [error responses](https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html#ErrorCodeList):
+///
+/// | answer | refusal |
+/// |---|---|
+/// | `NoSuchBucket`, `InvalidBucketName`, `PermanentRedirect` (301: the bucket is in another region), `AuthorizationHeaderMalformed` (a request signed for the wrong region) | [`Location`](Refusal::Location) |
+/// | `AccessDenied`, `InvalidAccessKeyId`, `SignatureDoesNotMatch`, `AllAccessDisabled`, `AccountProblem`, `InvalidToken`, any other 401 or 403 | [`Permission`](Refusal::Permission) |
+/// | any other 4xx (`InvalidArgument`, `EntityTooLarge`, `InvalidRequest`…) | [`Rejected`](Refusal::Rejected) |
+pub(crate) fn refusal(status: Option<u16>, code: &str) -> Option<Refusal> {
+    match code {
+        "RequestTimeout" | "RequestTimeTooSkewed" | "ExpiredToken" | "TokenRefreshRequired"
+        | "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"
+        | "TooManyRequests" | "InternalError" | "ServiceUnavailable" => return None,
+        "NoSuchBucket"
+        | "InvalidBucketName"
+        | "PermanentRedirect"
+        | "AuthorizationHeaderMalformed" => return Some(Refusal::Location),
+        "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AllAccessDisabled"
+        | "AccountProblem" | "InvalidToken" => return Some(Refusal::Permission),
+        _ => {}
+    }
+    match status? {
+        301 => Some(Refusal::Location),
+        401 | 403 => Some(Refusal::Permission),
+        408 | 429 => None,
+        400..=499 => Some(Refusal::Rejected),
+        _ => None,
     }
 }
 
@@ -105,6 +156,7 @@ where
         bucket: bucket.to_owned(),
         object: object.to_owned(),
         detail,
+        refusal: refusal(status, code),
     })
 }
 
@@ -170,6 +222,45 @@ mod tests {
             )),
             Failure::NotFound
         ));
+    }
+
+    #[test]
+    fn answers_retrying_cannot_change_are_refusals_and_the_others_are_not() {
+        for (status, code, expected) in [
+            (404, "NoSuchBucket", Some(Refusal::Location)),
+            (301, "PermanentRedirect", Some(Refusal::Location)),
+            (400, "AuthorizationHeaderMalformed", Some(Refusal::Location)),
+            (403, "AccessDenied", Some(Refusal::Permission)),
+            (403, "InvalidAccessKeyId", Some(Refusal::Permission)),
+            (403, "SignatureDoesNotMatch", Some(Refusal::Permission)),
+            (403, "", Some(Refusal::Permission)),
+            (400, "InvalidArgument", Some(Refusal::Rejected)),
+            (400, "EntityTooLarge", Some(Refusal::Rejected)),
+            (400, "RequestTimeout", None),
+            (403, "RequestTimeTooSkewed", None),
+            (400, "ExpiredToken", None),
+            (408, "", None),
+            (429, "", None),
+            (500, "InternalError", None),
+            (503, "SlowDown", None),
+        ] {
+            let refused = match sort(service(status, code, "no")) {
+                Failure::Other(e) => {
+                    let refused = e.into_store_error("s3://bucket/ckpt/".into(), "job".into(), "save");
+                    assert_eq!(refused.is_transient(), expected.is_none(), "{refused}");
+                    refused.refusal()
+                }
+                other => panic!("{status} {code}: {other:?}"),
+            };
+            assert_eq!(refused, expected, "{status} {code}");
+        }
+        // No answer at all: the network, which may come back.
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        match sort(SdkError::dispatch_failure(ConnectorError::io(refused.into()))) {
+            Failure::Other(e) => assert!(matches!(e, S3Error::Request { refusal: None, .. })),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

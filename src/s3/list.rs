@@ -23,7 +23,7 @@ impl S3Store {
         let objects = self
             .list_objects()
             .await
-            .map_err(|e| list_error(Box::new(e)))?;
+            .map_err(|e| e.into_store_error(self.location(), String::new(), "list"))?;
         let mut out = Vec::with_capacity(objects.len());
         let mut pending = objects.into_iter();
         let mut tasks = JoinSet::new();
@@ -66,6 +66,7 @@ impl S3Store {
                             bucket: self.bucket().to_owned(),
                             object: self.prefix().to_owned(),
                             detail: format!("unexpected answer: {other:?}"),
+                            refusal: None,
                         },
                     },
                 )?;

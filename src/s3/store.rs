@@ -84,10 +84,17 @@ const ROUNDS: u32 = 6;
 ///
 /// # Errors
 ///
-/// Transport failures, timeouts, throttling, 5xx, access denied and a missing
-/// bucket are all [`StoreError::Io`] (after the SDK's retries), which the
-/// runner treats as transient: a failed periodic checkpoint is logged and the
-/// run goes on; the final one is retried until the grace period ends.
+/// Transport failures, timeouts, throttling and 5xx are [`StoreError::Io`]
+/// (after the SDK's retries), which the runner treats as transient: a failed
+/// periodic checkpoint is logged and the run goes on; the final one is
+/// retried until the grace period ends. Answers that retrying cannot change
+/// are [`StoreError::Refused`], on which the runner stops at once: a bucket
+/// that does not exist or is in another region
+/// ([`Refusal::Location`](crate::Refusal::Location)), access denied, an
+/// unknown access key or a bad signature
+/// ([`Refusal::Permission`](crate::Refusal::Permission)), any other 4xx
+/// ([`Refusal::Rejected`](crate::Refusal::Rejected)); the table is in
+/// [the guide](https://github.com/spotbatch/spotbatch/blob/main/docs/stores.md#errors-that-retrying-cannot-fix).
 ///
 /// # Permissions
 ///
@@ -237,7 +244,7 @@ impl S3Store {
     }
 
     fn io(&self, key: &JobKey, operation: &'static str, error: S3Error) -> StoreError {
-        error.into_store_error(self.location(), key, operation)
+        error.into_store_error(self.location(), key.to_string(), operation)
     }
 
     fn conflict(&self, key: &JobKey, expected: Option<u64>, found: Option<u64>) -> StoreError {
@@ -294,6 +301,7 @@ impl S3Store {
                         bucket: self.bucket.clone(),
                         object: object.to_owned(),
                         detail: format!("unexpected answer: {other:?}"),
+                        refusal: None,
                     }),
                 };
             }
