@@ -71,8 +71,9 @@ pub enum Error {
     #[error("bad configuration: {0}")]
     Config(String),
     /// The store a URL names could not be opened although the URL is well
-    /// formed: its server cannot be reached or refuses the login, or its
-    /// migrations failed.
+    /// formed: its server cannot be reached, or its migrations failed. (A
+    /// store that refuses for good, such as a failed login, is
+    /// [`Error::Store`] with [`StoreError::Refused`].)
     #[error("cannot open the store {url}: {source}")]
     Open {
         /// The store's URL, any password shown as `***`.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::StoreError;
+use crate::{Refusal, StoreError};
 
 /// Why [`PostgresStore::connect`](crate::postgres::PostgresStore::connect) or
 /// [`from_pool`](crate::postgres::PostgresStore::from_pool) failed. Each message names
@@ -27,7 +27,7 @@ pub enum ConnectError {
         /// What is wrong.
         reason: String,
     },
-    /// The server could not be reached or refused the login, through every retry.
+    /// The server could not be reached, through every retry.
     #[error("cannot connect to the Postgres store at {url} (tried for {tried:?}): {source}")]
     Unreachable {
         /// The server, password hidden.
@@ -35,6 +35,19 @@ pub enum ConnectError {
         /// How long the store kept trying.
         tried: Duration,
         /// The last error.
+        source: sqlx::Error,
+    },
+    /// The server refused the connection for a reason that retrying
+    /// cannot fix ([`refusal`]): a failed login (SQLSTATE class 28), a
+    /// database that does not exist (`3D000`), no `CONNECT` privilege.
+    /// Not retried.
+    #[error("the Postgres store at {url} refused the connection: {source} ({cause}; retrying cannot help)")]
+    Refused {
+        /// The server, password hidden.
+        url: String,
+        /// What must change.
+        cause: Refusal,
+        /// The server's answer.
         source: sqlx::Error,
     },
     /// Applying `migrations/` failed (nothing half-applied stays: each
@@ -98,6 +111,48 @@ pub enum TxError {
     },
 }
 
+impl ConnectError {
+    /// Why the server refused for good, if it did: [`ConnectError::Refused`],
+    /// or migrations that the server refused to run (a role without the
+    /// `CREATE` privilege they need, a read-only database).
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            ConnectError::Refused { cause, .. } => Some(*cause),
+            ConnectError::Migrate { source, .. } => migrate_refusal(source),
+            _ => None,
+        }
+    }
+
+    /// As the [`StoreError::Refused`] it is, when [`refusal`](Self::refusal)
+    /// says it is one: what the server said, under `store` (the URL, password
+    /// hidden).
+    pub(crate) fn into_refused(self, store: String) -> Result<StoreError, Self> {
+        let Some(cause) = self.refusal() else {
+            return Err(self);
+        };
+        let source: crate::BoxError = match self {
+            ConnectError::Refused { source, .. } => Box::new(source),
+            ConnectError::Migrate { source, .. } => Box::new(source),
+            other => Box::new(other),
+        };
+        Ok(StoreError::Refused {
+            store,
+            key: String::new(),
+            operation: "open the store",
+            cause,
+            source,
+        })
+    }
+}
+
+fn migrate_refusal(e: &sqlx::migrate::MigrateError) -> Option<Refusal> {
+    use sqlx::migrate::MigrateError;
+    match e {
+        MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => refusal(e),
+        _ => None,
+    }
+}
+
 /// What a store operation ran into, before it becomes a [`StoreError`].
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PgError {
@@ -145,6 +200,36 @@ fn transient_sqlstate(code: &str) -> bool {
                 | "40001" // serialization_failure
                 | "40P01" // deadlock_detected
         )
+}
+
+/// Why retrying cannot fix a database error, if it cannot: a refusal that a
+/// person must act on, by the error's SQLSTATE
+/// ([error codes](https://www.postgresql.org/docs/current/errcodes-appendix.html)):
+///
+/// | SQLSTATE | refusal |
+/// |---|---|
+/// | `3D000` invalid catalog name (no such database), `3F000` invalid schema name, `42P01` undefined table | [`Location`](Refusal::Location) |
+/// | class `28` invalid authorization (a failed login), `42501` insufficient privilege | [`Permission`](Refusal::Permission) |
+/// | `25006` read-only SQL transaction (a standby, `default_transaction_read_only`) | [`ReadOnly`](Refusal::ReadOnly) |
+/// | `53100` disk full | [`Full`](Refusal::Full) |
+/// | class `22` data exception, class `23` integrity constraint violation, the rest of class `42` (syntax error or access rule violation), class `54` program limit exceeded, `0A000` feature not supported, `21000` cardinality violation, `44000` with check option violation | [`Rejected`](Refusal::Rejected) |
+///
+/// Everything else (connection errors, class `08`, `57P01`–`57P03`,
+/// `40001`, `40P01`, `53300`, `57014`, and codes not listed) is `None`: it
+/// may pass, and [`is_transient`] says whether the store itself retries it.
+pub(crate) fn refusal(e: &sqlx::Error) -> Option<Refusal> {
+    let code = e.as_database_error()?.code()?;
+    let class = code.get(..2).unwrap_or_default();
+    match (&*code, class) {
+        ("3D000" | "3F000" | "42P01", _) => Some(Refusal::Location),
+        ("42501", _) | (_, "28") => Some(Refusal::Permission),
+        ("25006", _) => Some(Refusal::ReadOnly),
+        ("53100", _) => Some(Refusal::Full),
+        ("0A000" | "21000" | "44000", _) | (_, "22" | "23" | "42" | "54") => {
+            Some(Refusal::Rejected)
+        }
+        _ => None,
+    }
 }
 
 /// Whether retrying may help: the connection, the pool or the server's state,

@@ -6,7 +6,7 @@ use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::postgres::error::{is_transient, ConnectError};
+use crate::postgres::error::{is_transient, refusal, ConnectError};
 use crate::postgres::options::{quote_ident, PostgresOptions};
 use crate::postgres::sql::MIGRATIONS;
 use crate::retry::Backoff;
@@ -70,6 +70,13 @@ where
                 tokio::time::sleep(delay).await;
             }
             None => {
+                if let Some(cause) = refusal(&error) {
+                    return Err(ConnectError::Refused {
+                        url: location.to_owned(),
+                        cause,
+                        source: error,
+                    });
+                }
                 return Err(ConnectError::Unreachable {
                     url: location.to_owned(),
                     tried: backoff.elapsed(),

@@ -5,15 +5,15 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use crate::{
-    Checkpoint, CheckpointError, CheckpointStore, JobKey, Listing, RunRecord, Status, StoreError,
-    Summary, Writer,
+    Checkpoint, CheckpointError, CheckpointStore, JobKey, Listing, Refusal, RunRecord, Status,
+    StoreError, Summary, Writer,
 };
 use async_trait::async_trait;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool};
 use tracing::{debug, info, warn};
 
-use crate::postgres::error::{is_transient, ConnectError, Failure, PgError, TxError};
+use crate::postgres::error::{is_transient, refusal, ConnectError, Failure, PgError, TxError};
 use crate::postgres::options::{describe, parse_url, redact, PostgresOptions};
 use crate::postgres::sql::{Queries, SaveArgs};
 use crate::postgres::startup::{acquire_retrying, connect_retrying, migrate, retry_backoff};
@@ -80,6 +80,14 @@ use crate::postgres::transaction::{SharedTransaction, TxShared};
 /// [`StoreError::Io`], which the runner treats as transient: it warns about a
 /// missed periodic checkpoint and goes on, and retries the final one until the
 /// grace period ends.
+///
+/// A database error that retrying cannot fix is not retried: a missing
+/// database, schema or table, a failed login or a missing privilege, a
+/// read-only database, a full disk, data or a statement the server rejects
+/// (a constraint, a value out of range) is a [`StoreError::Refused`] (at
+/// start-up, [`ConnectError::Refused`] or a refused migration), on which the
+/// runner stops at once. The SQLSTATEs of each [`Refusal`] are in
+/// [the guide](https://github.com/spotbatch/spotbatch/blob/main/docs/stores.md#errors-that-retrying-cannot-fix).
 ///
 /// # Exactly-once writes
 ///
@@ -260,6 +268,33 @@ impl PostgresStore {
         }
     }
 
+    /// The error of `operation` on `key` that the store will not retry:
+    /// [`StoreError::Refused`] for a database error that retrying cannot fix
+    /// ([`refusal`]), [`StoreError::Io`] for the rest.
+    fn failed(&self, key: &str, operation: &'static str, error: sqlx::Error) -> StoreError {
+        match refusal(&error) {
+            Some(cause) => self.refused(key, operation, cause, PgError::Sql(error)),
+            None => self.io_error(key, operation, PgError::Sql(error)),
+        }
+    }
+
+    /// [`StoreError::Refused`] for `operation` on `key`.
+    pub(crate) fn refused(
+        &self,
+        key: &str,
+        operation: &'static str,
+        cause: Refusal,
+        source: PgError,
+    ) -> StoreError {
+        StoreError::Refused {
+            store: self.inner.location.clone(),
+            key: key.to_owned(),
+            operation,
+            cause,
+            source: Box::new(source),
+        }
+    }
+
     /// Runs `attempt` until it succeeds, fails for good, or the retry budget is spent.
     pub(crate) async fn retrying<T, F, Fut>(
         &self,
@@ -288,9 +323,7 @@ impl PostgresStore {
                     warn!(store = %self.inner.location, key, operation, %error, retry_in = ?delay, "Postgres unavailable; retrying");
                     tokio::time::sleep(delay).await;
                 }
-                None if backoff.retries() == 0 => {
-                    return Err(self.io_error(key, operation, PgError::Sql(error)))
-                }
+                None if backoff.retries() == 0 => return Err(self.failed(key, operation, error)),
                 None => {
                     return Err(self.io_error(
                         key,
@@ -326,7 +359,7 @@ impl PostgresStore {
         let key = checkpoint.job.as_str();
         let written = self.written().remove(key).unwrap_or_default();
         SaveArgs::new(checkpoint, expected, mark, &written)
-            .map_err(|e| self.io_error(key, "save", PgError::Refused(e)))
+            .map_err(|e| self.refused(key, "save", Refusal::Rejected, PgError::Refused(e)))
     }
 
     fn written(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<RunRecord>>> {
@@ -478,8 +511,10 @@ impl CheckpointStore for PostgresStore {
         expected: Option<u64>,
     ) -> Result<(), StoreError> {
         if let Some(tx) = &self.tx {
-            tx.bind_key(&checkpoint.job)
-                .map_err(|e| self.io_error(checkpoint.job.as_str(), "save", PgError::Refused(e)))?;
+            tx.bind_key(&checkpoint.job).map_err(|e| {
+                let key = checkpoint.job.as_str();
+                self.refused(key, "save", Refusal::Rejected, PgError::Refused(e))
+            })?;
         }
         self.save_plain(checkpoint, expected).await
     }

@@ -10,7 +10,7 @@ use sqlx::{AssertSqlSafe, Executor, PgConnection, Postgres, Transaction};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tracing::{debug, error, info};
 
-use crate::postgres::error::{is_connection_lost, Failure, PgError, TxError};
+use crate::postgres::error::{is_connection_lost, refusal, Failure, PgError, TxError};
 use crate::postgres::sql::TX_MARK;
 use crate::postgres::store::PostgresStore;
 
@@ -531,11 +531,19 @@ impl TxShared {
             }
             Err(e) => {
                 drop(tx);
-                return Err(lost(self.lose(if aborted(&e) {
+                let lost_tx = self.lose(if aborted(&e) {
                     FAILED_AFTER_DONE.to_owned()
                 } else {
                     format!("the checkpoint update failed: {e}")
-                })));
+                });
+                // A refusal (a constraint, a read-only database) would refuse
+                // any retry too: say so, and the runner stops at once.
+                return Err(match refusal(&e) {
+                    Some(cause) => {
+                        store.refused(key, "save", cause, PgError::Refused(lost_tx.to_string()))
+                    }
+                    None => lost(lost_tx),
+                });
             }
         }
         let committed = tx.commit().await;

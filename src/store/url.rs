@@ -44,8 +44,12 @@ use crate::error::Error;
 ///   is wrong with it: no scheme, an unknown scheme, a scheme whose feature
 ///   is off (the message names the feature), a `file://` URL naming another
 ///   host, a malformed S3 bucket or prefix, a malformed Postgres URL.
-/// - [`Error::Open`] when the store is well named but cannot be opened: a
-///   Postgres server that cannot be reached or refuses the login, failed
+/// - [`Error::Store`] with [`StoreError::Refused`](crate::StoreError::Refused)
+///   when the store refuses for a reason that retrying cannot fix: a
+///   Postgres login that fails, a database that does not exist, migrations
+///   the role may not run or a read-only database refuses.
+/// - [`Error::Open`] when the store is well named but cannot be opened for
+///   another reason: a Postgres server that cannot be reached, failed
 ///   migrations.
 pub async fn open_store(url: &str) -> Result<Arc<dyn CheckpointStore>, Error> {
     match Scheme::of(url)? {
@@ -234,10 +238,13 @@ async fn open_postgres(url: &str) -> Result<Arc<dyn CheckpointStore>, Error> {
         Err(e @ (ConnectError::BadUrl { .. } | ConnectError::BadOptions { .. })) => {
             Err(Error::Config(e.to_string()))
         }
-        Err(e) => Err(Error::Open {
-            url: redact_url(url),
-            source: Box::new(e),
-        }),
+        Err(e) => match e.into_refused(redact_url(url)) {
+            Ok(refused) => Err(Error::Store(refused)),
+            Err(e) => Err(Error::Open {
+                url: redact_url(url),
+                source: Box::new(e),
+            }),
+        },
     }
 }
 
