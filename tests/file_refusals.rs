@@ -35,19 +35,20 @@ fn assert_root() {
     );
 }
 
-/// A job stopped (by `--max-runtime`) after some checkpoints: its stored
-/// checkpoint's bytes.
+/// A job stopped (SIGTERM) after some checkpoints: its stored checkpoint's bytes.
 fn interrupted_job() -> (Quickstart, Vec<u8>) {
     let mut q = Quickstart::new(100_000, 10, 1000);
     q.every_chunks = 1;
-    let out = q
-        .command()
-        .args(["--max-runtime", "0.3"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(75), "{}", common::stderr(&out));
+    let child = q.spawn();
+    let started = std::time::Instant::now();
+    while !q.checkpoint().is_some_and(|c| c.counters.chunks > 0) {
+        assert!(started.elapsed() < LIMIT, "no chunk was checkpointed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    common::signal(&child, libc::SIGTERM);
+    let (status, _, log) = finish(child, LIMIT);
+    assert_eq!(status.code(), Some(75), "{log}");
     let stored = std::fs::read(q.checkpoint_path()).unwrap();
-    assert!(q.cursor() > 0, "no chunk was checkpointed");
     (q, stored)
 }
 
