@@ -205,6 +205,7 @@ fn other_codes() -> BTreeMap<&'static str, u8> {
         ("bad_checkpoint", c.bad_checkpoint),
         ("bad_config", c.bad_config),
         ("checkpoint_not_saved", c.checkpoint_not_saved),
+        ("store_refused", c.store_refused),
     ])
 }
 

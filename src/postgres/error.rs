@@ -218,9 +218,13 @@ fn transient_sqlstate(code: &str) -> bool {
 /// `40001`, `40P01`, `53300`, `57014`, and codes not listed) is `None`: it
 /// may pass, and [`is_transient`] says whether the store itself retries it.
 pub(crate) fn refusal(e: &sqlx::Error) -> Option<Refusal> {
-    let code = e.as_database_error()?.code()?;
+    sqlstate_refusal(&e.as_database_error()?.code()?)
+}
+
+/// [`refusal`] by SQLSTATE.
+fn sqlstate_refusal(code: &str) -> Option<Refusal> {
     let class = code.get(..2).unwrap_or_default();
-    match (&*code, class) {
+    match (code, class) {
         ("3D000" | "3F000" | "42P01", _) => Some(Refusal::Location),
         ("42501", _) | (_, "28") => Some(Refusal::Permission),
         ("25006", _) => Some(Refusal::ReadOnly),
@@ -259,5 +263,47 @@ pub(crate) fn is_connection_lost(e: &sqlx::Error) -> bool {
             .code()
             .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_retrying_cannot_fix_are_refusals_and_the_others_are_not() {
+        for (code, expected) in [
+            ("3D000", Some(Refusal::Location)),
+            ("3F000", Some(Refusal::Location)),
+            ("42P01", Some(Refusal::Location)),
+            ("28P01", Some(Refusal::Permission)),
+            ("28000", Some(Refusal::Permission)),
+            ("42501", Some(Refusal::Permission)),
+            ("25006", Some(Refusal::ReadOnly)),
+            ("53100", Some(Refusal::Full)),
+            ("22003", Some(Refusal::Rejected)),
+            ("22P02", Some(Refusal::Rejected)),
+            ("23505", Some(Refusal::Rejected)),
+            ("23514", Some(Refusal::Rejected)),
+            ("42601", Some(Refusal::Rejected)),
+            ("42703", Some(Refusal::Rejected)),
+            ("54000", Some(Refusal::Rejected)),
+            ("0A000", Some(Refusal::Rejected)),
+            ("08006", None),
+            ("57P01", None),
+            ("57P03", None),
+            ("40001", None),
+            ("40P01", None),
+            ("53300", None),
+            ("53200", None),
+            ("57014", None),
+            ("55P03", None),
+            ("XX000", None),
+        ] {
+            assert_eq!(sqlstate_refusal(code), expected, "{code}");
+            if expected.is_some() {
+                assert!(!transient_sqlstate(code), "{code} is both");
+            }
+        }
     }
 }

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use spotbatch::{CheckpointStore, Error, JobKey};
+use spotbatch::{CheckpointStore, Error, JobKey, StoreError};
 
 use crate::error::CliError;
 
@@ -22,11 +22,14 @@ use crate::error::CliError;
 ///
 /// [`CliError::Config`] naming the URL (a Postgres password shown as `***`)
 /// and what is wrong: a malformed URL, a scheme this build leaves out, a bad
-/// `SPOTBATCH_S3_*` variable, a Postgres server that cannot be reached or
-/// refuses the login, a failed migration.
+/// `SPOTBATCH_S3_*` variable, a Postgres server that cannot be reached, a
+/// failed migration; [`CliError::Store`] for a store that refuses for good
+/// (a refused login, a database that does not exist).
 pub(crate) async fn open(url: &str) -> Result<Arc<dyn CheckpointStore>, CliError> {
     spotbatch::open_store(url).await.map_err(|e| {
         let message = match e {
+            // Names the URL (password hidden) and what to fix: exit 74.
+            Error::Store(refused @ StoreError::Refused { .. }) => return CliError::Store(refused),
             Error::Config(message) => message,
             other => other.to_string(),
         };
