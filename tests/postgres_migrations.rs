@@ -8,7 +8,7 @@ mod pg_common;
 
 use pg_common::{admin_pool, fresh_name, pg_url, with_database, with_schema};
 use spotbatch::postgres::{PostgresOptions, PostgresStore};
-use spotbatch::{Checkpoint, CheckpointStore, JobKey, StoreError, Writer};
+use spotbatch::{Checkpoint, CheckpointStore, JobKey, Refusal, Writer};
 use sqlx::PgPool;
 
 /// The number of migration files in the crate's `migrations/`.
@@ -149,7 +149,7 @@ async fn opting_out_leaves_the_schema_alone() {
         .await
         .expect_err("no tables");
     // Retrying cannot create the tables: a refusal, not retried.
-    assert_eq!(err.refusal(), Some(spotbatch::Refusal::Location), "{err}");
+    assert_eq!(err.refusal(), Some(Refusal::Location), "{err}");
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
 
