@@ -58,7 +58,15 @@ fn interrupted_job() -> (Quickstart, Vec<u8>) {
 fn in_mount_namespace(script: &str, cmd: &Command) -> Command {
     let mut wrapped = Command::new("unshare");
     wrapped
-        .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
         .arg(cmd.get_program())
         .args(cmd.get_args());
     for (name, value) in cmd.get_envs() {
@@ -77,7 +85,10 @@ fn in_mount_namespace(script: &str, cmd: &Command) -> Command {
 /// The run was refused at once, with exit 74 and a message naming each of `names`.
 fn assert_refused(status: ExitStatus, took: Duration, log: &str, names: &[&str]) {
     assert_eq!(status.code(), Some(74), "{status} after {took:?}:\n{log}");
-    assert!(took < QUICK, "took {took:?}: retried an error that will not pass\n{log}");
+    assert!(
+        took < QUICK,
+        "took {took:?}: retried an error that will not pass\n{log}"
+    );
     let failed = log
         .lines()
         .find(|l| l.contains("run failed"))
@@ -101,7 +112,11 @@ fn a_store_path_through_a_file_is_refused_at_once() {
         status,
         took,
         &log,
-        &["file:///dev/null/x", "/dev/null/x/e2e.ckpt", "Not a directory"],
+        &[
+            "file:///dev/null/x",
+            "/dev/null/x/e2e.ckpt",
+            "Not a directory",
+        ],
     );
 }
 

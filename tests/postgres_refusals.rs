@@ -67,7 +67,10 @@ async fn role(setup: &str) -> String {
 /// The run exited 74 at once, its failure naming each of `names`.
 fn assert_refused(status: ExitStatus, took: Duration, log: &str, names: &[&str]) {
     assert_eq!(status.code(), Some(74), "{status} after {took:?}:\n{log}");
-    assert!(took < QUICK, "took {took:?}: retried an error that will not pass\n{log}");
+    assert!(
+        took < QUICK,
+        "took {took:?}: retried an error that will not pass\n{log}"
+    );
     let failed = log
         .lines()
         .find(|l| l.contains("run failed"))
@@ -129,7 +132,10 @@ async fn a_database_that_does_not_exist_and_a_failed_login_are_refused_at_once()
         status,
         took,
         &log,
-        &[&format!("/{db}"), &format!("database \"{db}\" does not exist")],
+        &[
+            &format!("/{db}"),
+            &format!("database \"{db}\" does not exist"),
+        ],
     );
 
     let wrong = as_user(&pg_url(), "postgres", "wrong-password");
@@ -171,10 +177,19 @@ async fn a_role_without_privileges_is_refused_at_once_and_the_checkpoint_stays()
     let (report, took) = run_in_process(store).await;
     let err = report.error().unwrap();
     assert!(
-        matches!(err, Error::Store(StoreError::Refused { cause: Refusal::Permission, .. })),
+        matches!(
+            err,
+            Error::Store(StoreError::Refused {
+                cause: Refusal::Permission,
+                ..
+            })
+        ),
         "{err:?}"
     );
-    assert!(err.to_string().contains("permission denied for table"), "{err}");
+    assert!(
+        err.to_string().contains("permission denied for table"),
+        "{err}"
+    );
     assert_eq!(report.code(), 74, "{err}");
     assert!(took < QUICK, "took {took:?}");
     assert_eq!(stored(&schema).await.unwrap(), before);
@@ -194,19 +209,32 @@ async fn a_read_only_database_is_refused_at_once_and_the_checkpoint_stays() {
     let url = with_schema(&as_user(&pg_url(), &read_only, "pw"), &schema);
     // The migrations (CREATE SCHEMA IF NOT EXISTS) are refused at start-up…
     let (status, took, log) = run(quickstart(&url, dir.path())).await;
-    assert_refused(status, took, &log, &["read-only transaction", "the store is read-only"]);
+    assert_refused(
+        status,
+        took,
+        &log,
+        &["read-only transaction", "the store is read-only"],
+    );
     // …and without migrations, the first save is.
-    let store =
-        PostgresStore::connect_with(&url, PostgresOptions::default().migrate(false))
-            .await
-            .unwrap();
+    let store = PostgresStore::connect_with(&url, PostgresOptions::default().migrate(false))
+        .await
+        .unwrap();
     let (report, took) = run_in_process(store).await;
     let err = report.error().unwrap();
     assert!(
-        matches!(err, Error::Store(StoreError::Refused { cause: Refusal::ReadOnly, .. })),
+        matches!(
+            err,
+            Error::Store(StoreError::Refused {
+                cause: Refusal::ReadOnly,
+                ..
+            })
+        ),
         "{err:?}"
     );
-    assert!(err.to_string().contains(&read_only), "the store is not named: {err}");
+    assert!(
+        err.to_string().contains(&read_only),
+        "the store is not named: {err}"
+    );
     assert_eq!(report.code(), 74, "{err}");
     assert!(took < QUICK, "took {took:?}");
     assert_eq!(stored(&schema).await.unwrap(), before);
@@ -240,7 +268,10 @@ async fn a_save_the_database_rejects_ends_the_run_and_the_last_checkpoint_record
     assert_eq!(after.counters.chunks, cap, "{after:?}");
     assert_eq!(after.status.name(), "failed", "{after:?}");
     assert!(
-        after.status.to_string().contains(&format!("at_most_{cap}_chunks")),
+        after
+            .status
+            .to_string()
+            .contains(&format!("at_most_{cap}_chunks")),
         "{}",
         after.status
     );
@@ -267,6 +298,10 @@ impl Job for Count {
 /// A run of the quickstart's job key on `store`, in this process, and how long it took.
 async fn run_in_process(store: PostgresStore) -> (spotbatch::Report, Duration) {
     let started = Instant::now();
-    let report = Runner::new(JOB, Count).store(store).signals(&[]).run().await;
+    let report = Runner::new(JOB, Count)
+        .store(store)
+        .signals(&[])
+        .run()
+        .await;
     (report, started.elapsed())
 }

@@ -108,19 +108,28 @@ async fn run(refuses: Rule, chunk_time: Duration) -> (spotbatch::Report, Duratio
     let inner = MemoryStore::new();
     let started = Instant::now();
     let report = Runner::new(JOB, Count { chunk_time })
-        .store(Refusing { inner: inner.clone(), refuses })
+        .store(Refusing {
+            inner: inner.clone(),
+            refuses,
+        })
         .signals(&[])
         .checkpoint(Every::chunks(3))
         .lease(Duration::from_millis(900))
         .run()
         .await;
-    let stored = inner.load(&JobKey::new(JOB).unwrap()).await.unwrap().unwrap();
+    let stored = inner
+        .load(&JobKey::new(JOB).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     (report, started.elapsed(), stored)
 }
 
 /// The run ended with the refusal, at once, with exit 74.
 fn assert_refused(report: &spotbatch::Report, took: Duration, within: Duration) {
-    let err = report.error().unwrap_or_else(|| panic!("{:?}", report.outcome));
+    let err = report
+        .error()
+        .unwrap_or_else(|| panic!("{:?}", report.outcome));
     assert!(
         matches!(err, Error::Store(StoreError::Refused { .. })),
         "{err:?}"
@@ -163,7 +172,11 @@ async fn a_refused_lease_renewal_stops_the_chunk_at_once_and_the_last_checkpoint
     .await;
     assert_refused(&report, took, Duration::from_millis(300));
     assert_eq!((cursor(&stored), stored.lease), (0, None));
-    assert!(failure(&stored).contains("Renew of version 2 refused"), "{}", stored.status);
+    assert!(
+        failure(&stored).contains("Renew of version 2 refused"),
+        "{}",
+        stored.status
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -187,11 +200,16 @@ async fn a_refused_lease_at_start_ends_the_run_at_once_having_written_nothing() 
             refuses: |_, _| true,
         };
         let started = Instant::now();
-        let report = Runner::new(JOB, Count { chunk_time: Duration::ZERO })
-            .store(store)
-            .signals(&[])
-            .run()
-            .await;
+        let report = Runner::new(
+            JOB,
+            Count {
+                chunk_time: Duration::ZERO,
+            },
+        )
+        .store(store)
+        .signals(&[])
+        .run()
+        .await;
         let stored = inner.load(&JobKey::new(JOB).unwrap()).await.unwrap();
         assert_eq!(stored, None);
         (report, started.elapsed(), ())

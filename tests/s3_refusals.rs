@@ -26,7 +26,10 @@ const LIMIT: Duration = Duration::from_secs(90);
 /// The run exited 74 at once, its failure naming each of `names`.
 fn assert_refused(status: ExitStatus, took: Duration, log: &str, names: &[&str]) {
     assert_eq!(status.code(), Some(74), "{status} after {took:?}:\n{log}");
-    assert!(took < QUICK, "took {took:?}: retried an error that will not pass\n{log}");
+    assert!(
+        took < QUICK,
+        "took {took:?}: retried an error that will not pass\n{log}"
+    );
     let failed = log
         .lines()
         .find(|l| l.contains("run failed"))
@@ -46,7 +49,10 @@ async fn run(cmd: Command) -> (ExitStatus, Duration, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_that_does_not_exist_is_refused_at_once() {
-    let bucket = format!("sbt-missing-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let bucket = format!(
+        "sbt-missing-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
     let q = Quickstart::new(&s3_common::endpoint(), &bucket, 1000, 10, 0);
     let (status, took, log) = run(q.command()).await;
     assert_refused(
@@ -97,7 +103,11 @@ async fn wrong_credentials_are_refused_at_once_and_the_checkpoint_stays() {
             status,
             took,
             &log,
-            &[&format!("s3://{bucket}/ckpt/e2e.ckpt"), answer, "access denied"],
+            &[
+                &format!("s3://{bucket}/ckpt/e2e.ckpt"),
+                answer,
+                "access denied",
+            ],
         );
         assert!(!log.contains(secret), "the secret shows:\n{log}");
         assert_eq!(store.load(&key).await.unwrap().unwrap(), before);

@@ -81,7 +81,7 @@ where
                     url: location.to_owned(),
                     tried: backoff.elapsed(),
                     source: error,
-                })
+                });
             }
         }
     }

@@ -102,15 +102,27 @@ impl S3Error {
 /// | any other 4xx (`InvalidArgument`, `EntityTooLarge`, `InvalidRequest`…) | [`Rejected`](Refusal::Rejected) |
 pub(crate) fn refusal(status: Option<u16>, code: &str) -> Option<Refusal> {
     match code {
-        "RequestTimeout" | "RequestTimeTooSkewed" | "ExpiredToken" | "TokenRefreshRequired"
-        | "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"
-        | "TooManyRequests" | "InternalError" | "ServiceUnavailable" => return None,
+        "RequestTimeout"
+        | "RequestTimeTooSkewed"
+        | "ExpiredToken"
+        | "TokenRefreshRequired"
+        | "SlowDown"
+        | "Throttling"
+        | "ThrottlingException"
+        | "RequestLimitExceeded"
+        | "TooManyRequests"
+        | "InternalError"
+        | "ServiceUnavailable" => return None,
         "NoSuchBucket"
         | "InvalidBucketName"
         | "PermanentRedirect"
         | "AuthorizationHeaderMalformed" => return Some(Refusal::Location),
-        "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AllAccessDisabled"
-        | "AccountProblem" | "InvalidToken" => return Some(Refusal::Permission),
+        "AccessDenied"
+        | "InvalidAccessKeyId"
+        | "SignatureDoesNotMatch"
+        | "AllAccessDisabled"
+        | "AccountProblem"
+        | "InvalidToken" => return Some(Refusal::Permission),
         _ => {}
     }
     match status? {
@@ -246,7 +258,8 @@ mod tests {
         ] {
             let refused = match sort(service(status, code, "no")) {
                 Failure::Other(e) => {
-                    let refused = e.into_store_error("s3://bucket/ckpt/".into(), "job".into(), "save");
+                    let refused =
+                        e.into_store_error("s3://bucket/ckpt/".into(), "job".into(), "save");
                     assert_eq!(refused.is_transient(), expected.is_none(), "{refused}");
                     refused.refusal()
                 }
@@ -257,7 +270,9 @@ mod tests {
         // No answer at all: the network, which may come back.
         let refused =
             std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
-        match sort(SdkError::dispatch_failure(ConnectorError::io(refused.into()))) {
+        match sort(SdkError::dispatch_failure(ConnectorError::io(
+            refused.into(),
+        ))) {
             Failure::Other(e) => assert!(matches!(e, S3Error::Request { refusal: None, .. })),
             other => panic!("{other:?}"),
         }

@@ -252,7 +252,9 @@ impl FileStore {
                 key: key.to_string(),
             });
         }
-        let _lock = self.lock(key).map_err(|e| self.io_error(key, "delete", e))?;
+        let _lock = self
+            .lock(key)
+            .map_err(|e| self.io_error(key, "delete", e))?;
         self.sweep_locked(&file_stem(key));
         match self.read_version(key, &path)? {
             None => Err(StoreError::NotFound {
@@ -512,7 +514,13 @@ impl CheckpointStore for FileStore {
         let owned = key.clone();
         tokio::task::spawn_blocking(move || store.delete_blocking(&owned, expected))
             .await
-            .map_err(|e| self.io_error(key, "delete", AtPath::new(self.path_of(key), io::Error::other(e))))?
+            .map_err(|e| {
+                self.io_error(
+                    key,
+                    "delete",
+                    AtPath::new(self.path_of(key), io::Error::other(e)),
+                )
+            })?
     }
 }
 
