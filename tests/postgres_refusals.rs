@@ -106,11 +106,11 @@ async fn interrupted_job(dir: &std::path::Path) -> (String, Checkpoint) {
     let key = JobKey::new(JOB).unwrap();
     let child = quickstart(&url, dir).spawn().unwrap();
     let started = Instant::now();
-    while !store
+    while store
         .load(&key)
         .await
         .unwrap()
-        .is_some_and(|c| c.counters.chunks > 0)
+        .is_none_or(|c| c.counters.chunks == 0)
     {
         assert!(started.elapsed() < LIMIT, "no chunk was checkpointed");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -38,9 +38,8 @@ pub enum ConnectError {
         source: sqlx::Error,
     },
     /// The server refused the connection for a reason that retrying
-    /// cannot fix ([`refusal`]): a failed login (SQLSTATE class 28), a
-    /// database that does not exist (`3D000`), no `CONNECT` privilege.
-    /// Not retried.
+    /// cannot fix: a failed login (SQLSTATE class 28), a database that does
+    /// not exist (`3D000`), no `CONNECT` privilege. Not retried.
     #[error("the Postgres store at {url} refused the connection: {source} ({cause}; retrying cannot help)")]
     Refused {
         /// The server, password hidden.
