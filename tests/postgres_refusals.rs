@@ -2,8 +2,9 @@
 //! exist, a failed login, a role without privileges, a read-only database,
 //! a constraint that rejects a save) ends the run at once with exit 74 and a
 //! message naming the store, what it refused and why; the last checkpoint
-//! stays, and takes the failure where the server still accepts that.
-//! Against the real server scripts/test starts.
+//! stays, and takes the failure where the server still accepts that. A
+//! lost `SharedTransaction` ends its run at once too (exit 1: the next run
+//! redoes its chunks). Against the real server scripts/test starts.
 
 // Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
 #![allow(unreachable_pub, clippy::unwrap_used)]
@@ -304,4 +305,122 @@ async fn run_in_process(store: PostgresStore) -> (spotbatch::Report, Duration) {
         .run()
         .await;
     (report, started.elapsed())
+}
+
+/// Writes one row per chunk through a shared transaction, recording the
+/// backend pid of its connection; no `check` in `flush`, so that the save
+/// meets the loss.
+struct Rows {
+    tx: spotbatch::postgres::SharedTransaction,
+    table: String,
+    pid: std::sync::Arc<std::sync::atomic::AtomicI32>,
+}
+
+#[async_trait]
+impl Job for Rows {
+    type Cursor = u64;
+    type State = u64;
+
+    async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>> {
+        Ok((*at < 1000).then(|| Chunk::between(*at, *at + 1)))
+    }
+
+    async fn process(&mut self, chunk: &Chunk<u64>, _: &mut u64, _: &ChunkContext) -> Result<()> {
+        let mut tx = self.tx.chunk().await?;
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *tx)
+            .await?;
+        self.pid.store(pid, std::sync::atomic::Ordering::SeqCst);
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} VALUES ($1)",
+            self.table
+        )))
+        .bind(i64::try_from(*chunk.start())?)
+        .execute(&mut *tx)
+        .await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.done().await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_shared_transaction_ends_the_run_at_once_and_the_last_checkpoint_records_why() {
+    let schema = fresh_name("lost");
+    let store = PostgresStore::connect(&with_schema(&pg_url(), &schema))
+        .await
+        .unwrap();
+    let table = format!("\"{schema}\".rows");
+    sql(format!("CREATE TABLE {table} (id bigint PRIMARY KEY)")).await;
+    let tx = store.transactional().unwrap();
+    let pid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let job = Rows {
+        tx: tx.clone(),
+        table,
+        pid: std::sync::Arc::clone(&pid),
+    };
+    let run = tokio::spawn(
+        Runner::new(JOB, job)
+            .store(tx.store())
+            .signals(&[])
+            .checkpoint(Every::chunks(3))
+            .run(),
+    );
+    // Once a checkpoint covers some chunks, the transaction's connection goes.
+    let key = JobKey::new(JOB).unwrap();
+    let started = Instant::now();
+    while store
+        .load(&key)
+        .await
+        .unwrap()
+        .is_none_or(|c| c.counters.chunks == 0)
+    {
+        assert!(started.elapsed() < LIMIT, "no chunk was checkpointed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Killed while it holds a chunk's writes (idle in transaction: the
+    // chunk sleeps), so that the transaction, not an idle connection, goes.
+    let admin = admin_pool().await;
+    let kill = "SELECT coalesce(bool_or(pg_terminate_backend(pid)), false) \
+                FROM pg_stat_activity WHERE pid = $1 AND state = 'idle in transaction'";
+    while !sqlx::query_scalar::<_, bool>(kill)
+        .bind(pid.load(std::sync::atomic::Ordering::SeqCst))
+        .fetch_one(&admin)
+        .await
+        .unwrap()
+    {
+        assert!(
+            started.elapsed() < LIMIT,
+            "never found the transaction open"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let terminated = Instant::now();
+    let report = run.await.unwrap();
+    let took = terminated.elapsed();
+
+    let err = report
+        .error()
+        .unwrap_or_else(|| panic!("{:?}", report.outcome));
+    // The next chunk meets the loss (the job's error), or the next save does.
+    assert!(
+        matches!(
+            err,
+            Error::Job { .. } | Error::Store(StoreError::Lost { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(report.code(), 1, "{err}");
+    assert!(
+        took < QUICK,
+        "took {took:?}: retried a save through a lost transaction"
+    );
+    let after = store.load(&key).await.unwrap().unwrap();
+    assert_eq!(after.status.name(), "failed", "{after:?}");
+    assert!(
+        after.status.to_string().contains("was lost"),
+        "{}",
+        after.status
+    );
+    assert_eq!(after.lease, None, "the lease was not released");
 }

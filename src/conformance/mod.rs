@@ -252,7 +252,8 @@ fn assert_names(err: &StoreError, store: &dyn CheckpointStore, key: &JobKey) {
         | StoreError::Corrupt { store, key, .. }
         | StoreError::NotFound { store, key }
         | StoreError::Io { store, key, .. }
-        | StoreError::Refused { store, key, .. } => (store, key),
+        | StoreError::Refused { store, key, .. }
+        | StoreError::Lost { store, key, .. } => (store, key),
     };
     assert_eq!(
         (named_store.as_str(), named_key.as_str()),

@@ -5,7 +5,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex, MutexGuard as SyncGuard};
 
-use crate::{Checkpoint, JobKey, StoreError};
+use crate::{Checkpoint, CheckpointStore, JobKey, Refusal, StoreError};
 use sqlx::{AssertSqlSafe, Executor, PgConnection, Postgres, Transaction};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tracing::{debug, error, info};
@@ -136,7 +136,9 @@ fn failure(sql: &str, e: &sqlx::Error) -> String {
 ///   restarted, the commit failed, a chunk ignored a failed statement and
 ///   called `done`), its writes are gone together with the
 ///   cursor advance they belonged to: every later `chunk`, `check` and save
-///   fails, and the run must stop. The next run resumes from the last
+///   fails (a save with [`StoreError::Lost`], which the runner does not
+///   retry: it records the failure on the last checkpoint with a plain save
+///   and ends the run), and the run must stop. The next run resumes from the last
 ///   committed checkpoint and redoes those chunks. A commit whose reply was
 ///   lost is checked: if the checkpoint it wrote is there, it counts as done.
 ///
@@ -158,8 +160,8 @@ fn failure(sql: &str, e: &sqlx::Error) -> String {
 ///   tolerate a failing statement, run it in a nested transaction
 ///   (`(&mut *tx).begin()`), whose rollback leaves the chunk usable.
 /// - Call [`check`](Self::check) in [`Job::flush`](spotbatch::Job::flush):
-///   a lost transaction then stops the run at once (outcome failed) instead
-///   of being retried as a store error until the grace period ends.
+///   a lost transaction then fails the flush, a job error that names it,
+///   before any save is tried (outcome failed).
 /// - Reads may use the transaction (they see its uncommitted writes) or the
 ///   pool ([`PostgresStore::pool`]).
 /// - The transaction stays open between checkpoints: choose a checkpoint
@@ -487,11 +489,16 @@ impl TxShared {
         expected: Option<u64>,
     ) -> Result<(), StoreError> {
         let key = checkpoint.job.as_str();
-        let io = |e: PgError| store.io_error(key, "save", e);
         self.bind_key(&checkpoint.job)
-            .map_err(|e| io(PgError::Refused(e)))?;
+            .map_err(|e| store.refused(key, "save", Refusal::Rejected, PgError::Refused(e)))?;
         let mut state = self.state.lock().await;
-        let lost = |e: TxError| io(PgError::Refused(e.to_string()));
+        // No save through this transaction can succeed again.
+        let lost = |e: TxError| StoreError::Lost {
+            store: store.location(),
+            key: key.to_owned(),
+            operation: "save",
+            source: Box::new(e),
+        };
         self.ensure_not_lost(&mut state).map_err(lost)?;
         if self.chunk_open.load(Ordering::SeqCst) {
             self.rollback_chunk(&mut state).await.map_err(lost)?;

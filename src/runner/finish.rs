@@ -66,8 +66,9 @@ impl<J: Job> Run<'_, J> {
     /// period. Otherwise the flush takes as long as it takes. Transient store
     /// errors are retried with backoff from 50 ms up to 2 s until the end of
     /// the grace period (without a stop request: for as long as one); a
-    /// refusal ([`StoreError::Refused`]) is not retried: it is recorded on
-    /// the last checkpoint if the store takes that.
+    /// refusal or a loss ([`StoreError::Refused`], [`StoreError::Lost`]) is
+    /// not retried: it is recorded on the last checkpoint if the store takes
+    /// that.
     async fn save_final(&mut self, status: Status) -> Result<(), Error> {
         let retry_for = self.budget.grace;
         let deadline = self.interrupts.final_deadline();
@@ -113,10 +114,12 @@ impl<J: Job> Run<'_, J> {
                     release(&mut self.session, failed(&e), &self.interrupts, retry_for).await;
                     return Err(e);
                 }
-                Ok(Err(e @ Error::Store(StoreError::Refused { .. }))) => {
+                Ok(Err(e @ Error::Store(StoreError::Refused { .. } | StoreError::Lost { .. }))) => {
                     // Retrying cannot help; the last checkpoint may still take
-                    // the failure (a store that refuses only this save's data).
-                    let recorded = failed_after(&status, "the final checkpoint was refused", &e);
+                    // the failure (a store that refuses only this save's data,
+                    // a lost transaction beside which plain writes still work).
+                    let recorded =
+                        failed_after(&status, "the final checkpoint could not be saved", &e);
                     release(&mut self.session, recorded, &self.interrupts, retry_for).await;
                     return Err(e);
                 }

@@ -353,6 +353,24 @@ pub enum StoreError {
         /// object, a table) where the store knows it.
         source: BoxError,
     },
+    /// What this run holds in the store for its saves is gone for good (a
+    /// Postgres [`SharedTransaction`] whose connection or transaction was
+    /// lost, with the chunks' writes it held): no save of this run through
+    /// it can succeed, so it is not retried. The next run, with a store of
+    /// its own, resumes from the last checkpoint and redoes those chunks.
+    ///
+    /// [`SharedTransaction`]: https://docs.rs/spotbatch/latest/spotbatch/postgres/struct.SharedTransaction.html
+    #[error("{store}: could not {operation} checkpoint {key:?}: {source}")]
+    Lost {
+        /// The store.
+        store: String,
+        /// The job key.
+        key: String,
+        /// What was being done: `save`.
+        operation: &'static str,
+        /// What was lost, and why.
+        source: BoxError,
+    },
 }
 
 /// ` checkpoint "key"`, or nothing for a store-wide operation.
