@@ -255,7 +255,9 @@ async fn a_dropped_connection_loses_the_transaction_for_good() {
         "{err}"
     );
     let err = f.save().await.expect_err("save after loss");
-    assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    // Not retried: no save through this transaction can succeed again.
+    assert!(matches!(err, StoreError::Lost { .. }), "{err}");
+    assert!(!err.is_transient(), "{err}");
     assert!(matches!(f.tx.chunk().await, Err(TxError::Lost { .. })));
     assert!(f.committed().await.is_empty());
     assert_eq!(
