@@ -88,6 +88,16 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// # Permissions
 ///
 /// The directory is created `0700` and checkpoint files `0600`.
+///
+/// # Errors
+///
+/// An I/O error names the file or directory it happened at. One that
+/// retrying cannot fix (a path through a file, a read-only file system,
+/// permission denied, a full disk: the table is on
+/// [`Refusal::of_io_error`]) is [`StoreError::Refused`], on which the runner
+/// stops at once; any other is [`StoreError::Io`], which it retries. A save
+/// refused while writing its temporary file removes that file: the old
+/// checkpoint stays whole.
 #[derive(Debug, Clone)]
 pub struct FileStore {
     dir: PathBuf,
