@@ -66,7 +66,7 @@ impl Refusal {
     /// | `ENOSPC`, `EDQUOT`, `EFBIG` | [`Full`](Self::Full) |
     ///
     /// For a store kept in files; see [`errno(3)`](https://man7.org/linux/man-pages/man3/errno.3.html).
-    pub fn of_io_error(error: &io::Error) -> Option<Self> {
+    pub fn from_io_error(error: &io::Error) -> Option<Self> {
         match error.raw_os_error()? {
             libc::ENOTDIR | libc::EISDIR | libc::ELOOP | libc::ENAMETOOLONG => {
                 Some(Refusal::Location)
@@ -103,9 +103,9 @@ mod tests {
             (libc::ENOENT, None),
         ] {
             let error = io::Error::from_raw_os_error(errno);
-            assert_eq!(Refusal::of_io_error(&error), refusal, "{error}");
+            assert_eq!(Refusal::from_io_error(&error), refusal, "{error}");
         }
         let without_errno = io::Error::other("a task panicked");
-        assert_eq!(Refusal::of_io_error(&without_errno), None);
+        assert_eq!(Refusal::from_io_error(&without_errno), None);
     }
 }

@@ -94,7 +94,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// An I/O error names the file or directory it happened at. One that
 /// retrying cannot fix (a path through a file, a read-only file system,
 /// permission denied, a full disk: the table is on
-/// [`Refusal::of_io_error`]) is [`StoreError::Refused`], on which the runner
+/// [`Refusal::from_io_error`]) is [`StoreError::Refused`], on which the runner
 /// stops at once; any other is [`StoreError::Io`], which it retries. A save
 /// refused while writing its temporary file removes that file: the old
 /// checkpoint stays whole.
@@ -127,7 +127,7 @@ impl FileStore {
 
     /// The error for `operation` on `key` failing with `error`:
     /// [`StoreError::Refused`] when retrying cannot help
-    /// ([`Refusal::of_io_error`]), else [`StoreError::Io`].
+    /// ([`Refusal::from_io_error`]), else [`StoreError::Io`].
     fn io_error(&self, key: &JobKey, operation: &'static str, error: AtPath) -> StoreError {
         fs_error(self.location(), key.to_string(), operation, error)
     }
@@ -444,9 +444,9 @@ impl AtPath {
 
 /// `operation` on `store`'s `key` (empty: the whole store) failing with
 /// `error`: [`StoreError::Refused`] when retrying cannot help
-/// ([`Refusal::of_io_error`]), else [`StoreError::Io`].
+/// ([`Refusal::from_io_error`]), else [`StoreError::Io`].
 fn fs_error(store: String, key: String, operation: &'static str, error: AtPath) -> StoreError {
-    match Refusal::of_io_error(&error.error) {
+    match Refusal::from_io_error(&error.error) {
         Some(cause) => StoreError::Refused {
             store,
             key,
