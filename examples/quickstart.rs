@@ -10,6 +10,13 @@
 //! cargo run --example quickstart -- --work-us 20     # Ctrl-C it, run it again: it resumes
 //! ```
 //!
+//! `--concurrency K` keeps up to K chunks in flight (the same job as a
+//! [`ConcurrentJob`]: chunks processed concurrently, with latencies that vary
+//! per chunk so that they finish out of order, and committed in order);
+//! `--flaky P` makes each chunk attempt fail with a transient error with
+//! probability P, decided by a hash of the chunk and the attempt, so that
+//! runs are reproducible. The output is the same byte for byte either way.
+//!
 //! `--store` (or `SPOTBATCH_STORE`) takes every store URL the build serves:
 //!
 //! ```text
@@ -21,12 +28,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use spotbatch::concurrent::{Concurrent, ConcurrentJob};
 use spotbatch::prelude::*;
+use tokio::sync::Mutex;
 
 struct Transform {
     records: u64,
     chunk: u64,
     work: Duration,
+    flaky: f64,
     out: FileSink,
     audit: Option<FileSink>,
 }
@@ -50,24 +60,15 @@ impl Job for Transform {
         out_len: &mut u64,
         ctx: &ChunkContext,
     ) -> Result<()> {
+        flaky(self.flaky, chunk, ctx)?;
         // Simulated work (e.g. a network call), given up at the drain deadline.
         if !self.work.is_zero() {
             let work = self.work * u32::try_from(chunk.items()).unwrap_or(u32::MAX);
             ctx.cancellable(tokio::time::sleep(work)).await?;
         }
-        for i in chunk.range() {
-            self.out
-                .write_line(&format!("{i}\t{:016x}", transform(i)))
-                .await?;
-        }
+        self.out.write(lines(chunk).as_bytes()).await?;
         *out_len = self.out.len();
-        if let Some(audit) = &mut self.audit {
-            audit
-                .write_line(&format!("{} {}", chunk.range().start, chunk.range().end))
-                .await?;
-            audit.flush().await?;
-        }
-        Ok(())
+        audit(self.audit.as_mut(), chunk).await
     }
 
     async fn flush(&mut self) -> Result<()> {
@@ -77,6 +78,95 @@ impl Job for Transform {
     fn total_items(&self) -> Option<u64> {
         Some(self.records)
     }
+}
+
+/// The quickstart job with chunks in flight concurrently: `process` waits
+/// (a latency that varies per chunk) and formats the lines, `commit` appends
+/// them in order.
+struct ConcurrentTransform {
+    records: u64,
+    chunk: u64,
+    work: Duration,
+    flaky: f64,
+    out: Mutex<FileSink>,
+    audit: Mutex<Option<FileSink>>,
+}
+
+#[async_trait]
+impl ConcurrentJob for ConcurrentTransform {
+    type Cursor = u64; // the next record to commit
+    type State = u64; // bytes of output the cursor covers
+    type Output = String; // a chunk's lines
+
+    async fn resume(&self, _next: &u64, out_len: &u64) -> Result<()> {
+        Ok(self.out.lock().await.truncate(*out_len).await?)
+    }
+
+    async fn next_chunk(&self, at: &u64) -> Result<Option<Chunk<u64>>> {
+        Ok((*at < self.records).then(|| Chunk::between(*at, (*at + self.chunk).min(self.records))))
+    }
+
+    async fn process(&self, chunk: &Chunk<u64>, ctx: &ChunkContext) -> Result<String> {
+        flaky(self.flaky, chunk, ctx)?;
+        if !self.work.is_zero() {
+            // Between half and one and a half times the work: chunks finish out of order.
+            let per_mille = 500 + transform(*chunk.start()) % 1000;
+            let items = u32::try_from(chunk.items()).unwrap_or(u32::MAX);
+            let work = self.work * items * u32::try_from(per_mille).unwrap_or(1000) / 1000;
+            ctx.cancellable(tokio::time::sleep(work)).await?;
+        }
+        Ok(lines(chunk))
+    }
+
+    async fn commit(&self, chunk: &Chunk<u64>, lines: String, out_len: &mut u64) -> Result<()> {
+        let mut out = self.out.lock().await;
+        out.write(lines.as_bytes()).await?;
+        *out_len = out.len();
+        audit(self.audit.lock().await.as_mut(), chunk).await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        Ok(self.out.lock().await.flush().await?)
+    }
+
+    fn total_items(&self) -> Option<u64> {
+        Some(self.records)
+    }
+}
+
+/// The output lines of a chunk's records.
+fn lines(chunk: &Chunk<u64>) -> String {
+    chunk
+        .range()
+        .map(|i| format!("{i}\t{:016x}\n", transform(i)))
+        .collect()
+}
+
+/// Appends "start end" to the audit file, if any, durably.
+async fn audit(audit: Option<&mut FileSink>, chunk: &Chunk<u64>) -> Result<()> {
+    if let Some(audit) = audit {
+        audit
+            .write_line(&format!("{} {}", chunk.range().start, chunk.range().end))
+            .await?;
+        audit.flush().await?;
+    }
+    Ok(())
+}
+
+/// Fails this attempt at `chunk` with a transient error with probability
+/// `p`, decided by a hash of the chunk and the attempt (reproducible).
+fn flaky(p: f64, chunk: &Chunk<u64>, ctx: &ChunkContext) -> Result<()> {
+    let draw = transform(chunk.start() ^ (u64::from(ctx.attempt()) << 48)) >> 11;
+    #[allow(clippy::cast_precision_loss)] // 53 bits: exact in an f64
+    let draw = draw as f64 / (1u64 << 53) as f64;
+    if draw < p {
+        return Err(spotbatch::transient(format!(
+            "flaky: attempt {} at chunk {} failed",
+            ctx.attempt(),
+            chunk.start()
+        )));
+    }
+    Ok(())
 }
 
 /// A deterministic transformation of a record (SplitMix64).
@@ -135,6 +225,13 @@ pub struct Args {
     /// tests use it to prove no chunk is processed twice).
     #[arg(long)]
     audit: Option<PathBuf>,
+    /// Chunks in flight at once (1: the job one chunk at a time).
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// The probability that a chunk attempt fails with a transient error
+    /// (retried up to 10 attempts).
+    #[arg(long, default_value_t = 0.0)]
+    flaky: f64,
 }
 
 /// Logs to stderr, `info` unless `RUST_LOG` says otherwise.
@@ -159,14 +256,44 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         Some(path) => Some(FileSink::open(path).await?),
         None => None,
     };
-    let job = Transform {
-        records: args.records,
-        chunk: args.chunk,
-        work: Duration::from_micros(args.work_us),
-        out: FileSink::open(&args.out).await?,
-        audit,
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(
+        (0.0..1.0).contains(&args.flaky),
+        "--flaky must be at least 0 and less than 1"
+    );
+    let (records, chunk, work, flaky) = (
+        args.records,
+        args.chunk,
+        Duration::from_micros(args.work_us),
+        args.flaky,
+    );
+    let out = FileSink::open(&args.out).await?;
+    let report = if args.concurrency == 1 {
+        let job = Transform { records, chunk, work, flaky, out, audit };
+        configure(Runner::new(args.job.clone(), job), &args, grace, lease)?.run().await
+    } else {
+        let job = ConcurrentTransform {
+            records,
+            chunk,
+            work,
+            flaky,
+            out: Mutex::new(out),
+            audit: Mutex::new(audit),
+        };
+        let job = Concurrent::new(job, args.concurrency);
+        configure(Runner::new(args.job.clone(), job), &args, grace, lease)?.run().await
     };
-    let mut runner = Runner::new(args.job, job)
+    Ok(report.exit_code())
+}
+
+/// The runner's settings from the flags.
+fn configure<J: Job>(
+    runner: Runner<J>,
+    args: &Args,
+    grace: Duration,
+    lease: Duration,
+) -> anyhow::Result<Runner<J>> {
+    let mut runner = runner
         .store_url(&args.store)
         .checkpoint(Every::chunks(args.every_chunks).or_seconds(args.every_secs))
         .grace(grace)
@@ -180,7 +307,12 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             .map_err(|e| anyhow::anyhow!("bad --max-runtime {secs}: {e}"))?;
         runner = runner.max_runtime(limit);
     }
-    Ok(runner.run().await.exit_code())
+    if args.flaky > 0.0 {
+        runner = runner.retry(
+            RetryPolicy::attempts(10).backoff(Duration::from_millis(5), Duration::from_millis(100)),
+        );
+    }
+    Ok(runner)
 }
 
 #[allow(dead_code)] // unused where another example includes this file

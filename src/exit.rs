@@ -97,6 +97,9 @@ pub struct RunStats {
     pub items: u64,
     /// Checkpoints saved in this run.
     pub checkpoints: u64,
+    /// Chunk attempts that failed with a [transient](crate::transient) error
+    /// and were retried.
+    pub retries: u64,
     /// Whether a chunk was abandoned at the drain deadline.
     pub abandoned_chunk: bool,
     /// Wall time of the run.

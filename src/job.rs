@@ -26,8 +26,16 @@ use crate::error::BoxError;
 /// # Order and concurrency
 ///
 /// Chunks are processed one at a time, in cursor order, with `&mut self`.
-/// Concurrent in-flight chunks will come as a separate opt-in trait (process
-/// concurrently, commit in cursor order), so this trait stays as it is.
+/// For chunks processed concurrently and committed in cursor order, see
+/// [`ConcurrentJob`](crate::concurrent::ConcurrentJob).
+///
+/// # Errors, retries, panics
+///
+/// An error returned by `process` fails the chunk; one marked
+/// [`transient`](crate::transient) is retried first, as the runner's
+/// [`RetryPolicy`](crate::RetryPolicy) says. A panic in `process` is caught
+/// and fails the chunk like an error ([`ChunkPanicked`]). Either way the
+/// state goes back to what it was before the chunk.
 #[async_trait]
 pub trait Job: Send {
     /// Where the job stands: the start of the next chunk. `Default` is the very beginning.
@@ -99,6 +107,16 @@ pub trait Job: Send {
     fn total_items(&self) -> Option<u64> {
         None
     }
+
+    /// How many chunks the job has started and not yet finished: a job that
+    /// starts chunks ahead of the cursor, as
+    /// [`Concurrent`](crate::concurrent::Concurrent) does. After a stop
+    /// request the runner goes on asking for chunks and processing them
+    /// while this is not zero (until the drain deadline): a chunk already
+    /// started may finish. Default 0: chunks start in `process`.
+    fn chunks_in_flight(&self) -> usize {
+        0
+    }
 }
 
 /// A piece of work: where it ends (the cursor after it) and how many items it holds.
@@ -165,6 +183,7 @@ pub struct ChunkContext {
     cancel: CancellationToken,
     stop: CancellationToken,
     seq: u64,
+    attempt: u32,
 }
 
 impl ChunkContext {
@@ -173,16 +192,28 @@ impl ChunkContext {
             cancel,
             stop,
             seq: 0,
+            attempt: 1,
         }
     }
 
     pub(crate) fn set_seq(&mut self, seq: u64) {
         self.seq = seq;
+        self.attempt = 1;
+    }
+
+    pub(crate) fn set_attempt(&mut self, attempt: u32) {
+        self.attempt = attempt;
     }
 
     /// The chunk's number in this run, from 0.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// Which attempt at the chunk this is: 1 for the first, 2 for the first
+    /// retry (see [`RetryPolicy`](crate::RetryPolicy)).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
     }
 
     /// Whether a stop was requested (a signal, a deadline). The chunk may still
@@ -292,6 +323,56 @@ fn signal_group(pgid: i32, signal: i32) {
     unsafe {
         libc::killpg(pgid, signal);
     }
+}
+
+/// A chunk's `process` panicked: the runner caught the panic and counts it
+/// as the chunk's failure (retried, skipped or failing the run by the same
+/// rules as an error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the chunk panicked: {message}")]
+pub struct ChunkPanicked {
+    /// The panic's message (its payload when a string; otherwise a placeholder).
+    pub message: String,
+}
+
+impl ChunkPanicked {
+    /// From the payload of a caught panic.
+    pub(crate) fn from_payload(payload: Box<dyn std::any::Any + Send>) -> Self {
+        let message = match payload.downcast::<String>() {
+            Ok(message) => *message,
+            Err(payload) => match payload.downcast::<&'static str>() {
+                Ok(message) => (*message).to_owned(),
+                Err(_) => "(a panic payload that is not a string)".to_owned(),
+            },
+        };
+        Self { message }
+    }
+}
+
+/// An error a chunk marks as transient (a timeout, a throttled request, a
+/// connection reset): the runner retries the chunk as its
+/// [`RetryPolicy`](crate::RetryPolicy) says, instead of failing it at once.
+/// Made by [`transient`](crate::transient).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} (transient)")]
+pub struct Transient(#[source] pub BoxError);
+
+/// Marks `error` as [`Transient`]: return `Err(transient(e))` from
+/// [`Job::process`] (or `.map_err(transient)?`) for an error worth retrying.
+pub fn transient(error: impl Into<BoxError>) -> BoxError {
+    Box::new(Transient(error.into()))
+}
+
+/// Whether `error`, or an error in its chain of sources, is [`Transient`].
+pub(crate) fn is_transient(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<Transient>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// A chunk gave up because the runner cancelled it.

@@ -86,6 +86,7 @@
 //! [cli]: https://github.com/spotbatch/spotbatch/blob/main/docs/cli.md
 
 pub mod checkpoint;
+pub mod concurrent;
 mod codec;
 mod error;
 mod exit;
@@ -121,9 +122,9 @@ pub use checkpoint::{Checkpoint, CheckpointError, Counters, Lease, RunRecord, St
 pub use codec::{Codec, CodecError};
 pub use error::{BoxError, Error, FailureKind};
 pub use exit::{ExitCodes, Outcome, Report, RunStats};
-pub use job::{Cancelled, Chunk, ChunkContext, Job};
+pub use job::{transient, Cancelled, Chunk, ChunkContext, ChunkPanicked, Job, Transient};
 pub use key::{InvalidKey, JobKey};
-pub use policy::{CheckpointPolicy, Every};
+pub use policy::{CheckpointPolicy, Every, RetryPolicy};
 pub use runner::{Runner, DEFAULT_STORE_DIR};
 pub use shutdown::{InterruptSource, Signal, StopSource};
 pub use sink::FileSink;
@@ -135,8 +136,8 @@ pub use store::{
 /// Everything a first job needs, in one import.
 pub mod prelude {
     pub use crate::{
-        async_trait, BoxError, Chunk, ChunkContext, Codec, Every, ExitCodes, FileSink, Job,
-        Outcome, Runner, Signal,
+        async_trait, transient, BoxError, Chunk, ChunkContext, Codec, Every, ExitCodes, FileSink,
+        Job, Outcome, RetryPolicy, Runner, Signal,
     };
 
     /// `Result` with [`BoxError`] as the default error: any error converts with `?`.

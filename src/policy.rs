@@ -130,3 +130,86 @@ mod tests {
         assert!(!Every::chunks(0).is_due(u64::MAX, Duration::MAX));
     }
 }
+
+/// How the runner retries a chunk whose attempt failed with a
+/// [`transient`](crate::transient) error: up to a number of attempts and
+/// within a time limit, waiting between attempts with exponential backoff
+/// and jitter. Errors not marked transient (and panics) are not retried.
+///
+/// A retry never starts after a stop request's drain deadline, and a stop
+/// request during a wait ends it: the run stops with the checkpoint at the
+/// last finished chunk. Each retry is counted in the run's
+/// [`RunStats::retries`](crate::RunStats::retries) and logged.
+///
+/// The default: 3 attempts in all, waits from 100 ms up to 10 s, no time limit.
+///
+/// ```
+/// use std::time::Duration;
+/// use spotbatch::RetryPolicy;
+///
+/// let policy = RetryPolicy::attempts(5)
+///     .backoff(Duration::from_millis(200), Duration::from_secs(30))
+///     .within(Duration::from_secs(120));
+/// assert_eq!(policy.max_attempts(), 5);
+/// assert_eq!(RetryPolicy::never().max_attempts(), 1);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    attempts: u32,
+    initial: Duration,
+    max: Duration,
+    within: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::attempts(3)
+    }
+}
+
+impl RetryPolicy {
+    /// Up to `attempts` attempts per chunk in all (the first included; 0 is taken as 1).
+    pub const fn attempts(attempts: u32) -> Self {
+        Self {
+            attempts: if attempts == 0 { 1 } else { attempts },
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            within: None,
+        }
+    }
+
+    /// No retries: a chunk's first error fails it.
+    pub const fn never() -> Self {
+        Self::attempts(1)
+    }
+
+    /// Waits from `initial` (the first) up to `max`, growing about 1.5× per
+    /// retry with decorrelated jitter.
+    #[must_use]
+    pub const fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial = initial;
+        self.max = max;
+        self
+    }
+
+    /// No retry starts more than `limit` after the chunk's first attempt did.
+    #[must_use]
+    pub const fn within(mut self, limit: Duration) -> Self {
+        self.within = Some(limit);
+        self
+    }
+
+    /// The most attempts per chunk, the first included.
+    pub const fn max_attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The backoff of one chunk's retries.
+    pub(crate) fn start(&self) -> crate::retry::Backoff {
+        let backoff = crate::retry::Backoff::new(self.initial, self.max);
+        match self.within {
+            Some(limit) => backoff.within(limit),
+            None => backoff,
+        }
+    }
+}

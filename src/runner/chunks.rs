@@ -3,6 +3,9 @@
 //! checkpoint when the policy or the lease says so.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{timeout, Instant};
@@ -14,7 +17,7 @@ use super::run::Run;
 use super::session::Session;
 use crate::checkpoint::Status;
 use crate::error::{BoxError, Error};
-use crate::job::{Cancelled, ChunkContext, Job};
+use crate::job::{is_transient, Cancelled, Chunk, ChunkContext, ChunkPanicked, Job};
 use crate::store::StoreError;
 
 /// How the chunk loop ended, for [`Run::finish`] to record.
@@ -45,7 +48,9 @@ impl<J: Job> Run<'_, J> {
         let mut since_chunks = 0u64;
         let mut since = Instant::now();
         loop {
-            if self.interrupts.stop_requested() {
+            // After a stop request, only chunks the job already started
+            // (a concurrent job's in-flight chunks) are still handed out.
+            if self.interrupts.stop_requested() && self.job.chunks_in_flight() == 0 {
                 return Ok(End::Interrupted);
             }
             let chunk = match self.job.next_chunk(&self.cursor).await {
@@ -58,44 +63,14 @@ impl<J: Job> Run<'_, J> {
                     }))
                 }
             };
-            if self.interrupts.stop_requested() {
+            if self.interrupts.stop_requested() && self.job.chunks_in_flight() == 0 {
                 return Ok(End::Interrupted);
             }
             ctx.set_seq(self.stats.chunks);
-            let rollback = self.state.clone();
-            let result = run_chunk(
-                self.job.process(&chunk, &mut self.state, &ctx),
-                &self.interrupts,
-                &mut self.session,
-            )
-            .await;
-            match result {
-                ChunkResult::Done(Ok(())) => {}
-                ChunkResult::Done(Err(source)) if !abandoned(&self.interrupts, &*source) => {
-                    self.state = rollback;
-                    return Ok(End::Failed(Error::Job {
-                        during: format!("process (chunk from cursor {:?})", chunk.start()),
-                        source,
-                    }));
-                }
-                ChunkResult::Done(Err(_)) | ChunkResult::Dropped => {
-                    self.state = rollback;
-                    self.stats.abandoned_chunk = true;
-                    warn!(job = %self.session.key.short(), cursor = ?chunk.start(), "chunk abandoned; the checkpoint stays at the last finished chunk");
-                    return Ok(End::Interrupted);
-                }
-                ChunkResult::Fenced(e) => return Err(e),
-                ChunkResult::Refused(e) => {
-                    self.state = rollback;
-                    release(
-                        &mut self.session,
-                        failed(&e),
-                        &self.interrupts,
-                        self.budget.grace,
-                    )
-                    .await;
-                    return Err(e);
-                }
+            match self.process_chunk(&chunk, &mut ctx).await? {
+                Processed::Done => {}
+                Processed::Failed(e) => return Ok(End::Failed(e)),
+                Processed::Interrupted => return Ok(End::Interrupted),
             }
             self.stats.chunks += 1;
             self.stats.items += chunk.items();
@@ -113,6 +88,85 @@ impl<J: Job> Run<'_, J> {
                 self.checkpoint().await?;
                 since_chunks = 0;
                 since = Instant::now();
+            }
+        }
+    }
+
+    /// Processes one chunk, retrying its transient failures per the retry
+    /// policy; on failure or abandonment the state is what it was before.
+    ///
+    /// # Errors
+    ///
+    /// Fenced: a lease renewal found another runner had taken the job.
+    async fn process_chunk(
+        &mut self,
+        chunk: &Chunk<J::Cursor>,
+        ctx: &mut ChunkContext,
+    ) -> Result<Processed, Error> {
+        let rollback = self.state.clone();
+        let mut backoff = None;
+        loop {
+            let result = run_chunk(
+                CatchUnwind(self.job.process(chunk, &mut self.state, &*ctx)),
+                &self.interrupts,
+                &mut self.session,
+            )
+            .await;
+            let source = match result {
+                ChunkResult::Done(Ok(())) => return Ok(Processed::Done),
+                ChunkResult::Done(Err(source)) if !abandoned(&self.interrupts, &*source) => source,
+                ChunkResult::Done(Err(_)) | ChunkResult::Dropped => {
+                    self.state = rollback;
+                    self.stats.abandoned_chunk = true;
+                    warn!(job = %self.session.key.short(), cursor = ?chunk.start(), "chunk abandoned; the checkpoint stays at the last finished chunk");
+                    return Ok(Processed::Interrupted);
+                }
+                ChunkResult::Fenced(e) => return Err(e),
+                ChunkResult::Refused(e) => {
+                    self.state = rollback;
+                    release(
+                        &mut self.session,
+                        failed(&e),
+                        &self.interrupts,
+                        self.budget.grace,
+                    )
+                    .await;
+                    return Err(e);
+                }
+            };
+            self.state = rollback.clone();
+            let backoff = backoff.get_or_insert_with(|| self.retry.start());
+            let attempt = backoff.retries() + 1;
+            let delay = (is_transient(&*source) && attempt < self.retry.max_attempts())
+                .then(|| backoff.next_delay())
+                .flatten();
+            let failed = |source| {
+                Processed::Failed(Error::Job {
+                    during: format!(
+                        "process (chunk from cursor {:?}, attempt {attempt})",
+                        chunk.start()
+                    ),
+                    source,
+                })
+            };
+            let Some(delay) = delay else {
+                return Ok(failed(source));
+            };
+            warn!(
+                job = %self.session.key.short(),
+                cursor = ?chunk.start(),
+                attempt,
+                error = %source,
+                retry_in = ?delay,
+                "chunk failed with a transient error; retrying"
+            );
+            self.stats.retries += 1;
+            ctx.set_attempt(attempt + 1);
+            // A stop request ends the wait: no retry starts after one.
+            let stop = self.interrupts.stop_token();
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.cancelled() => return Ok(Processed::Interrupted),
             }
         }
     }
@@ -169,6 +223,30 @@ impl<J: Job> Run<'_, J> {
             }
         }
         Ok(())
+    }
+}
+
+/// How [`Run::process_chunk`] ended.
+enum Processed {
+    Done,
+    /// The chunk failed (after its retries); the state is rolled back.
+    Failed(Error),
+    /// Abandoned at the drain deadline, or stopped while waiting to retry.
+    Interrupted,
+}
+
+/// A future that turns a panic while it is polled into the chunk's error.
+struct CatchUnwind<F>(F);
+
+impl<F: Future<Output = Result<(), BoxError>> + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<(), BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(poll) => poll,
+            Err(payload) => Poll::Ready(Err(Box::new(ChunkPanicked::from_payload(payload)))),
+        }
     }
 }
 

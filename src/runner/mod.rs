@@ -26,7 +26,7 @@ use crate::codec::Codec;
 use crate::error::Error;
 use crate::exit::{ExitCodes, Outcome, Report, RunStats};
 use crate::job::Job;
-use crate::policy::CheckpointPolicy;
+use crate::policy::{CheckpointPolicy, RetryPolicy};
 use crate::shutdown::{FutureSource, Signal, StopSource};
 use crate::store::{check_store_url, CheckpointStore};
 
@@ -102,6 +102,7 @@ pub struct Runner<J: Job> {
     job: J,
     store: StoreSpec,
     policy: CheckpointPolicy,
+    retry: RetryPolicy,
     grace: Duration,
     reserve: Option<Duration>,
     codes: ExitCodes,
@@ -121,6 +122,7 @@ impl<J: Job> std::fmt::Debug for Runner<J> {
             .field("key", &self.key)
             .field("store", &self.store)
             .field("policy", &self.policy)
+            .field("retry", &self.retry)
             .field("grace", &self.grace)
             .field("signals", &self.signals)
             .finish_non_exhaustive()
@@ -138,6 +140,7 @@ impl<J: Job> Runner<J> {
             job,
             store: StoreSpec::Url(format!("file://{DEFAULT_STORE_DIR}")),
             policy: CheckpointPolicy::default(),
+            retry: RetryPolicy::default(),
             grace: Duration::from_secs(30),
             reserve: None,
             codes: ExitCodes::default(),
@@ -181,6 +184,13 @@ impl<J: Job> Runner<J> {
     /// When to write periodic checkpoints (default: every 100 chunks or 5 s).
     pub fn checkpoint(mut self, policy: CheckpointPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// How a chunk whose attempt failed with a [`transient`](crate::transient)
+    /// error is retried (default: [`RetryPolicy::default`], 3 attempts in all).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
         self
     }
 
@@ -352,6 +362,7 @@ impl<J: Job> Runner<J> {
             chunks = report.stats.chunks,
             items = report.stats.items,
             checkpoints = report.stats.checkpoints,
+            retries = report.stats.retries,
             elapsed = ?report.stats.elapsed,
             exit_code = report.code(),
             "run ended"

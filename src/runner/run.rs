@@ -13,7 +13,7 @@ use super::Runner;
 use crate::error::Error;
 use crate::exit::{Outcome, RunStats};
 use crate::job::Job;
-use crate::policy::CheckpointPolicy;
+use crate::policy::{CheckpointPolicy, RetryPolicy};
 
 /// What the phases of one run share, from the end of its start to its finish.
 pub(super) struct Run<'r, J: Job> {
@@ -28,6 +28,8 @@ pub(super) struct Run<'r, J: Job> {
     pub(super) interrupts: Interrupts,
     pub(super) budget: Budget,
     pub(super) policy: CheckpointPolicy,
+    /// How a chunk's transient failures are retried.
+    pub(super) retry: RetryPolicy,
     /// Whether anything in the loop depends on the clock (a lease, or a
     /// time-based policy): without, the loop reads no clock.
     pub(super) timed: bool,

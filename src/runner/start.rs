@@ -59,6 +59,7 @@ impl<'r, J: Job> Run<'r, J> {
             mut job,
             store,
             policy,
+            retry,
             grace,
             reserve,
             signals,
@@ -127,6 +128,7 @@ impl<'r, J: Job> Run<'r, J> {
             budget,
             timed: lease.is_some() || policy.interval().is_some(),
             policy,
+            retry,
             progress,
             stats,
         })))

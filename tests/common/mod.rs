@@ -27,6 +27,8 @@ pub struct Quickstart {
     pub work_us: u64,
     pub grace_secs: f64,
     pub every_chunks: u64,
+    /// More flags, after the others.
+    pub extra_args: Vec<String>,
 }
 
 impl Quickstart {
@@ -38,6 +40,7 @@ impl Quickstart {
             work_us,
             grace_secs: 30.0,
             every_chunks: 100,
+            extra_args: Vec::new(),
         }
     }
 
@@ -98,7 +101,8 @@ impl Quickstart {
             .arg("--job")
             .arg(JOB)
             .arg("--interrupted-exit-code")
-            .arg("75");
+            .arg("75")
+            .args(&self.extra_args);
         cmd
     }
 
