@@ -269,8 +269,17 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     );
     let out = FileSink::open(&args.out).await?;
     let report = if args.concurrency == 1 {
-        let job = Transform { records, chunk, work, flaky, out, audit };
-        configure(Runner::new(args.job.clone(), job), &args, grace, lease)?.run().await
+        let job = Transform {
+            records,
+            chunk,
+            work,
+            flaky,
+            out,
+            audit,
+        };
+        configure(Runner::new(args.job.clone(), job), &args, grace, lease)?
+            .run()
+            .await
     } else {
         let job = ConcurrentTransform {
             records,
@@ -281,7 +290,9 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             audit: Mutex::new(audit),
         };
         let job = Concurrent::new(job, args.concurrency);
-        configure(Runner::new(args.job.clone(), job), &args, grace, lease)?.run().await
+        configure(Runner::new(args.job.clone(), job), &args, grace, lease)?
+            .run()
+            .await
     };
     Ok(report.exit_code())
 }

@@ -103,8 +103,10 @@ pub trait ConcurrentJob: Send + Sync + 'static {
     /// work. Called in cursor order, one call at a time, up to the limit
     /// ahead of the last committed chunk: `cursor` is the previous planned
     /// chunk's [`next`](Chunk::next), not yet committed.
-    async fn next_chunk(&self, cursor: &Self::Cursor)
-        -> Result<Option<Chunk<Self::Cursor>>, BoxError>;
+    async fn next_chunk(
+        &self,
+        cursor: &Self::Cursor,
+    ) -> Result<Option<Chunk<Self::Cursor>>, BoxError>;
 
     /// Does one chunk's work, concurrently with other chunks' (each on a
     /// tokio task of its own). It must not have effects that a chunk
@@ -310,7 +312,10 @@ impl<J: ConcurrentJob> Job for Concurrent<J> {
         self.job.resume(cursor, state).await
     }
 
-    async fn next_chunk(&mut self, cursor: &J::Cursor) -> Result<Option<Chunk<J::Cursor>>, BoxError> {
+    async fn next_chunk(
+        &mut self,
+        cursor: &J::Cursor,
+    ) -> Result<Option<Chunk<J::Cursor>>, BoxError> {
         if std::mem::take(&mut self.handed_out) {
             // The runner moved on from the front without committing it (skipped).
             self.planned.pop_front();
@@ -361,7 +366,9 @@ impl<J: ConcurrentJob> Job for Concurrent<J> {
         };
         let output = match task.await {
             Ok(output) => output?,
-            Err(e) if e.is_panic() => return Err(Box::new(ChunkPanicked::from_payload(e.into_panic()))),
+            Err(e) if e.is_panic() => {
+                return Err(Box::new(ChunkPanicked::from_payload(e.into_panic())))
+            }
             Err(_) => return Err(Box::new(Cancelled)),
         };
         self.job.commit(chunk, output, state).await?;
@@ -379,6 +386,9 @@ impl<J: ConcurrentJob> Job for Concurrent<J> {
     }
 
     fn chunks_in_flight(&self) -> usize {
-        self.planned.iter().filter(|planned| planned.started()).count()
+        self.planned
+            .iter()
+            .filter(|planned| planned.started())
+            .count()
     }
 }

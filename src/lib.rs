@@ -86,8 +86,8 @@
 //! [cli]: https://github.com/spotbatch/spotbatch/blob/main/docs/cli.md
 
 pub mod checkpoint;
-pub mod concurrent;
 mod codec;
+pub mod concurrent;
 mod error;
 mod exit;
 mod job;

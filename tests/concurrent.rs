@@ -43,7 +43,11 @@ impl ConcurrentJob for Recorded {
     }
 
     async fn commit(&self, chunk: &Chunk<u64>, output: u64, committed: &mut u64) -> Result<()> {
-        assert_eq!(output, *chunk.start(), "a chunk's output went to another chunk");
+        assert_eq!(
+            output,
+            *chunk.start(),
+            "a chunk's output went to another chunk"
+        );
         self.commits.lock().unwrap().push(output);
         *committed += 1;
         Ok(())
@@ -136,7 +140,11 @@ async fn chunks_in_flight_at_a_stop_are_committed_within_the_drain() {
     let commits = Arc::new(Mutex::new(Vec::new()));
     // 16 chunks of 1 s each, 8 in flight at once; stop at 0.5 s.
     let (report, cursor) = run_once(&store, &[1_000; 16], 8, Some(500), &commits).await;
-    assert!(matches!(report.outcome, Outcome::Interrupted(_)), "{:?}", report.outcome);
+    assert!(
+        matches!(report.outcome, Outcome::Interrupted(_)),
+        "{:?}",
+        report.outcome
+    );
     assert_eq!(cursor, 8, "the in-flight chunks were not drained");
     assert_eq!(*commits.lock().unwrap(), (0..8).collect::<Vec<u64>>());
 }
@@ -173,7 +181,10 @@ fn eight_in_flight_and_flaky_under_sigterm_commit_each_chunk_once() {
         }
     }
     assert!(graceful >= 3, "only {graceful} graceful interruptions");
-    assert_eq!(std::fs::read(job.out()).unwrap(), reference_output(records, chunk));
+    assert_eq!(
+        std::fs::read(job.out()).unwrap(),
+        reference_output(records, chunk)
+    );
     let mut starts: Vec<u64> = job.audited_chunks().iter().map(|c| c.0).collect();
     starts.sort_unstable();
     let expected: Vec<u64> = (0..records).step_by(chunk as usize).collect();
@@ -194,7 +205,11 @@ fn eight_in_flight_and_flaky_under_sigterm_and_sigkill_give_the_same_output() {
         assert!(run < 200, "no completion after {run} runs");
         let child = job.spawn();
         std::thread::sleep(Duration::from_millis(rng.u64(20..300)));
-        let sig = if rng.bool() { libc::SIGKILL } else { libc::SIGTERM };
+        let sig = if rng.bool() {
+            libc::SIGKILL
+        } else {
+            libc::SIGTERM
+        };
         signal(&child, sig);
         let (status, _, err) = finish(child, Duration::from_secs(60));
         match (status.code(), status.signal()) {
@@ -207,5 +222,8 @@ fn eight_in_flight_and_flaky_under_sigterm_and_sigkill_give_the_same_output() {
         let _ = job.checkpoint(); // decodes and verifies, or panics
     }
     assert!(kills >= 3, "only {kills} kills landed");
-    assert_eq!(std::fs::read(job.out()).unwrap(), reference_output(records, chunk));
+    assert_eq!(
+        std::fs::read(job.out()).unwrap(),
+        reference_output(records, chunk)
+    );
 }
