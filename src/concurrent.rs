@@ -136,6 +136,15 @@ pub trait ConcurrentJob: Send + Sync + 'static {
         state: &mut Self::State,
     ) -> Result<(), BoxError>;
 
+    /// Called once at the end, after the last commit. See [`Job::complete`].
+    async fn complete(
+        &self,
+        _cursor: &Self::Cursor,
+        _state: &mut Self::State,
+    ) -> Result<(), BoxError> {
+        Ok(())
+    }
+
     /// Makes every commit so far durable. See [`Job::flush`].
     async fn flush(&self) -> Result<(), BoxError> {
         Ok(())
@@ -375,6 +384,10 @@ impl<J: ConcurrentJob> Job for Concurrent<J> {
         self.planned.pop_front();
         self.handed_out = false;
         Ok(())
+    }
+
+    async fn complete(&mut self, cursor: &J::Cursor, state: &mut J::State) -> Result<(), BoxError> {
+        self.job.complete(cursor, state).await
     }
 
     async fn flush(&mut self) -> Result<(), BoxError> {

@@ -114,6 +114,20 @@ pub struct Report {
     /// What it did.
     pub stats: RunStats,
     codes: ExitCodes,
+    /// The cursor and state of the run's final checkpoint.
+    position: Option<Position>,
+}
+
+/// A run's final cursor and state, of the job's types.
+pub(crate) struct Position {
+    pub(crate) cursor: Box<dyn std::any::Any + Send + Sync>,
+    pub(crate) state: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Position { .. }")
+    }
 }
 
 impl Report {
@@ -122,7 +136,28 @@ impl Report {
             outcome,
             stats,
             codes,
+            position: None,
         }
+    }
+
+    pub(crate) fn with_position(mut self, position: Option<Position>) -> Self {
+        self.position = position;
+        self
+    }
+
+    /// The cursor the run ended at: the final checkpoint's, of the job's
+    /// cursor type `C`. `None` when no final checkpoint was saved (the run
+    /// failed before it, or found the job already completed), or when `C` is
+    /// not the job's cursor type.
+    pub fn cursor<C: 'static>(&self) -> Option<&C> {
+        self.position.as_ref()?.cursor.downcast_ref()
+    }
+
+    /// The state the run ended with: the final checkpoint's, of the job's
+    /// state type `S` (e.g. the totals of a completed job). `None` as for
+    /// [`cursor`](Self::cursor).
+    pub fn state<S: 'static>(&self) -> Option<&S> {
+        self.position.as_ref()?.state.downcast_ref()
     }
 
     /// The exit code for this outcome, from the runner's [`ExitCodes`].

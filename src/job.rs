@@ -96,6 +96,27 @@ pub trait Job: Send {
         ctx: &ChunkContext,
     ) -> Result<(), BoxError>;
 
+    /// Called once the job has no more chunks ([`next_chunk`](Self::next_chunk)
+    /// returned `None`), with the final cursor and state, before the final
+    /// [`flush`](Self::flush) and the checkpoint that marks the job
+    /// completed: the place for what is done once at the end (aggregates
+    /// written in the same Postgres `SharedTransaction` as the completion
+    /// checkpoint, a `_SUCCESS` marker). Changes to `state`
+    /// are saved in that checkpoint.
+    ///
+    /// It runs in every run that reaches the end until the completion
+    /// checkpoint is saved: if it fails (the run then fails, its state
+    /// changes dropped) or the process dies before that checkpoint, the next
+    /// run calls it again. Make it idempotent, or transactional with the
+    /// checkpoint. A stop request does not interrupt it.
+    async fn complete(
+        &mut self,
+        _cursor: &Self::Cursor,
+        _state: &mut Self::State,
+    ) -> Result<(), BoxError> {
+        Ok(())
+    }
+
     /// Makes every output of the chunks processed so far durable. Called
     /// before each checkpoint: the checkpoint that covers a chunk is saved
     /// only after `flush` returns `Ok`.

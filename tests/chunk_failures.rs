@@ -255,3 +255,84 @@ async fn a_stop_during_a_retry_wait_ends_it() {
     );
     assert_eq!(stored(&store).await.0, 2);
 }
+
+/// Counts to 10 and, at the end, adds 1000 to the state once `complete`
+/// is allowed to succeed.
+struct Completing {
+    fail_complete: bool,
+    completions: Arc<Mutex<u32>>,
+}
+
+#[async_trait]
+impl Job for Completing {
+    type Cursor = u64;
+    type State = u64;
+
+    async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>> {
+        Ok((*at < 10).then(|| Chunk::between(*at, at + 1)))
+    }
+
+    async fn process(&mut self, chunk: &Chunk<u64>, sum: &mut u64, _: &ChunkContext) -> Result<()> {
+        *sum += chunk.start();
+        Ok(())
+    }
+
+    async fn complete(&mut self, cursor: &u64, sum: &mut u64) -> Result<()> {
+        assert_eq!(*cursor, 10);
+        *sum += 1000;
+        if self.fail_complete {
+            return Err("the _SUCCESS marker could not be written".into());
+        }
+        *self.completions.lock().unwrap() += 1;
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_completion_hook_runs_at_the_end_and_a_failed_one_runs_again_in_the_next_run() {
+    let store = Arc::new(MemoryStore::new());
+    let completions = Arc::new(Mutex::new(0));
+    let job = |fail_complete| Completing {
+        fail_complete,
+        completions: Arc::clone(&completions),
+    };
+
+    let report = runner(&store, job(true)).run().await;
+    let error = report.error().expect("the hook failed").to_string();
+    assert!(
+        error.contains("complete") && error.contains("_SUCCESS"),
+        "{error}"
+    );
+    let (cursor, sum, status) = stored(&store).await;
+    assert_eq!(
+        (cursor, sum),
+        (10, SUM),
+        "the failed hook's state change was saved"
+    );
+    assert!(matches!(status, Status::Failed { .. }), "{status}");
+    assert_eq!(report.state::<u64>(), Some(&SUM));
+
+    let report = runner(&store, job(false)).run().await;
+    assert!(report.is_complete(), "{:?}", report.outcome);
+    assert_eq!(report.cursor::<u64>(), Some(&10));
+    assert_eq!(
+        report.state::<u64>(),
+        Some(&(SUM + 1000)),
+        "the final state, with the hook's change"
+    );
+    assert_eq!(report.state::<String>(), None, "another type");
+    assert_eq!(stored(&store).await, (10, SUM + 1000, Status::Completed));
+    assert_eq!(*completions.lock().unwrap(), 1);
+
+    let report = runner(&store, job(false)).run().await;
+    assert!(
+        matches!(report.outcome, Outcome::AlreadyCompleted),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(
+        *completions.lock().unwrap(),
+        1,
+        "the hook ran again after completion"
+    );
+}

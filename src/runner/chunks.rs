@@ -55,7 +55,7 @@ impl<J: Job> Run<'_, J> {
             }
             let chunk = match self.job.next_chunk(&self.cursor).await {
                 Ok(Some(chunk)) => chunk,
-                Ok(None) => return Ok(End::Completed),
+                Ok(None) => return Ok(self.complete().await),
                 Err(source) => {
                     return Ok(End::Failed(Error::Job {
                         during: format!("next_chunk at cursor {:?}", self.cursor),
@@ -88,6 +88,21 @@ impl<J: Job> Run<'_, J> {
                 self.checkpoint().await?;
                 since_chunks = 0;
                 since = Instant::now();
+            }
+        }
+    }
+
+    /// The job's [`Job::complete`] hook, at the end of the chunks.
+    async fn complete(&mut self) -> End {
+        let rollback = self.state.clone();
+        match self.job.complete(&self.cursor, &mut self.state).await {
+            Ok(()) => End::Completed,
+            Err(source) => {
+                self.state = rollback;
+                End::Failed(Error::Job {
+                    during: "complete".into(),
+                    source,
+                })
             }
         }
     }

@@ -13,7 +13,7 @@ use super::run::Run;
 use super::session::Session;
 use crate::checkpoint::Status;
 use crate::error::Error;
-use crate::exit::Outcome;
+use crate::exit::{Outcome, Position};
 use crate::job::Job;
 use crate::retry::Backoff;
 use crate::store::StoreError;
@@ -28,7 +28,11 @@ impl<J: Job> Run<'_, J> {
     /// either: that is logged); [`Error::CheckpointNotSaved`] when the final
     /// checkpoint could not be saved by the end of the grace period; a
     /// failed final flush.
-    pub(super) async fn finish(mut self, end: End) -> Result<Outcome, Error> {
+    pub(super) async fn finish(
+        mut self,
+        end: End,
+        position: &mut Option<Position>,
+    ) -> Result<Outcome, Error> {
         let (status, outcome) = match end {
             End::Completed => (Status::Completed, Ok(Outcome::Completed)),
             End::Interrupted => {
@@ -50,6 +54,10 @@ impl<J: Job> Run<'_, J> {
             (Ok(()), outcome) => {
                 self.stats.checkpoints += 1;
                 self.log_checkpoint();
+                *position = Some(Position {
+                    cursor: Box::new(self.cursor),
+                    state: Box::new(self.state),
+                });
                 outcome
             }
             (Err(save_error), Err(job_error)) => {

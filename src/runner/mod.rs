@@ -341,7 +341,8 @@ impl<J: Job> Runner<J> {
         let codes = self.codes;
         let key = self.key.clone();
         let mut stats = RunStats::default();
-        let outcome = match self.drive(&mut stats).await {
+        let mut position = None;
+        let outcome = match self.drive(&mut stats, &mut position).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 error!(job = %crate::key::short(&key), error = %e, "run failed");
@@ -349,7 +350,7 @@ impl<J: Job> Runner<J> {
             }
         };
         stats.elapsed = started.elapsed();
-        let report = Report::new(outcome, stats, codes);
+        let report = Report::new(outcome, stats, codes).with_position(position);
         let outcome = match &report.outcome {
             Outcome::Completed => "completed".to_owned(),
             Outcome::AlreadyCompleted => "already completed".to_owned(),

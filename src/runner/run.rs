@@ -11,7 +11,7 @@ use super::session::Session;
 use super::start::Started;
 use super::Runner;
 use crate::error::Error;
-use crate::exit::{Outcome, RunStats};
+use crate::exit::{Outcome, Position, RunStats};
 use crate::job::Job;
 use crate::policy::{CheckpointPolicy, RetryPolicy};
 
@@ -40,13 +40,19 @@ pub(super) struct Run<'r, J: Job> {
 
 impl<J: Job> Runner<J> {
     /// One run: [`Run::start`], [`Run::run_chunks`], [`Run::finish`].
-    pub(super) async fn drive(self, stats: &mut RunStats) -> Result<Outcome, Error> {
+    ///
+    /// Sets `position` to the final checkpoint's cursor and state once it is saved.
+    pub(super) async fn drive(
+        self,
+        stats: &mut RunStats,
+        position: &mut Option<Position>,
+    ) -> Result<Outcome, Error> {
         let mut run = match Run::start(self, stats).await? {
             Started::Ready(run) => *run,
             Started::Ended(outcome) => return Ok(outcome),
         };
         let end = run.run_chunks().await?;
-        run.finish(end).await
+        run.finish(end, position).await
     }
 }
 
