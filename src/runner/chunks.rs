@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{timeout, Instant};
-use tracing::{error, warn};
+use tracing::{error, warn, Instrument};
 
 use super::finish::{failed, release};
 use super::interrupts::Interrupts;
@@ -47,6 +47,7 @@ impl<J: Job> Run<'_, J> {
             ChunkContext::new(self.interrupts.cancel_token(), self.interrupts.stop_token());
         let mut since_chunks = 0u64;
         let mut since = Instant::now();
+        let mut last_end = self.timed.then_some(since);
         loop {
             // After a stop request, only chunks the job already started
             // (a concurrent job's in-flight chunks) are still handed out.
@@ -67,20 +68,29 @@ impl<J: Job> Run<'_, J> {
                 return Ok(End::Interrupted);
             }
             ctx.set_seq(self.stats.chunks);
-            match self.process_chunk(&chunk, &mut ctx).await? {
+            let span = tracing::debug_span!("chunk", seq = self.stats.chunks);
+            match self
+                .process_chunk(&chunk, &mut ctx)
+                .instrument(span)
+                .await?
+            {
                 Processed::Done => {}
                 Processed::Failed(e) => return Ok(End::Failed(e)),
                 Processed::Interrupted => return Ok(End::Interrupted),
             }
+            let items = chunk.items();
             self.stats.chunks += 1;
-            self.stats.items += chunk.items();
-            self.session.record_chunk(chunk.items());
+            self.stats.items += items;
+            self.session.record_chunk(items);
             self.progress.set(self.session.totals.items);
             self.cursor = chunk.into_next();
             since_chunks += 1;
 
             // One clock read per chunk, and none when nothing is timed.
             let now = self.timed.then(Instant::now);
+            let took = now.zip(last_end).map(|(now, last)| now - last);
+            last_end = now;
+            self.metrics.chunk(items, took);
             let lease_due =
                 matches!((self.session.renew_at(), now), (Some(at), Some(now)) if now >= at);
             let elapsed = now.map_or(Duration::ZERO, |now| now - since);
@@ -176,6 +186,7 @@ impl<J: Job> Run<'_, J> {
                 "chunk failed with a transient error; retrying"
             );
             self.stats.retries += 1;
+            self.metrics.retry();
             ctx.set_attempt(attempt + 1);
             // A stop request ends the wait: no retry starts after one.
             let stop = self.interrupts.stop_token();
@@ -209,6 +220,7 @@ impl<J: Job> Run<'_, J> {
                 .await
         };
         // A store that hangs must not eat the grace period.
+        let started = Instant::now();
         let saved = tokio::select! {
             saved = checkpoint => Some(saved),
             () = self.interrupts.abandon_point() => None,
@@ -216,6 +228,7 @@ impl<J: Job> Run<'_, J> {
         match saved {
             Some(Ok(())) => {
                 self.stats.checkpoints += 1;
+                self.metrics.checkpoint(started.elapsed(), false);
                 self.log_checkpoint();
             }
             Some(Err(Error::Store(e))) if e.is_transient() => {

@@ -41,6 +41,7 @@ impl<J: Job> Run<'_, J> {
                     .source()
                     .ok_or_else(|| Error::Config("interrupted without a source".into()))?;
                 self.session.totals.interruptions += 1;
+                self.metrics.interrupted(&source.to_string());
                 (
                     Status::Interrupted {
                         source: source.to_string(),
@@ -50,9 +51,11 @@ impl<J: Job> Run<'_, J> {
             }
             End::Failed(e) => (failed(&e), Err(e)),
         };
+        let started = Instant::now();
         match (self.save_final(status).await, outcome) {
             (Ok(()), outcome) => {
                 self.stats.checkpoints += 1;
+                self.metrics.checkpoint(started.elapsed(), true);
                 self.log_checkpoint();
                 *position = Some(Position {
                     cursor: Box::new(self.cursor),

@@ -10,6 +10,7 @@ mod chunks;
 mod finish;
 mod identity;
 mod interrupts;
+mod metrics;
 mod progress;
 mod run;
 mod session;
@@ -342,7 +343,13 @@ impl<J: Job> Runner<J> {
         let key = self.key.clone();
         let mut stats = RunStats::default();
         let mut position = None;
-        let outcome = match self.drive(&mut stats, &mut position).await {
+        let span = tracing::info_span!("run", job = %crate::key::short(&key));
+        let outcome = match tracing::Instrument::instrument(
+            self.drive(&mut stats, &mut position),
+            span,
+        )
+        .await
+        {
             Ok(outcome) => outcome,
             Err(e) => {
                 error!(job = %crate::key::short(&key), error = %e, "run failed");

@@ -6,6 +6,7 @@
 
 use super::budget::Budget;
 use super::interrupts::Interrupts;
+use super::metrics::RunMetrics;
 use super::progress::Progress;
 use super::session::Session;
 use super::start::Started;
@@ -34,6 +35,8 @@ pub(super) struct Run<'r, J: Job> {
     /// time-based policy): without, the loop reads no clock.
     pub(super) timed: bool,
     pub(super) progress: Progress,
+    /// The run's metrics series.
+    pub(super) metrics: RunMetrics,
     /// What this run did, for its report (kept when it fails).
     pub(super) stats: &'r mut RunStats,
 }
@@ -59,6 +62,7 @@ impl<J: Job> Runner<J> {
 impl<J: Job> Run<'_, J> {
     /// Logs a checkpoint just saved, with the run's rate and the job's progress.
     pub(super) fn log_checkpoint(&self) {
+        self.metrics.progress(self.session.totals.items);
         self.progress
             .log_checkpoint(&self.session, self.stats.items);
     }

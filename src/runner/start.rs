@@ -12,6 +12,7 @@ use super::budget::Budget;
 use super::finish::{failed, release};
 use super::identity;
 use super::interrupts::Interrupts;
+use super::metrics::RunMetrics;
 use super::progress::Progress;
 use super::run::Run;
 use super::session::Session;
@@ -113,6 +114,7 @@ impl<'r, J: Job> Run<'r, J> {
         }
 
         let total = job.total_items();
+        let metrics = RunMetrics::new(session.key.as_str(), total);
         let progress = Progress::start(
             session.key.to_string(),
             session.totals.items,
@@ -130,6 +132,7 @@ impl<'r, J: Job> Run<'r, J> {
             policy,
             retry,
             progress,
+            metrics,
             stats,
         })))
     }

@@ -1,0 +1,130 @@
+//! A run's metrics, through the [`metrics`] facade: no cost beyond a branch
+//! per update when no recorder is installed.
+//!
+//! Names follow the Prometheus conventions
+//! (<https://prometheus.io/docs/practices/naming/>): a `spotbatch_` prefix,
+//! base units (seconds), `_total` for counters; every series has the label
+//! `job` (the job key).
+
+use std::time::Duration;
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram, Unit,
+};
+
+/// Chunks finished (counter).
+pub(crate) const CHUNKS: &str = "spotbatch_chunks_total";
+/// Items in the chunks finished (counter).
+pub(crate) const ITEMS: &str = "spotbatch_items_total";
+/// Chunk attempts retried after a transient error (counter).
+pub(crate) const RETRIES: &str = "spotbatch_chunk_retries_total";
+/// Checkpoints saved, by `kind` (`periodic`, `final`) (counter).
+pub(crate) const CHECKPOINTS: &str = "spotbatch_checkpoints_total";
+/// Runs ended by a stop request, by `source` (counter).
+pub(crate) const INTERRUPTIONS: &str = "spotbatch_interruptions_total";
+/// Time from one chunk's end to the next's: the chunk and the runner's
+/// work around it (histogram, seconds; recorded when the run reads the clock
+/// per chunk: with a lease or a time-based checkpoint policy).
+pub(crate) const CHUNK_SECONDS: &str = "spotbatch_chunk_duration_seconds";
+/// Checkpoint save latency, flush excluded (histogram, seconds).
+pub(crate) const SAVE_SECONDS: &str = "spotbatch_checkpoint_save_duration_seconds";
+/// Items done ÷ the job's total, 0 to 1, when the job knows its total (gauge).
+pub(crate) const PROGRESS: &str = "spotbatch_progress_ratio";
+
+/// The handles of one run's series.
+#[derive(Debug)]
+pub(crate) struct RunMetrics {
+    chunks: Counter,
+    items: Counter,
+    retries: Counter,
+    periodic: Counter,
+    finals: Counter,
+    chunk_seconds: Histogram,
+    save_seconds: Histogram,
+    progress: Gauge,
+    total: Option<u64>,
+    job: String,
+}
+
+impl RunMetrics {
+    /// Registers the series of `job`, whose total is `total` items when
+    /// known, with the installed recorder (none: no-ops).
+    pub(crate) fn new(job: &str, total: Option<u64>) -> Self {
+        describe();
+        let job = job.to_owned();
+        let label = || [("job", job.clone())];
+        Self {
+            chunks: counter!(CHUNKS, &label()),
+            items: counter!(ITEMS, &label()),
+            retries: counter!(RETRIES, &label()),
+            periodic: counter!(
+                CHECKPOINTS,
+                &[("job", job.clone()), ("kind", "periodic".to_owned())]
+            ),
+            finals: counter!(
+                CHECKPOINTS,
+                &[("job", job.clone()), ("kind", "final".to_owned())]
+            ),
+            chunk_seconds: metrics::histogram!(CHUNK_SECONDS, &label()),
+            save_seconds: metrics::histogram!(SAVE_SECONDS, &label()),
+            progress: metrics::gauge!(PROGRESS, &label()),
+            total,
+            job,
+        }
+    }
+
+    /// A chunk of `items` finished, `took` after the previous one (when timed).
+    pub(crate) fn chunk(&self, items: u64, took: Option<Duration>) {
+        self.chunks.increment(1);
+        self.items.increment(items);
+        if let Some(took) = took {
+            self.chunk_seconds.record(took.as_secs_f64());
+        }
+    }
+
+    pub(crate) fn retry(&self) {
+        self.retries.increment(1);
+    }
+
+    /// A checkpoint saved in `took`; `last` for the final one.
+    pub(crate) fn checkpoint(&self, took: Duration, last: bool) {
+        if last { &self.finals } else { &self.periodic }.increment(1);
+        self.save_seconds.record(took.as_secs_f64());
+    }
+
+    /// `done` items of the job's total, when it is known.
+    pub(crate) fn progress(&self, done: u64) {
+        if let Some(total) = self.total.filter(|&total| total > 0) {
+            #[allow(clippy::cast_precision_loss)] // a ratio
+            self.progress.set(done as f64 / total as f64);
+        }
+    }
+
+    /// The run ended on a stop request from `source`.
+    pub(crate) fn interrupted(&self, source: &str) {
+        counter!(
+            INTERRUPTIONS,
+            &[("job", self.job.clone()), ("source", source.to_owned())]
+        )
+        .increment(1);
+    }
+}
+
+/// Describes the series (units and help) to the recorder, once per process.
+fn describe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        describe_counter!(CHUNKS, "Chunks finished");
+        describe_counter!(ITEMS, "Items in the chunks finished");
+        describe_counter!(RETRIES, "Chunk attempts retried after a transient error");
+        describe_counter!(CHECKPOINTS, "Checkpoints saved, by kind (periodic, final)");
+        describe_counter!(INTERRUPTIONS, "Runs ended by a stop request, by source");
+        describe_histogram!(
+            CHUNK_SECONDS,
+            Unit::Seconds,
+            "Time from one chunk's end to the next's"
+        );
+        describe_histogram!(SAVE_SECONDS, Unit::Seconds, "Checkpoint save latency");
+        describe_gauge!(PROGRESS, "Items done / the job's total items");
+    });
+}
