@@ -164,7 +164,8 @@ fn main() {
             .map(|_| plain_loop(no_io).as_nanos() as f64 / no_io as f64)
             .collect(),
     );
-    let rows: [(&str, Box<dyn Fn() -> Duration>); 3] = [
+    type Timed<'a> = Box<dyn Fn() -> Duration + 'a>;
+    let rows: [(&str, Timed<'_>); 3] = [
         (
             "Job, one at a time",
             Box::new(|| rt.block_on(run(Sum { chunks: no_io }))),
