@@ -102,6 +102,19 @@ impl<J: Job> Run<'_, J> {
         }
     }
 
+    /// Records `e` as the run's end on the last saved checkpoint and
+    /// releases the lease (within the grace period); returns `e`.
+    async fn record_failure(&mut self, e: Error) -> Error {
+        release(
+            &mut self.session,
+            failed(&e),
+            &self.interrupts,
+            self.budget.grace,
+        )
+        .await;
+        e
+    }
+
     /// The job's [`Job::complete`] hook, at the end of the chunks.
     async fn complete(&mut self) -> End {
         let rollback = self.state.clone();
@@ -149,14 +162,7 @@ impl<J: Job> Run<'_, J> {
                 ChunkResult::Fenced(e) => return Err(e),
                 ChunkResult::Refused(e) => {
                     self.state = rollback;
-                    release(
-                        &mut self.session,
-                        failed(&e),
-                        &self.interrupts,
-                        self.budget.grace,
-                    )
-                    .await;
-                    return Err(e);
+                    return Err(self.record_failure(e).await);
                 }
             };
             self.state = rollback.clone();
@@ -236,16 +242,7 @@ impl<J: Job> Run<'_, J> {
             }
             // Fenced: another runner has the job; write nothing more.
             Some(Err(e @ Error::Store(StoreError::Conflict { .. }))) => return Err(e),
-            Some(Err(e)) => {
-                release(
-                    &mut self.session,
-                    failed(&e),
-                    &self.interrupts,
-                    self.budget.grace,
-                )
-                .await;
-                return Err(e);
-            }
+            Some(Err(e)) => return Err(self.record_failure(e).await),
             None => {
                 warn!(job = %self.session.key.short(), "periodic checkpoint abandoned at the drain deadline")
             }
