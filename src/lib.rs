@@ -94,7 +94,7 @@ mod key;
 mod policy;
 mod retry;
 mod runner;
-mod shutdown;
+pub mod shutdown;
 pub mod sink;
 pub mod store;
 
@@ -125,7 +125,7 @@ pub use job::{Cancelled, Chunk, ChunkContext, Job};
 pub use key::{InvalidKey, JobKey};
 pub use policy::{CheckpointPolicy, Every};
 pub use runner::{Runner, DEFAULT_STORE_DIR};
-pub use shutdown::{InterruptSource, Signal, StopSource};
+pub use shutdown::{InterruptSource, Signal, StopRequest, StopSource};
 pub use sink::FileSink;
 pub use store::{
     open_store, redact_url, CheckpointStore, FileStore, Listing, MemoryStore, StoreError, Summary,

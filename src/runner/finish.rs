@@ -29,6 +29,8 @@ impl<J: Job> Run<'_, J> {
     /// checkpoint could not be saved by the end of the grace period; a
     /// failed final flush.
     pub(super) async fn finish(mut self, end: End) -> Result<Outcome, Error> {
+        // From here the run writes its own end; the watchdog waits for it.
+        self.interrupts.finishing().await;
         let (status, outcome) = match end {
             End::Completed => (Status::Completed, Ok(Outcome::Completed)),
             End::Interrupted => {
@@ -140,6 +142,7 @@ pub(super) async fn release(
     interrupts: &Interrupts,
     retry_for: Duration,
 ) {
+    interrupts.finishing().await;
     let deadline = interrupts
         .final_deadline()
         .unwrap_or_else(|| Instant::now() + retry_for);

@@ -9,9 +9,10 @@ use super::interrupts::Interrupts;
 use super::progress::Progress;
 use super::session::Session;
 use super::start::Started;
+use super::watchdog::Watch;
 use super::Runner;
 use crate::error::Error;
-use crate::exit::{Outcome, RunStats};
+use crate::exit::{ExitCodes, Outcome, RunStats};
 use crate::job::Job;
 use crate::policy::CheckpointPolicy;
 
@@ -38,8 +39,14 @@ pub(super) struct Run<'r, J: Job> {
 
 impl<J: Job> Runner<J> {
     /// One run: [`Run::start`], [`Run::run_chunks`], [`Run::finish`].
-    pub(super) async fn drive(self, stats: &mut RunStats) -> Result<Outcome, Error> {
-        let mut run = match Run::start(self, stats).await? {
+    /// `watch` receives the run's watchdog once it is started.
+    pub(super) async fn drive(
+        self,
+        stats: &mut RunStats,
+        codes: ExitCodes,
+        watch: &mut Option<Watch>,
+    ) -> Result<Outcome, Error> {
+        let mut run = match Run::start(self, stats, codes, watch).await? {
             Started::Ready(run) => *run,
             Started::Ended(outcome) => return Ok(outcome),
         };
