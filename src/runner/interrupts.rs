@@ -567,6 +567,33 @@ mod tests {
         assert!(t.hard.is_cancelled());
     }
 
+    /// A request is recorded before it is logged: a subscriber that panics
+    /// (one writing to a closed pipe) loses no stop.
+    #[tokio::test(start_paused = true)]
+    async fn a_log_that_panics_loses_no_stop() {
+        struct ClosedPipe;
+        impl std::io::Write for ClosedPipe {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                panic!("failed printing to stderr: Broken pipe (os error 32)")
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(|| ClosedPipe)
+            .finish();
+        let t = stops();
+        let logged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tracing::subscriber::with_default(subscriber, || {
+                fire(&t, InterruptSource::Signal(Signal::Term));
+            });
+        }));
+        assert!(logged.is_err(), "the subscriber did not panic");
+        assert!(t.stop.is_cancelled(), "the stop was lost");
+        assert!(t.lock().deadline.is_some());
+    }
+
     /// Each request may bring a deadline; the drain ends a reserve before the
     /// earliest, however the requests come.
     #[tokio::test(start_paused = true)]

@@ -183,7 +183,6 @@ impl Shutdown {
     /// by exit code ([AWS Batch and Kubernetes][guide]).
     ///
     /// [guide]: https://github.com/spotbatch/spotbatch/blob/main/docs/shutdown.md#platforms-that-retry-by-exit-code
-    #[must_use]
     pub fn interrupted_exit_code(self, code: u8) -> Self {
         listener().interrupted.store(code, Ordering::Relaxed);
         self
