@@ -16,7 +16,7 @@ mod common;
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
-use common::{as_pid1, command_line, finish, reference_output, signal_pid, Quickstart};
+use common::{as_pid1, finish, reference_output, signal_pid, Quickstart};
 use spotbatch::Status;
 
 /// How long a test waits for a process before it fails.
@@ -40,7 +40,7 @@ fn spawn(job: &Quickstart, extra: &[&str], how: As) -> (Child, i32) {
             let pid = i32::try_from(child.id()).unwrap();
             (child, pid)
         }
-        As::Pid1 => as_pid1(&command_line(&cmd)),
+        As::Pid1 => as_pid1(&cmd),
     }
 }
 
@@ -135,8 +135,8 @@ fn a_stop_during_set_up_that_runs_on_ends_the_run_before_its_first_chunk_as_pid1
 // During a chunk whose work does not give way
 //
 // Chunks of 4 s (10 records of 400 ms), a checkpoint after each, a grace
-// period of 3 s (drain 2.25 s); SIGTERM at 4.5 s, half a second into the
-// second chunk, which would end at 8 s.
+// period of 3 s (drain 2.25 s); SIGTERM half a second into the second
+// chunk, which would go on for 3.5 s more.
 
 const GRACE: Duration = Duration::from_secs(3);
 
@@ -153,7 +153,17 @@ fn stop_stubborn_chunk(how: As, work_on: &str, extra: &[&str], expect_log: &str)
     let job = stubborn_job();
     let mut flags = vec!["--work-on", work_on, "--every-secs", "1"];
     flags.extend(extra);
-    let (status, took, err) = sigterm_after(&job, &flags, how, Duration::from_millis(4_500));
+    let (child, pid) = spawn(&job, &flags, how);
+    // Half a second into the second chunk: once the first one's checkpoint
+    // is saved, however slow the machine.
+    let started = Instant::now();
+    while job.checkpoint().is_none_or(|c| c.counters.chunks < 1) {
+        assert!(started.elapsed() < LIMIT, "the first chunk never ended");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    signal_pid(pid, libc::SIGTERM);
+    let (status, took, err) = finish(child, LIMIT);
     assert_eq!(status.code(), Some(75), "{how:?}: {status:?}\n{err}");
     assert!(
         took < GRACE,

@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
 use common::{as_pid1, command_line, finish, signal_pid, Quickstart};
@@ -15,7 +16,7 @@ use spotbatch::Status;
 #[test]
 fn as_pid1_sigterm_drains_and_checkpoints() {
     let job = Quickstart::new(50_000, 100, 100); // ~5 s of work
-    let (unshare, pid1) = as_pid1(&command_line(&job.command()));
+    let (unshare, pid1) = as_pid1(&job.command());
     std::thread::sleep(Duration::from_millis(1_000));
     signal_pid(pid1, libc::SIGTERM);
     let (status, took, err) = finish(unshare, Duration::from_secs(30));
@@ -45,7 +46,9 @@ fn a_shell_wrapper_without_exec_swallows_sigterm() {
         line.push_str(&format!("'{arg}' "));
     }
     line.push_str("; echo wrapper done");
-    let (mut unshare, pid1) = as_pid1(&["sh".into(), "-c".into(), line]);
+    let mut sh = Command::new("sh");
+    sh.args(["-c", &line]).env("RUST_LOG", "info");
+    let (mut unshare, pid1) = as_pid1(&sh);
     std::thread::sleep(Duration::from_millis(1_000));
     signal_pid(pid1, libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(1_500));

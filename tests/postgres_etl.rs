@@ -11,7 +11,10 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pg_common::{admin_pool, example_command, finish, fresh_name, pg_url, signal, with_schema};
+use pg_common::{
+    admin_pool, as_pid1, example_command, finish, fresh_name, pg_url, signal, signal_pid,
+    with_schema,
+};
 use spotbatch::{Checkpoint, Status};
 use sqlx::PgPool;
 
@@ -136,4 +139,75 @@ async fn checkpoint(pool: &PgPool, schema: &str) -> Option<Checkpoint> {
 async fn stored_cursor(pool: &PgPool, schema: &str) -> Option<u64> {
     let c = checkpoint(pool, schema).await?;
     Some(c.codec.decode(&c.cursor).expect("cursor"))
+}
+
+/// A stop while start-up waits for another task's migrations (sqlx holds
+/// an advisory lock while it migrates, and a second task waits for it, with
+/// no time limit) ends pg_etl at once, with the interrupted exit code: as a
+/// child, and as PID 1 of a PID namespace, where a signal without a handler
+/// would be dropped and the job would start after the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_waiting_for_another_tasks_migrations_ends_the_process_at_once() {
+    let pool = admin_pool().await;
+    let mut holder = pool.acquire().await.expect("a connection");
+    // sqlx's migration lock: one per database (sqlx-postgres, `generate_lock_id`).
+    let db: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut *holder)
+        .await
+        .expect("current_database");
+    let lock = 0x3d32_ad9e * i64::from(crc32fast::hash(db.as_bytes()));
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(lock)
+        .execute(&mut *holder)
+        .await
+        .expect("take the migration lock");
+    for pid1 in [false, true] {
+        let schema = fresh_name("etl_lock");
+        let cmd = etl(&schema, 0);
+        let (child, pid) = if pid1 {
+            as_pid1(&cmd)
+        } else {
+            let mut cmd = cmd;
+            let child = cmd.spawn().expect("spawn pg_etl");
+            let pid = i32::try_from(child.id()).expect("pid");
+            (child, pid)
+        };
+        // Until it waits for the lock.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("pg_locks");
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pg_etl never waited for the lock"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        signal_pid(pid, libc::SIGTERM);
+        let (status, took, err) = tokio::task::spawn_blocking(move || finish(child, LIMIT))
+            .await
+            .expect("wait");
+        assert_eq!(status.code(), Some(75), "PID 1: {pid1}\n{err}");
+        assert!(
+            took < Duration::from_secs(1),
+            "PID 1: {pid1}: took {took:?}\n{err}"
+        );
+        assert!(
+            err.contains("stop requested before the first chunk"),
+            "{err}"
+        );
+        assert_eq!(checkpoint(&pool, &schema).await, None);
+    }
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(lock)
+        .execute(&mut *holder)
+        .await
+        .expect("unlock");
 }

@@ -23,6 +23,12 @@ const REBALANCE: &str = "/latest/meta-data/events/recommendations/rebalance";
 /// Polls EC2 instance metadata for a Spot interruption notice (and, if asked,
 /// a rebalance recommendation), and stops the run like SIGTERM when one appears.
 ///
+/// The notice's `time` ("the approximate time, in UTC, when the instance
+/// will be stopped or terminated") is the stop's deadline
+/// ([`StopRequest::time_left`]): the drain ends a checkpoint reserve before
+/// it, or before the end of the grace period if that comes first. A
+/// rebalance recommendation sets no deadline.
+///
 /// For ECS on EC2 and plain EC2. It asks through the AWS SDK's IMDSv2 client
 /// ([`aws_config::imds::Client`](https://docs.rs/aws-config/latest/aws_config/imds/client/struct.Client.html)), which follows IMDSv2 as AWS documents it
 /// ("Use instance metadata to manage your EC2 instance" and "Spot Instance

@@ -16,10 +16,11 @@
 //!   the final deadline);
 //! - the final deadline, while the run is writing its end: the run's code
 //!   (a flush) holds its thread past it; exit with `checkpoint_not_saved`;
-//! - half the checkpoint reserve before the final deadline, after `run`
-//!   returned, when a signal asked to stop: the process is still alive (the
-//!   runtime waits for a blocking thread to end), so it exits with the run's
-//!   code before the platform's SIGKILL comes.
+//! - half the checkpoint reserve before the final deadline (or a moment
+//!   after `run` returned, if later, but not after the final deadline), after
+//!   `run` returned, when a signal asked to stop: the process is still alive
+//!   (the runtime waits for a blocking thread to end), so it exits with the
+//!   run's code before the platform's SIGKILL comes.
 //!
 //! The watchdog's write runs on the run's runtime when that is a
 //! multi-thread runtime that still runs tasks, else on a current-thread
@@ -137,11 +138,12 @@ fn next(
             },
         ),
         (Phase::Ended, Some((code, returned))) if s.signalled => due(
-            deadline
-                .std
-                .checked_sub(stops.budget.reserve / 2)
-                .unwrap_or(deadline.std)
-                .max(returned + LATE),
+            (returned + LATE).min(deadline.std).max(
+                deadline
+                    .std
+                    .checked_sub(stops.budget.reserve / 2)
+                    .unwrap_or(deadline.std),
+            ),
             Next::Exit {
                 code,
                 why: RETURNED,
@@ -433,8 +435,11 @@ mod tests {
             decide(None, at(8_750)),
             Next::Exit { code: 75, .. }
         ));
+        stops.lock().ended = Some((75, at(9_000)));
+        assert_eq!(decide(None, at(9_000)), Next::Wait(Some(at(9_250))));
+        // …but not after the final deadline.
         stops.lock().ended = Some((75, at(9_900)));
-        assert_eq!(decide(None, at(9_900)), Next::Wait(Some(at(10_150))));
+        assert_eq!(decide(None, at(9_900)), Next::Wait(Some(at(10_000))));
         // After any other request, the process is the program's: quit.
         stops.lock().signalled = false;
         assert_eq!(decide(None, at(10_000)), Next::Quit);

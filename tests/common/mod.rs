@@ -3,14 +3,14 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Output};
 
 use spotbatch::{Checkpoint, FileStore, JobKey};
 // Each test binary uses some of these.
 #[allow(unused_imports)]
 pub use spotbatch_test_support::{
-    example_bin, example_command, finish, signal, stderr, wait_within,
+    as_pid1, command_line, example_bin, example_command, finish, signal, signal_pid, stderr,
+    wait_within,
 };
 
 pub const JOB: &str = "e2e";
@@ -134,56 +134,4 @@ pub fn reference_output(records: u64, chunk: u64) -> Vec<u8> {
         stderr(&out)
     );
     std::fs::read(reference.out()).expect("reference output")
-}
-
-/// A command's program and arguments, as strings.
-pub fn command_line(cmd: &Command) -> Vec<String> {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect()
-}
-
-/// Starts `args` as PID 1 of a new PID namespace, as in a container (needs
-/// root, as CI and `scripts/test` have, for `unshare --pid`); returns the
-/// `unshare` process, whose exit status is PID 1's, and the host pid of the
-/// namespace's PID 1, to signal.
-// The child is returned to the caller, who waits for it.
-#[allow(clippy::zombie_processes)]
-pub fn as_pid1(args: &[String]) -> (Child, i32) {
-    let mut child = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--"])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("SPOTBATCH_STORE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("unshare (util-linux) is needed for the PID 1 tests");
-    let children = format!("/proc/{0}/task/{0}/children", child.id());
-    let started = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(&children).unwrap_or_default();
-        if let Some(pid) = text.split_whitespace().next() {
-            return (child, pid.parse().expect("pid"));
-        }
-        if started.elapsed() > Duration::from_secs(5) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("unshare started no child: are we root?");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Sends `sig` to the process `pid`.
-///
-/// # Panics
-///
-/// When kill(2) fails.
-pub fn signal_pid(pid: i32, sig: i32) {
-    // SAFETY: kill(2) on a pid we started whose parent (us, or `unshare`)
-    // has not reaped it yet: it cannot name another process.
-    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
 }
