@@ -65,6 +65,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
+    // First: from here on SIGTERM and SIGINT are stop requests.
+    let shutdown = spotbatch::shutdown::listen();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -73,6 +75,8 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    // The exit code of a stop, before the run or during it.
+    shutdown.interrupted_exit_code(args.interrupted_exit_code);
     let report = Runner::new(
         args.job,
         External {
@@ -82,7 +86,6 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     )
     .store_url(&args.store)
     .grace(Duration::try_from_secs_f64(args.grace)?)
-    .interrupted_exit_code(args.interrupted_exit_code)
     .run()
     .await;
     Ok(report.exit_code())

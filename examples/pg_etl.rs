@@ -177,6 +177,8 @@ async fn set_up(pool: &PgPool, schema: &str, rows: u64) -> anyhow::Result<Statem
 
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
+    // First: from here on SIGTERM and SIGINT are stop requests.
+    let shutdown = spotbatch::shutdown::listen();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -184,11 +186,22 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // The exit code of a stop, before the run or during it.
+    let shutdown = shutdown.interrupted_exit_code(args.interrupted_exit_code);
     anyhow::ensure!(args.chunk > 0, "--chunk must be at least 1");
     let grace = Duration::try_from_secs_f64(args.grace)?;
 
-    let store = PostgresStore::connect(&args.store).await?;
-    let sql = set_up(store.pool(), store.schema(), args.rows).await?;
+    // Connecting (and migrating, which waits for another task's migration)
+    // and preparing the tables wait on the database: a stop gives them up.
+    let preparing = async {
+        let store = PostgresStore::connect(&args.store).await?;
+        let sql = set_up(store.pool(), store.schema(), args.rows).await?;
+        anyhow::Ok((store, sql))
+    };
+    let (store, sql) = match shutdown.interruptible(preparing).await {
+        Ok(ready) => ready?,
+        Err(stopped) => return Ok(stopped.exit_code()),
+    };
     let tx = store.transactional()?;
     let job = Etl {
         tx: tx.clone(),
@@ -202,7 +215,6 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         .store(tx.store()) // its saves commit the chunks' writes
         .checkpoint(Every::chunks(args.every_chunks).or_seconds(args.every_secs))
         .grace(grace)
-        .interrupted_exit_code(args.interrupted_exit_code)
         .run()
         .await;
     Ok(report.exit_code())

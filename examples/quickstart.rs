@@ -23,13 +23,20 @@
 //! cargo run --example quickstart --features s3,postgres -- --store s3://my-bucket/ckpt
 //! cargo run --example quickstart --features s3,postgres -- --store 'postgres://app:secret@db/jobs?schema=batch'
 //! ```
+//!
+//! `main` listens for stop signals on its first line, before the runtime
+//! exists, and the set-up before the run (`--setup-secs`, standing for
+//! connecting to inputs or reading configuration) is given up on a stop.
+//! `--work-on` and `--current-thread` show that a stop ends in time however
+//! the chunk's work runs, even when it holds the runtime's only thread.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use spotbatch::concurrent::{Concurrent, ConcurrentJob};
 use spotbatch::prelude::*;
+use spotbatch::shutdown::Shutdown;
 use tokio::sync::Mutex;
 
 struct Transform {
@@ -37,8 +44,22 @@ struct Transform {
     chunk: u64,
     work: Duration,
     flaky: f64,
+    work_on: WorkOn,
     out: FileSink,
     audit: Option<FileSink>,
+}
+
+/// Where a chunk's simulated work runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WorkOn {
+    /// A timer, as a network call would be: given up at the drain deadline.
+    Async,
+    /// `tokio::task::spawn_blocking`, as CPU work should run: the chunk gives
+    /// it up at the drain deadline, but its thread runs on to the end.
+    BlockingPool,
+    /// The chunk's own thread, with no `.await` (CPU work or a synchronous
+    /// client called in place): nothing can interrupt it.
+    JobThread,
 }
 
 #[async_trait]
@@ -61,10 +82,17 @@ impl Job for Transform {
         ctx: &ChunkContext,
     ) -> Result<()> {
         flaky(self.flaky, chunk, ctx)?;
-        // Simulated work (e.g. a network call), given up at the drain deadline.
+        // Simulated work (e.g. a network call).
         if !self.work.is_zero() {
             let work = self.work * u32::try_from(chunk.items()).unwrap_or(u32::MAX);
-            ctx.cancellable(tokio::time::sleep(work)).await?;
+            match self.work_on {
+                WorkOn::Async => ctx.cancellable(tokio::time::sleep(work)).await?,
+                WorkOn::BlockingPool => {
+                    let thread = tokio::task::spawn_blocking(move || std::thread::sleep(work));
+                    ctx.cancellable(thread).await??;
+                }
+                WorkOn::JobThread => std::thread::sleep(work),
+            }
         }
         self.out.write(lines(chunk).as_bytes()).await?;
         *out_len = self.out.len();
@@ -199,6 +227,20 @@ pub struct Args {
     /// Simulated work per record, in microseconds.
     #[arg(long, default_value_t = 0)]
     work_us: u64,
+    /// Where the simulated work runs.
+    #[arg(long, value_enum, default_value_t = WorkOn::Async)]
+    work_on: WorkOn,
+    /// Run on tokio's current-thread runtime (one thread for everything).
+    #[arg(long)]
+    current_thread: bool,
+    /// Simulated set-up before the run, in seconds (connecting to inputs,
+    /// reading configuration): given up on a stop request.
+    #[arg(long, default_value_t = 0.0)]
+    setup_secs: f64,
+    /// Do not give the set-up up on a stop request: the run then starts
+    /// after it, and returns at once.
+    #[arg(long)]
+    setup_not_interruptible: bool,
     /// Checkpoint after this many chunks…
     #[arg(long, default_value_t = 100)]
     every_chunks: u64,
@@ -246,15 +288,31 @@ pub fn init_logging() {
 }
 
 /// Runs the quickstart job with its flags.
-pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+pub async fn run(shutdown: Shutdown, args: Args) -> anyhow::Result<std::process::ExitCode> {
     anyhow::ensure!(args.chunk > 0, "--chunk must be at least 1");
     let grace = Duration::try_from_secs_f64(args.grace)
         .map_err(|e| anyhow::anyhow!("bad --grace {}: {e}", args.grace))?;
     let lease = Duration::try_from_secs_f64(args.lease)
         .map_err(|e| anyhow::anyhow!("bad --lease {}: {e}", args.lease))?;
-    let audit = match &args.audit {
-        Some(path) => Some(FileSink::open(path).await?),
-        None => None,
+    let setup = Duration::try_from_secs_f64(args.setup_secs)
+        .map_err(|e| anyhow::anyhow!("bad --setup-secs {}: {e}", args.setup_secs))?;
+    // The work before the run: given up on a stop request, which then ends
+    // the process with the interrupted exit code, nothing done.
+    let set_up = async {
+        tokio::time::sleep(setup).await;
+        let audit = match &args.audit {
+            Some(path) => Some(FileSink::open(path).await?),
+            None => None,
+        };
+        anyhow::Ok((FileSink::open(&args.out).await?, audit))
+    };
+    let (out, audit) = if args.setup_not_interruptible {
+        set_up.await?
+    } else {
+        match shutdown.interruptible(set_up).await {
+            Ok(opened) => opened?,
+            Err(stopped) => return Ok(stopped.exit_code()),
+        }
     };
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(
@@ -267,13 +325,13 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         Duration::from_micros(args.work_us),
         args.flaky,
     );
-    let out = FileSink::open(&args.out).await?;
     let report = if args.concurrency == 1 {
         let job = Transform {
             records,
             chunk,
             work,
             flaky,
+            work_on: args.work_on,
             out,
             audit,
         };
@@ -308,8 +366,7 @@ fn configure<J: Job>(
         .store_url(&args.store)
         .checkpoint(Every::chunks(args.every_chunks).or_seconds(args.every_secs))
         .grace(grace)
-        .lease(lease)
-        .interrupted_exit_code(args.interrupted_exit_code);
+        .lease(lease);
     if args.restart {
         runner = runner.restart();
     }
@@ -327,8 +384,17 @@ fn configure<J: Job>(
 }
 
 #[allow(dead_code)] // unused where another example includes this file
-#[tokio::main]
-async fn main() -> anyhow::Result<std::process::ExitCode> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
+    // First: from here on SIGTERM and SIGINT are stop requests, even before
+    // the runtime exists.
+    let shutdown = spotbatch::shutdown::listen();
     init_logging();
-    run(Args::parse()).await
+    let args = Args::parse();
+    let shutdown = shutdown.interrupted_exit_code(args.interrupted_exit_code);
+    let mut runtime = if args.current_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    runtime.enable_all().build()?.block_on(run(shutdown, args))
 }

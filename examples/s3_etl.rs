@@ -201,6 +201,8 @@ async fn make_inputs(client: &Client, args: &Args, count: u32) -> anyhow::Result
 
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
+    // First: from here on SIGTERM and SIGINT are stop requests.
+    let shutdown = spotbatch::shutdown::listen();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -208,13 +210,19 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // The exit code of a stop, before the run or during it.
+    let shutdown = shutdown.interrupted_exit_code(args.interrupted_exit_code);
     anyhow::ensure!(args.page_size > 0, "--page-size must be at least 1");
     let url = args
         .store
         .clone()
         .unwrap_or_else(|| format!("s3://{}/etl/checkpoints", args.bucket));
-    // The job's own requests use the store's client: same region, endpoint and credentials.
-    let store = S3Store::from_url(&url).await?;
+    // The job's own requests use the store's client: same region, endpoint
+    // and credentials. Finding them can take a while: a stop gives it up.
+    let store = match shutdown.interruptible(S3Store::from_url(&url)).await {
+        Ok(store) => store?,
+        Err(stopped) => return Ok(stopped.exit_code()),
+    };
     let client = store.client().clone();
     if let Some(count) = args.make_inputs {
         make_inputs(&client, &args, count).await?;
@@ -235,7 +243,6 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         .store(store)
         .checkpoint(Every::chunk())
         .grace(grace)
-        .interrupted_exit_code(args.interrupted_exit_code)
         .run()
         .await;
     Ok(report.exit_code())

@@ -182,6 +182,18 @@ impl Report {
         ExitCode::from(self.code())
     }
 
+    /// Exits the process now with [`code`](Self::code), without returning
+    /// from `main`: what `main` would drop is not dropped. The tokio runtime
+    /// is then not shut down, so a `spawn_blocking` task the job left running
+    /// (a chunk abandoned at the drain deadline) does not keep the process
+    /// alive. Standard output is flushed first, as by [`std::process::exit`].
+    ///
+    /// Without it, after a signal, the runner's watchdog exits the process
+    /// with this code at the end of the grace period should it still be alive.
+    pub fn exit(&self) -> ! {
+        std::process::exit(i32::from(self.code()))
+    }
+
     /// The error, if the run failed.
     pub fn error(&self) -> Option<&Error> {
         match &self.outcome {

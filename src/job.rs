@@ -68,6 +68,9 @@ pub trait Job: Send {
     /// Called once before the first chunk of every run, with the cursor and
     /// state the run starts from (the defaults on a fresh start). Undo here
     /// whatever a killed run may have done past the checkpoint.
+    ///
+    /// A stop request drops it at its next `.await` (no chunk runs after a
+    /// stop, and a killed run's excess is undone by the next run's `resume`).
     async fn resume(
         &mut self,
         _cursor: &Self::Cursor,
@@ -77,6 +80,9 @@ pub trait Job: Send {
     }
 
     /// The chunk that starts at `cursor`, or `None` when the job is complete.
+    ///
+    /// A stop request drops it at its next `.await`: no chunk starts after a
+    /// stop. Keep it free of writes the checkpoint does not cover.
     async fn next_chunk(
         &mut self,
         cursor: &Self::Cursor,

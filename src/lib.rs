@@ -35,9 +35,13 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<std::process::ExitCode> {
+//!     let shutdown = spotbatch::shutdown::listen(); // first: from here on SIGTERM is a stop request
 //!     tracing_subscriber::fmt().init(); // the runner's log lines, info and above
-//!     let job = Squares { records: 1_000_000, out: FileSink::open("squares.txt").await? };
-//!     let report = Runner::new("squares", job)
+//!     let out = match shutdown.interruptible(FileSink::open("squares.txt")).await {
+//!         Ok(out) => out?,
+//!         Err(stopped) => return Ok(stopped.exit_code()), // stopped before the run: nothing done
+//!     };
+//!     let report = Runner::new("squares", Squares { records: 1_000_000, out })
 //!         .store_url(std::env::var("SPOTBATCH_STORE").unwrap_or_else(|_| "file://.spotbatch".into()))
 //!         .checkpoint(Every::chunks(100).or_seconds(5))
 //!         .grace_secs(115) // ECS stopTimeout 120, minus 5 s
@@ -53,9 +57,10 @@
 //! # Modules
 //!
 //! What a first job needs is at the crate root and in the [`prelude`]. The
-//! rest is grouped by module: [`store`] (the [`CheckpointStore`] contract,
-//! the file and memory stores, [`open_store`]), [`checkpoint`] (the envelope
-//! a store holds), [`sink`] (exactly-once file output), and, behind their
+//! rest is grouped by module: [`shutdown`] (stop signals heard from the
+//! first line of `main`, stop sources), [`store`] (the [`CheckpointStore`]
+//! contract, the file and memory stores, [`open_store`]), [`checkpoint`] (the
+//! envelope a store holds), [`sink`] (exactly-once file output), and, behind their
 //! features, [`s3`](crate#features) and [`postgres`](crate#features) stores
 //! and [`aws`](crate#features) platform integration.
 //! The items used most are also re-exported at the root.
@@ -95,7 +100,7 @@ mod key;
 mod policy;
 mod retry;
 mod runner;
-mod shutdown;
+pub mod shutdown;
 pub mod sink;
 pub mod store;
 
@@ -126,7 +131,7 @@ pub use job::{transient, Cancelled, Chunk, ChunkContext, ChunkPanicked, Job, Tra
 pub use key::{InvalidKey, JobKey};
 pub use policy::{CheckpointPolicy, Every, RetryPolicy};
 pub use runner::{Runner, DEFAULT_STORE_DIR};
-pub use shutdown::{InterruptSource, Signal, StopSource};
+pub use shutdown::{InterruptSource, Signal, StopRequest, StopSource};
 pub use sink::FileSink;
 pub use store::{
     open_store, redact_url, CheckpointStore, FileStore, Listing, MemoryStore, Refusal, StoreError,

@@ -5,7 +5,8 @@
 //!
 //! - the interrupted exit code that AWS Batch retries on and that the
 //!   Kubernetes `podFailurePolicy` ignores is [`ExitCodes::RETRY_ME`] (75),
-//!   and the container command passes exactly that code to the runner;
+//!   and the container command passes exactly that code to the runner; both
+//!   also retry 143, a SIGTERM before the job installed its handlers;
 //! - every `--grace` given to the job is strictly less than the time the
 //!   platform waits between SIGTERM and SIGKILL (ECS `stopTimeout`, Batch's
 //!   30 s, `terminationGracePeriodSeconds`), and within a few seconds of it;
@@ -197,6 +198,11 @@ fn interrupted_code(file: &str, args: &[String]) -> Option<u8> {
 }
 
 /// The exit codes other than the interrupted one: a retry rule must match none.
+/// The exit status of a process SIGTERMed before it installed a handler
+/// (128 + 15, as Docker, ECS and Kubernetes report it): in its first
+/// instants, before `spotbatch::shutdown::listen()`; nothing was done.
+const SIGTERM_BEFORE_HANDLER: u8 = 143;
+
 fn other_codes() -> BTreeMap<&'static str, u8> {
     let c = ExitCodes::default();
     BTreeMap::from([
@@ -709,6 +715,19 @@ fn batch_retries_exactly_the_interrupted_exit_code() {
     );
     assert_eq!(ExitCodes::RETRY_ME, 75);
 
+    // A SIGTERM before the handlers: nothing was done, retry it.
+    let early = rules
+        .iter()
+        .find(|r| {
+            text(r, "onExitCode").is_none_or(|p| batch_glob_matches(&p, SIGTERM_BEFORE_HANDLER))
+        })
+        .unwrap_or_else(|| panic!("deploy/{FILE}: no rule for exit code 143"));
+    assert_eq!(
+        (action(early), text(early, "onExitCode").as_deref()),
+        ("RETRY".to_owned(), Some("143")),
+        "deploy/{FILE}: exit 143 (SIGTERM before the job's handlers) meets {early} first"
+    );
+
     // No other outcome of the runner is retried by exit code.
     for rule in rules.iter().filter(|r| action(r) == "RETRY") {
         if let Some(pattern) = text(rule, "onExitCode") {
@@ -863,8 +882,9 @@ fn kubernetes_job_ignores_the_interrupted_exit_code_and_gives_the_grace() {
     assert_eq!(on["operator"], "In", "deploy/{FILE}");
     assert_eq!(
         on["values"],
-        serde_json::json!([ExitCodes::RETRY_ME]),
-        "deploy/{FILE}: the rule should ignore exactly the interrupted code"
+        serde_json::json!([ExitCodes::RETRY_ME, SIGTERM_BEFORE_HANDLER]),
+        "deploy/{FILE}: the rule should ignore exactly the interrupted code and 143 \
+         (a SIGTERM before the job's handlers)"
     );
     // Ignoring a real failure would retry it forever, uncounted.
     for rule in rules.iter().filter(|r| r["action"] == "Ignore") {

@@ -22,13 +22,14 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::{stderr, Quickstart};
 use spotbatch::aws::Ec2SpotNotices;
 use spotbatch::prelude::*;
 use spotbatch::{
-    CheckpointPolicy, CheckpointStore, InterruptSource, JobKey, MemoryStore, Status, StopSource,
+    CheckpointPolicy, CheckpointStore, InterruptSource, JobKey, MemoryStore, Status, StopRequest,
+    StopSource,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -128,6 +129,8 @@ async fn serve(handler: Handler) -> SocketAddr {
 #[derive(Default)]
 struct Imds {
     notice: AtomicBool,
+    /// The notice's `time` (default `2026-11-24T15:32:45Z`).
+    notice_time: Mutex<Option<String>>,
     rebalance: AtomicBool,
     tokens_issued: AtomicUsize,
     valid: Mutex<Option<(String, usize)>>,
@@ -163,9 +166,11 @@ impl Imds {
         }
         match r.path.as_str() {
             "/latest/meta-data/spot/instance-action" if self.notice.load(Ordering::SeqCst) => {
+                let time = self.notice_time.lock().unwrap().clone();
+                let time = time.as_deref().unwrap_or("2026-11-24T15:32:45Z");
                 Reply::new(
                     200,
-                    r#"{"action": "terminate", "time": "2026-11-24T15:32:45Z"}"#,
+                    format!(r#"{{"action": "terminate", "time": "{time}"}}"#),
                 )
             }
             "/latest/meta-data/events/recommendations/rebalance"
@@ -253,6 +258,101 @@ async fn a_spot_notice_mid_run_drains_the_job_like_sigterm() {
     );
 }
 
+/// `at` as IMDS writes a notice's time: RFC 3339, UTC, whole seconds.
+fn rfc3339(at: SystemTime) -> String {
+    let secs = at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
+}
+
+#[test]
+fn rfc3339_is_as_imds_writes_it() {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_505_722_920);
+    assert_eq!(rfc3339(at), "2017-09-18T08:22:00Z");
+}
+
+/// Chunks of 20 s that give up at the drain deadline.
+struct Long;
+
+#[async_trait]
+impl Job for Long {
+    type Cursor = u64;
+    type State = ();
+
+    async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>> {
+        Ok((*at < 10).then(|| Chunk::between(*at, *at + 1)))
+    }
+
+    async fn process(&mut self, _: &Chunk<u64>, _: &mut (), ctx: &ChunkContext) -> Result<()> {
+        ctx.cancellable(tokio::time::sleep(Duration::from_secs(20)))
+            .await?;
+        Ok(())
+    }
+}
+
+/// The notice's `time` is the stop's deadline: with a grace period far
+/// longer than the notice gives, the run still ends before that time, its
+/// final checkpoint saved, the chunk in hand given up a reserve before it.
+#[tokio::test]
+async fn a_spot_notice_brings_its_deadline() {
+    let (state, url) = imds().await;
+    let terminate_at = SystemTime::now() + Duration::from_secs(4);
+    *state.notice_time.lock().unwrap() = Some(rfc3339(terminate_at));
+    state.notice.store(true, Ordering::SeqCst);
+    let store = MemoryStore::new();
+    let notices = Ec2SpotNotices::new()
+        .endpoint(&url)
+        .interval(Duration::from_millis(50));
+    let report = Runner::new("spot-deadline", Long)
+        .store(store.clone())
+        .signals(&[])
+        .grace(Duration::from_secs(60))
+        .checkpoint_reserve(Duration::from_secs(2))
+        .stop_source(notices)
+        .run()
+        .await;
+    let ended = SystemTime::now();
+    assert!(
+        matches!(
+            &report.outcome,
+            Outcome::Interrupted(InterruptSource::Notice { .. })
+        ),
+        "{:?}",
+        report.outcome
+    );
+    assert!(
+        ended < terminate_at,
+        "the run ended {:?} after the notice's time",
+        ended.duration_since(terminate_at).unwrap_or_default()
+    );
+    assert!(report.stats.abandoned_chunk);
+    let ckpt = store
+        .load(&JobKey::new("spot-deadline").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(ckpt.status, Status::Interrupted { .. }),
+        "{}",
+        ckpt.status
+    );
+}
+
 #[tokio::test]
 async fn a_rebalance_recommendation_stops_only_when_asked_for() {
     let (state, url) = imds().await;
@@ -263,10 +363,11 @@ async fn a_rebalance_recommendation_stops_only_when_asked_for() {
         .unwrap();
     assert_eq!(
         notice,
-        Some(InterruptSource::Notice {
+        Some(StopRequest::new(InterruptSource::Notice {
             from: "EC2 rebalance recommendation".into(),
             detail: "issued at 2026-11-24T15:30:00Z".into()
-        })
+        })),
+        "a recommendation sets no deadline"
     );
     assert_eq!(with.next().await, None, "a notice is given once");
     let mut without = Ec2SpotNotices::new()
@@ -408,4 +509,34 @@ async fn an_unreadable_ecs_endpoint_is_a_warning_not_a_failure() {
         stderr(&out)
     );
     assert_eq!(job.checkpoint().unwrap().writer.task, "");
+}
+
+/// A stop while the runner reads the ECS task's identity (here from an
+/// endpoint that never answers, which it would wait 2 s for) ends the run
+/// at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_while_reading_the_ecs_identity_ends_the_run_at_once() {
+    let addr = serve(Arc::new(|_| None)).await;
+    let job = Quickstart::new(1_000, 100, 0);
+    let (status, took, err) = tokio::task::spawn_blocking(move || {
+        let child = job
+            .command()
+            .env(
+                "ECS_CONTAINER_METADATA_URI_V4",
+                format!("http://{addr}/v4/silent"),
+            )
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        common::signal(&child, libc::SIGTERM);
+        common::finish(child, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(75), "{err}");
+    assert!(took < Duration::from_millis(800), "took {took:?}\n{err}");
+    assert!(
+        err.contains("stop requested before the first chunk"),
+        "{err}"
+    );
 }

@@ -7,62 +7,18 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::{finish, quickstart_bin, Quickstart};
+use common::{as_pid1, command_line, finish, signal_pid, Quickstart};
 use spotbatch::Status;
-
-/// Starts `args` as PID 1 of a new PID namespace; returns the `unshare`
-/// process and the host pid of the namespace's PID 1.
-// The child is returned to the caller, who waits for it.
-#[allow(clippy::zombie_processes)]
-fn as_pid1(args: &[String]) -> (Child, i32) {
-    let mut child = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--"])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("unshare (util-linux) is needed for the PID 1 tests");
-    let children = format!("/proc/{0}/task/{0}/children", child.id());
-    let started = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(&children).unwrap_or_default();
-        if let Some(pid) = text.split_whitespace().next() {
-            return (child, pid.parse().expect("pid"));
-        }
-        if started.elapsed() > Duration::from_secs(5) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("unshare started no child: are we root?");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn sigterm(pid: i32) {
-    // SAFETY: kill(2) on a pid we started; it is alive (its parent still waits for it).
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-}
-
-fn quickstart_args(job: &Quickstart) -> Vec<String> {
-    job.command()
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect()
-}
 
 #[test]
 fn as_pid1_sigterm_drains_and_checkpoints() {
     let job = Quickstart::new(50_000, 100, 100); // ~5 s of work
-    let mut args = vec![quickstart_bin().display().to_string()];
-    args.extend(quickstart_args(&job));
-    let (unshare, pid1) = as_pid1(&args);
+    let (unshare, pid1) = as_pid1(&job.command());
     std::thread::sleep(Duration::from_millis(1_000));
-    sigterm(pid1);
+    signal_pid(pid1, libc::SIGTERM);
     let (status, took, err) = finish(unshare, Duration::from_secs(30));
     assert_eq!(status.code(), Some(75), "{err}");
     assert!(took < Duration::from_secs(3), "took {took:?}\n{err}");
@@ -85,14 +41,16 @@ fn as_pid1_sigterm_drains_and_checkpoints() {
 #[test]
 fn a_shell_wrapper_without_exec_swallows_sigterm() {
     let job = Quickstart::new(50_000, 100, 100);
-    let mut line = format!("'{}'", quickstart_bin().display());
-    for arg in quickstart_args(&job) {
-        line.push_str(&format!(" '{arg}'"));
+    let mut line = String::new();
+    for arg in command_line(&job.command()) {
+        line.push_str(&format!("'{arg}' "));
     }
     line.push_str("; echo wrapper done");
-    let (mut unshare, pid1) = as_pid1(&["sh".into(), "-c".into(), line]);
+    let mut sh = Command::new("sh");
+    sh.args(["-c", &line]).env("RUST_LOG", "info");
+    let (mut unshare, pid1) = as_pid1(&sh);
     std::thread::sleep(Duration::from_millis(1_000));
-    sigterm(pid1);
+    signal_pid(pid1, libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(1_500));
     assert!(
         unshare.try_wait().unwrap().is_none(),

@@ -11,17 +11,26 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pg_common::{admin_pool, example_command, finish, fresh_name, pg_url, signal, with_schema};
+use pg_common::{
+    admin_pool, as_pid1, example_command, finish, fresh_name, pg_url, signal, signal_pid,
+    with_database, with_schema,
+};
 use spotbatch::{Checkpoint, Status};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 const ROWS: u64 = 10_000;
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn etl(schema: &str, work_us: u64) -> Command {
+    etl_at(&pg_url(), schema, work_us)
+}
+
+/// pg_etl on the database of `url`.
+fn etl_at(url: &str, schema: &str, work_us: u64) -> Command {
     let mut cmd = example_command("pg_etl");
     cmd.arg("--store")
-        .arg(with_schema(&pg_url(), schema))
+        .arg(with_schema(url, schema))
         .arg("--rows")
         .arg(ROWS.to_string())
         .arg("--chunk")
@@ -136,4 +145,99 @@ async fn checkpoint(pool: &PgPool, schema: &str) -> Option<Checkpoint> {
 async fn stored_cursor(pool: &PgPool, schema: &str) -> Option<u64> {
     let c = checkpoint(pool, schema).await?;
     Some(c.codec.decode(&c.cursor).expect("cursor"))
+}
+
+/// A stop while start-up waits for another task's migrations (sqlx holds
+/// an advisory lock while it migrates, and a second task waits for it, with
+/// no time limit) ends pg_etl at once, with the interrupted exit code: as a
+/// child, and as PID 1 of a PID namespace, where a signal without a handler
+/// would be dropped and the job would start after the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_waiting_for_another_tasks_migrations_ends_the_process_at_once() {
+    // A database of its own: the migration lock is one per database, and
+    // this test holds it for as long as it runs (the other tests' tasks
+    // would wait for it, and their waits be taken for pg_etl's).
+    let db = fresh_name("etl_lock_db");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
+        .execute(&admin_pool().await)
+        .await
+        .expect("create database");
+    let url = with_database(&pg_url(), &db);
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .expect("connect to the test database");
+    let mut holder = pool.acquire().await.expect("a connection");
+    // sqlx's migration lock: one per database (sqlx-postgres, `generate_lock_id`).
+    let lock = 0x3d32_ad9e * i64::from(crc32fast::hash(db.as_bytes()));
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(lock)
+        .execute(&mut *holder)
+        .await
+        .expect("take the migration lock");
+    for pid1 in [false, true] {
+        // The last task's wait, if any, stays: a backend waiting for a lock
+        // does not notice that its client has gone.
+        let waiting_before = lock_waiters(&pool).await;
+        let schema = fresh_name("etl_lock");
+        let cmd = etl_at(&url, &schema, 0);
+        let (child, pid) = if pid1 {
+            as_pid1(&cmd)
+        } else {
+            let mut cmd = cmd;
+            let child = cmd.spawn().expect("spawn pg_etl");
+            let pid = i32::try_from(child.id()).expect("pid");
+            (child, pid)
+        };
+        // Until it waits for the lock.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while lock_waiters(&pool).await == waiting_before {
+            assert!(
+                Instant::now() < deadline,
+                "pg_etl never waited for the lock"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        signal_pid(pid, libc::SIGTERM);
+        let (status, took, err) = tokio::task::spawn_blocking(move || finish(child, LIMIT))
+            .await
+            .expect("wait");
+        assert_eq!(status.code(), Some(75), "PID 1: {pid1}\n{err}");
+        // At once: the wait has no end of its own (the bound leaves room
+        // for a loaded machine).
+        assert!(
+            took < Duration::from_secs(5),
+            "PID 1: {pid1}: took {took:?}\n{err}"
+        );
+        assert!(
+            err.contains("stop requested before the first chunk"),
+            "{err}"
+        );
+        assert_eq!(checkpoint(&pool, &schema).await, None);
+    }
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(lock)
+        .execute(&mut *holder)
+        .await
+        .expect("unlock");
+    drop(holder);
+    pool.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE \"{db}\" WITH (FORCE)"
+    )))
+    .execute(&admin_pool().await)
+    .await
+    .expect("drop database");
+}
+
+/// Sessions of the test database waiting for an advisory lock.
+async fn lock_waiters(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("pg_locks")
 }

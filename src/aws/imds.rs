@@ -1,7 +1,7 @@
 //! EC2 Spot interruption notices from instance metadata (IMDSv2), through the
 //! AWS SDK's IMDS client.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_config::imds::client::error::ImdsError;
@@ -15,13 +15,19 @@ use serde::Deserialize;
 use tracing::{debug, info, warn};
 
 use super::error_chain;
-use crate::shutdown::{InterruptSource, StopSource};
+use crate::shutdown::{InterruptSource, StopRequest, StopSource};
 
 const INSTANCE_ACTION: &str = "/latest/meta-data/spot/instance-action";
 const REBALANCE: &str = "/latest/meta-data/events/recommendations/rebalance";
 
 /// Polls EC2 instance metadata for a Spot interruption notice (and, if asked,
 /// a rebalance recommendation), and stops the run like SIGTERM when one appears.
+///
+/// The notice's `time` ("the approximate time, in UTC, when the instance
+/// will be stopped or terminated") is the stop's deadline
+/// ([`StopRequest::time_left`]): the drain ends a checkpoint reserve before
+/// it, or before the end of the grace period if that comes first. A
+/// rebalance recommendation sets no deadline.
 ///
 /// For ECS on EC2 and plain EC2. It asks through the AWS SDK's IMDSv2 client
 /// ([`aws_config::imds::Client`](https://docs.rs/aws-config/latest/aws_config/imds/client/struct.Client.html)), which follows IMDSv2 as AWS documents it
@@ -181,16 +187,23 @@ impl Ec2SpotNotices {
         }
     }
 
-    async fn poll(&self, imds: &mut Imds) -> Result<Option<InterruptSource>, PollError> {
+    async fn poll(&self, imds: &mut Imds) -> Result<Option<StopRequest>, PollError> {
         if let Some(text) = imds.get(INSTANCE_ACTION).await? {
             let a: InstanceAction =
                 serde_json::from_str(&text).map_err(|error| PollError::Unreadable {
                     path: INSTANCE_ACTION,
                     error,
                 })?;
-            return Ok(Some(InterruptSource::Notice {
+            let request = StopRequest::new(InterruptSource::Notice {
                 from: "EC2 spot".into(),
                 detail: format!("{} at {}", a.action, a.time),
+            });
+            return Ok(Some(match time_left(&a.time, SystemTime::now()) {
+                Some(left) => request.time_left(left),
+                None => {
+                    warn!(time = %a.time, "the Spot notice's time is not an RFC 3339 UTC time: the grace period applies");
+                    request
+                }
             }));
         }
         if self.rebalance {
@@ -200,10 +213,11 @@ impl Ec2SpotNotices {
                         path: REBALANCE,
                         error,
                     })?;
-                return Ok(Some(InterruptSource::Notice {
+                // A recommendation sets no time: the grace period applies.
+                return Ok(Some(StopRequest::new(InterruptSource::Notice {
                     from: "EC2 rebalance recommendation".into(),
                     detail: format!("issued at {}", r.notice_time),
-                }));
+                })));
             }
         }
         Ok(None)
@@ -260,7 +274,7 @@ impl Imds {
 
 #[async_trait]
 impl StopSource for Ec2SpotNotices {
-    async fn next(&mut self) -> Option<InterruptSource> {
+    async fn next(&mut self) -> Option<StopRequest> {
         if self.finished {
             return None;
         }
@@ -305,6 +319,16 @@ impl StopSource for Ec2SpotNotices {
     }
 }
 
+/// From `now` until `time`, a notice's RFC 3339 UTC time (`2015-01-05T18:02:00Z`):
+/// zero when it has passed; `None` when it is not such a time.
+fn time_left(time: &str, now: SystemTime) -> Option<Duration> {
+    let at =
+        aws_smithy_types::DateTime::from_str(time, aws_smithy_types::date_time::Format::DateTime)
+            .ok()?;
+    let at = SystemTime::try_from(at).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 /// The SDK's IMDS retry rules ([`ImdsResponseRetryClassifier`]: a 5xx is
 /// retried with backoff, a connection failure or timeout is not), except for
 /// a 401: the SDK would retry it with the same cached token, which the
@@ -323,5 +347,21 @@ impl ClassifyRetry for NewTokenOn401 {
 
     fn name(&self) -> &'static str {
         "IMDS, 401 answered with a new token"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notice_time_is_the_time_left() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_420_480_800); // 2015-01-05T18:00:00Z
+        assert_eq!(
+            time_left("2015-01-05T18:02:00Z", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(time_left("2015-01-05T17:59:00Z", now), Some(Duration::ZERO));
+        assert_eq!(time_left("tomorrow", now), None);
     }
 }

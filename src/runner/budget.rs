@@ -1,4 +1,6 @@
 //! The drain budget: how the grace period is spent after a stop request.
+//! The drain ends `reserve` before the stop's final deadline (the end of
+//! the grace period, or an earlier deadline a request brings).
 
 use std::time::Duration;
 
@@ -41,11 +43,6 @@ impl Budget {
             cooperate: (reserve / 4).min(Duration::from_secs(1)),
         })
     }
-
-    /// From the stop request to the drain deadline: `grace - reserve`.
-    pub(super) fn drain(&self) -> Duration {
-        self.grace - self.reserve
-    }
 }
 
 #[cfg(test)]
@@ -56,7 +53,7 @@ mod tests {
     fn budget_defaults_and_validation() {
         let b = Budget::new(Duration::from_secs(30), None).unwrap();
         assert_eq!(
-            (b.reserve, b.drain()),
+            (b.reserve, b.grace - b.reserve),
             (Duration::from_secs(5), Duration::from_secs(25))
         );
         assert_eq!(b.cooperate, Duration::from_secs(1));

@@ -43,8 +43,8 @@ impl<J: Job> Run<'_, J> {
     /// after recording the failure on the last checkpoint, if the store
     /// takes that, and releasing the lease).
     pub(super) async fn run_chunks(&mut self) -> Result<End, Error> {
-        let mut ctx =
-            ChunkContext::new(self.interrupts.cancel_token(), self.interrupts.stop_token());
+        let stop = self.interrupts.stop_token();
+        let mut ctx = ChunkContext::new(self.interrupts.cancel_token(), stop.clone());
         let mut since_chunks = 0u64;
         let mut since = Instant::now();
         let mut last_end = self.timed.then_some(since);
@@ -54,7 +54,13 @@ impl<J: Job> Run<'_, J> {
             if self.interrupts.stop_requested() && self.job.chunks_in_flight() == 0 {
                 return Ok(End::Interrupted);
             }
-            let chunk = match self.job.next_chunk(&self.cursor).await {
+            // No chunk starts after a stop request: what it plans is of no use.
+            let planned = tokio::select! {
+                biased;
+                planned = self.job.next_chunk(&self.cursor) => planned,
+                () = stop.cancelled() => return Ok(End::Interrupted),
+            };
+            let chunk = match planned {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => return Ok(self.complete().await),
                 Err(source) => {

@@ -33,6 +33,8 @@ impl<J: Job> Run<'_, J> {
         end: End,
         position: &mut Option<Position>,
     ) -> Result<Outcome, Error> {
+        // From here the run writes its own end; the watchdog waits for it.
+        self.interrupts.finishing().await;
         let (status, outcome) = match end {
             End::Completed => (Status::Completed, Ok(Outcome::Completed)),
             End::Interrupted => {
@@ -169,6 +171,7 @@ pub(super) async fn release(
     interrupts: &Interrupts,
     retry_for: Duration,
 ) {
+    interrupts.finishing().await;
     let deadline = interrupts
         .final_deadline()
         .unwrap_or_else(|| Instant::now() + retry_for);

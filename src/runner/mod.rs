@@ -2,7 +2,8 @@
 //! each in a file of its own: `start`, `chunks` (the loop) and `finish`.
 //! Beside them, what a run keeps track of: the stored checkpoint's side
 //! (`session`: versions, lease, history), stop requests (`interrupts`) and
-//! the grace period's `budget`, `progress` lines, and the platform's
+//! the grace period's `budget`, the `watchdog` that keeps that budget when
+//! the job's code holds its thread, `progress` lines, and the platform's
 //! `identity` of the task.
 
 mod budget;
@@ -15,6 +16,7 @@ mod progress;
 mod run;
 mod session;
 mod start;
+mod watchdog;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -92,9 +94,12 @@ impl StoreSpec {
 /// every other case (a chunk past the deadline, a checkpoint that cannot be
 /// saved, SIGKILL), and the exit codes: [shutdown and exit codes][guide].
 ///
-/// Signal handlers are installed when [`run`](Self::run) starts, before the
-/// store is opened and the first chunk runs, and stay installed after it
-/// returns (tokio cannot remove them).
+/// Signals are heard from [`shutdown::listen`](crate::shutdown::listen) on,
+/// which `main` calls first; else from the start of [`run`](Self::run). A
+/// stop requested before `run` makes it return at once, having run no
+/// chunk. The budget holds whatever the job's code does: a watchdog thread
+/// records the stop on the last checkpoint and exits the process when the
+/// job's code holds its thread past the drain deadline.
 ///
 /// [guide]: https://github.com/spotbatch/spotbatch/blob/main/docs/shutdown.md
 #[must_use = "a runner does nothing until `.run().await`"]
@@ -107,6 +112,8 @@ pub struct Runner<J: Job> {
     grace: Duration,
     reserve: Option<Duration>,
     codes: ExitCodes,
+    /// Whether `codes.interrupted` was given, rather than the listener's.
+    interrupted_set: bool,
     signals: Vec<Signal>,
     codec: Codec,
     restart: bool,
@@ -145,6 +152,7 @@ impl<J: Job> Runner<J> {
             grace: Duration::from_secs(30),
             reserve: None,
             codes: ExitCodes::default(),
+            interrupted_set: false,
             signals: vec![Signal::Term, Signal::Int],
             codec: Codec::default(),
             restart: false,
@@ -219,17 +227,25 @@ impl<J: Job> Runner<J> {
     /// The exit codes of [`Report::exit_code`].
     pub fn exit_codes(mut self, codes: ExitCodes) -> Self {
         self.codes = codes;
+        self.interrupted_set = true;
         self
     }
 
-    /// The exit code of an interrupted run (default 0; 75 for AWS Batch and
-    /// Kubernetes retry rules, see [`ExitCodes`]).
+    /// The exit code of an interrupted run: by default the one given to
+    /// [`Shutdown::interrupted_exit_code`](crate::shutdown::Shutdown::interrupted_exit_code),
+    /// else 0; 75 for AWS Batch and Kubernetes retry rules, see [`ExitCodes`].
     pub fn interrupted_exit_code(mut self, code: u8) -> Self {
         self.codes.interrupted = code;
+        self.interrupted_set = true;
         self
     }
 
-    /// The signals that stop the run (default SIGTERM and SIGINT).
+    /// Signals that stop the run (default SIGTERM and SIGINT), installed when
+    /// [`run`](Self::run) starts on the process's signal thread. Signals the
+    /// process listens to already (those of
+    /// [`shutdown::listen`](crate::shutdown::listen), SIGTERM and SIGINT, and
+    /// of earlier runs) stop the run too: a handler stays installed for the
+    /// life of the process. `&[]` adds none.
     pub fn signals(mut self, signals: &[Signal]) -> Self {
         self.signals = signals.to_vec();
         self
@@ -339,13 +355,17 @@ impl<J: Job> Runner<J> {
     /// periodic checkpoint is not retried: the next one covers it.
     pub async fn run(self) -> Report {
         let started = Instant::now();
-        let codes = self.codes;
+        let mut codes = self.codes;
+        if !self.interrupted_set {
+            codes.interrupted = crate::shutdown::interrupted_code();
+        }
         let key = self.key.clone();
         let mut stats = RunStats::default();
         let mut position = None;
+        let mut watch = None;
         let span = tracing::info_span!("run", job = %crate::key::short(&key));
         let outcome = match tracing::Instrument::instrument(
-            self.drive(&mut stats, &mut position),
+            self.drive(&mut stats, codes, &mut position, &mut watch),
             span,
         )
         .await
@@ -375,6 +395,9 @@ impl<J: Job> Runner<J> {
             exit_code = report.code(),
             "run ended"
         );
+        if let Some(watch) = watch {
+            watch.ended(report.code());
+        }
         report
     }
 }

@@ -10,9 +10,10 @@ use super::metrics::RunMetrics;
 use super::progress::Progress;
 use super::session::Session;
 use super::start::Started;
+use super::watchdog::Watch;
 use super::Runner;
 use crate::error::Error;
-use crate::exit::{Outcome, Position, RunStats};
+use crate::exit::{ExitCodes, Outcome, Position, RunStats};
 use crate::job::Job;
 use crate::policy::{CheckpointPolicy, RetryPolicy};
 
@@ -44,13 +45,16 @@ pub(super) struct Run<'r, J: Job> {
 impl<J: Job> Runner<J> {
     /// One run: [`Run::start`], [`Run::run_chunks`], [`Run::finish`].
     ///
-    /// Sets `position` to the final checkpoint's cursor and state once it is saved.
+    /// Sets `position` to the final checkpoint's cursor and state once it is
+    /// saved; `watch` receives the run's watchdog once it is started.
     pub(super) async fn drive(
         self,
         stats: &mut RunStats,
+        codes: ExitCodes,
         position: &mut Option<Position>,
+        watch: &mut Option<Watch>,
     ) -> Result<Outcome, Error> {
-        let mut run = match Run::start(self, stats).await? {
+        let mut run = match Run::start(self, stats, codes, watch).await? {
             Started::Ready(run) => *run,
             Started::Ended(outcome) => return Ok(outcome),
         };

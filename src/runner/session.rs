@@ -15,7 +15,7 @@ use crate::job::Job;
 use crate::key::JobKey;
 use crate::retry::Backoff;
 
-use super::interrupts::Interrupts;
+use super::interrupts::{Interrupts, Stops};
 
 mod lease;
 use crate::store::{CheckpointStore, StoreError};
@@ -69,6 +69,9 @@ pub(super) struct Session {
     unsure: bool,
     /// This run, known to other runners of the same process.
     _live: lease::LiveRun,
+    /// The run's stop record, which the watchdog reads: each save is kept
+    /// there, and no save is made once the watchdog took over.
+    stops: Arc<Stops>,
 }
 
 impl Session {
@@ -77,6 +80,7 @@ impl Session {
         key: JobKey,
         codec: Codec,
         lease_ttl: Option<Duration>,
+        stops: Arc<Stops>,
     ) -> Self {
         let writer = Writer::this_process();
         let writer_run_id = writer.run_id;
@@ -98,6 +102,7 @@ impl Session {
             last_save: Instant::now(),
             unsure: false,
             _live: lease::LiveRun::register(writer_run_id),
+            stops,
         }
     }
 
@@ -298,6 +303,8 @@ impl Session {
     }
 
     async fn write(&mut self, payload: Payload, how: Write) -> Result<(), Error> {
+        // After the watchdog recorded the run's end, nothing more is written.
+        self.stops.may_write().await;
         self.reconcile().await;
         if self.unsure {
             // Writing now could fence this run off with its own write, or
@@ -366,6 +373,7 @@ impl Session {
         self.totals.checkpoints += 1;
         self.last_save = Instant::now();
         self.last = Some(payload);
+        self.stops.stored(&self.store, checkpoint);
         Ok(())
     }
 
@@ -417,6 +425,7 @@ impl Session {
             .find(|run| run.run_id == self.writer.run_id)
             .map_or(0, |run| run.chunks);
         self.stored = Some(stored.version);
+        self.stops.stored(&self.store, stored.clone());
         self.totals.checkpoints = self.totals.checkpoints.max(stored.counters.checkpoints);
         self.last_save = Instant::now();
         self.last = Some(Payload {

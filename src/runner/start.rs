@@ -16,10 +16,11 @@ use super::metrics::RunMetrics;
 use super::progress::Progress;
 use super::run::Run;
 use super::session::Session;
+use super::watchdog::Watch;
 use super::{Runner, StoreSpec};
 use crate::checkpoint::{Checkpoint, Status};
 use crate::error::Error;
-use crate::exit::{Outcome, RunStats};
+use crate::exit::{ExitCodes, Outcome, RunStats};
 use crate::job::Job;
 use crate::key::JobKey;
 use crate::retry::Backoff;
@@ -54,6 +55,8 @@ impl<'r, J: Job> Run<'r, J> {
     pub(super) async fn start(
         runner: Runner<J>,
         stats: &'r mut RunStats,
+        codes: ExitCodes,
+        watch: &mut Option<Watch>,
     ) -> Result<Started<'r, J>, Error> {
         let Runner {
             key,
@@ -79,9 +82,15 @@ impl<'r, J: Job> Run<'r, J> {
             return Err(Error::Config("the lease must last at least 300 ms".into()));
         }
         store.check()?;
-        let interrupts = Interrupts::listen(&signals, max_runtime, sources, budget)?;
+        let (interrupts, watched) =
+            Interrupts::listen(&signals, max_runtime, sources, budget, codes)?;
+        *watch = Some(watched);
         // Let stop requests that are already due (a finished `stop_on` future) register.
         tokio::task::yield_now().await;
+        // A stop before `run` (a signal heard since `shutdown::listen`).
+        if interrupts.stop_requested() {
+            return stopped_before_start(&interrupts, &key).map(Started::Ended);
+        }
 
         let Step::Done(store) = open(store, &interrupts).await? else {
             return stopped_before_start(&interrupts, &key).map(Started::Ended);
@@ -89,9 +98,16 @@ impl<'r, J: Job> Run<'r, J> {
         let Step::Done(loaded) = load(&*store, &key, &interrupts).await? else {
             return stopped_before_start(&interrupts, &key).map(Started::Ended);
         };
-        let mut session = Session::new::<J>(store, key, codec, lease);
+        let mut session = Session::new::<J>(store, key, codec, lease, interrupts.stops().clone());
         if ecs_identity {
-            if let Some(task) = identity::task().await {
+            let stop = interrupts.stop_token();
+            let task = tokio::select! {
+                task = identity::task() => task,
+                () = stop.cancelled() => {
+                    return stopped_before_start(&interrupts, &session.key).map(Started::Ended);
+                }
+            };
+            if let Some(task) = task {
                 session.set_task(task);
             }
         }
@@ -104,7 +120,17 @@ impl<'r, J: Job> Run<'r, J> {
         {
             return Ok(Started::Ended(outcome));
         }
-        if let Err(source) = job.resume(&cursor, &state).await {
+        // Nothing the job resumes is of use once a stop is requested: give it up.
+        let stop = interrupts.stop_token();
+        let resumed = tokio::select! {
+            resumed = job.resume(&cursor, &state) => resumed,
+            () = stop.cancelled() => {
+                return stopped_after_lease(&mut session, &interrupts, budget)
+                    .await
+                    .map(Started::Ended);
+            }
+        };
+        if let Err(source) = resumed {
             let e = Error::Job {
                 during: "resume".into(),
                 source,
@@ -262,14 +288,18 @@ async fn take_lease<J: Job>(
         Some(Ok(())) => Ok(None),
         Some(Err(Error::Store(e))) if e.is_transient() && interrupts.stop_requested() => {
             warn!(job = %session.key.short(), error = %e, "could not take the job's lease before the stop request");
-            stopped_after_lease(session, interrupts, budget).await
+            stopped_after_lease(session, interrupts, budget)
+                .await
+                .map(Some)
         }
         Some(Err(e)) => {
             // The last attempt may have landed (its answer lost): let go of the lease.
             release(session, failed(&e), interrupts, budget.grace).await;
             Err(e)
         }
-        None => stopped_after_lease(session, interrupts, budget).await,
+        None => stopped_after_lease(session, interrupts, budget)
+            .await
+            .map(Some),
     }
 }
 
@@ -278,7 +308,7 @@ fn stopped_before_start(interrupts: &Interrupts, key: &JobKey) -> Result<Outcome
     let source = interrupts
         .source()
         .ok_or_else(|| Error::Config("interrupted without a source".into()))?;
-    warn!(job = %key.short(), %source, "stopped before the first chunk: nothing to checkpoint");
+    warn!(job = %key.short(), %source, "stop requested before the first chunk: nothing to checkpoint");
     Ok(Outcome::Interrupted(source))
 }
 
@@ -288,7 +318,7 @@ async fn stopped_after_lease(
     session: &mut Session,
     interrupts: &Interrupts,
     budget: Budget,
-) -> Result<Option<Outcome>, Error> {
+) -> Result<Outcome, Error> {
     let outcome = stopped_before_start(interrupts, &session.key)?;
     if let Outcome::Interrupted(source) = &outcome {
         let status = Status::Interrupted {
@@ -296,5 +326,5 @@ async fn stopped_after_lease(
         };
         release(session, status, interrupts, budget.grace).await;
     }
-    Ok(Some(outcome))
+    Ok(outcome)
 }

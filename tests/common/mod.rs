@@ -9,7 +9,8 @@ use spotbatch::{Checkpoint, FileStore, JobKey};
 // Each test binary uses some of these.
 #[allow(unused_imports)]
 pub use spotbatch_test_support::{
-    example_bin, example_command, finish, signal, stderr, wait_within,
+    as_pid1, command_line, example_bin, example_command, finish, signal, signal_pid, stderr,
+    wait_within,
 };
 
 pub const JOB: &str = "e2e";

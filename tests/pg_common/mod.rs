@@ -74,4 +74,6 @@ pub async fn admin_pool() -> PgPool {
 
 // Each test binary uses some of these.
 #[allow(unused_imports)]
-pub use spotbatch_test_support::{example_bin, example_command, finish, signal};
+pub use spotbatch_test_support::{
+    as_pid1, command_line, example_bin, example_command, finish, signal, signal_pid,
+};

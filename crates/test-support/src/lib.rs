@@ -57,6 +57,71 @@ pub fn signal(child: &Child, sig: i32) {
     assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
 }
 
+/// Sends `sig` to the process `pid`.
+///
+/// # Panics
+///
+/// When kill(2) fails.
+pub fn signal_pid(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on a pid the test started and whose parent (the test,
+    // or `unshare`) has not reaped it: it cannot name another process.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+/// A command's program and arguments, as strings.
+pub fn command_line(cmd: &Command) -> Vec<String> {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Starts `cmd` (its program, arguments and environment) as PID 1 of a new
+/// PID namespace, as in a container; returns the `unshare` process (whose
+/// exit status is PID 1's; stdin and stdout null, stderr piped) and the host
+/// pid of the namespace's PID 1, to signal. Killing the `unshare` process
+/// kills PID 1 too (`--kill-child`), so a test that gives up on it leaves no
+/// process behind holding its pipes.
+///
+/// # Panics
+///
+/// When `unshare --pid` (util-linux, and root) is not available.
+// The child is returned to the caller, who waits for it.
+#[allow(clippy::zombie_processes)]
+pub fn as_pid1(cmd: &Command) -> (Child, i32) {
+    let mut unshare = Command::new("unshare");
+    unshare
+        .args(["--pid", "--fork", "--kill-child", "--mount-proc", "--"])
+        .args(command_line(cmd))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (name, value) in cmd.get_envs() {
+        match value {
+            Some(value) => unshare.env(name, value),
+            None => unshare.env_remove(name),
+        };
+    }
+    let mut child = unshare
+        .spawn()
+        .expect("unshare (util-linux) is needed for the PID 1 tests");
+    let children = format!("/proc/{0}/task/{0}/children", child.id());
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&children).unwrap_or_default();
+        if let Some(pid) = text.split_whitespace().next() {
+            return (child, pid.parse().expect("pid"));
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("unshare started no child: are we root?");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Waits for the child; returns its status and how long that took.
 ///
 /// # Panics

@@ -256,8 +256,8 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<bool, CliError> {
             if stopped_before_first_save(&r, &run) {
                 before_first_save += 1;
                 run.note = Some(
-                    "stopped by SIGTERM before its first save (opening the store, loading, taking the lease): \
-                     nothing to record"
+                    "stopped by SIGTERM before its first save (set-up before the run, opening the store, \
+                     loading, taking the lease): nothing to record"
                         .into(),
                 );
             }
@@ -485,7 +485,8 @@ fn judge(
                     ),
                     Some(_) => "the main process died of SIGTERM before the job had saved anything (no handler \
                          installed yet): harmless here, though in a container PID 1 ignores a signal it has no \
-                         handler for and is SIGKILLed after the grace period"
+                         handler for and is SIGKILLed after the grace period. Call \
+                         `spotbatch::shutdown::listen()` on the first line of `main`"
                         .to_owned(),
                     None => "the main process died of SIGTERM itself: no handler, or none installed yet \
                          (give --store and --job to tell which); a job killed by SIGTERM writes no final \
