@@ -96,6 +96,7 @@ mod policy;
 mod retry;
 mod runner;
 mod shutdown;
+mod types;
 pub mod sink;
 pub mod store;
 
@@ -128,6 +129,7 @@ pub use policy::{CheckpointPolicy, Every, RetryPolicy};
 pub use runner::{Runner, DEFAULT_STORE_DIR};
 pub use shutdown::{InterruptSource, Signal, StopSource};
 pub use sink::FileSink;
+pub use types::{TraceError, TypeDescription};
 pub use store::{
     open_store, redact_url, CheckpointStore, FileStore, Listing, MemoryStore, Refusal, StoreError,
     Summary,
