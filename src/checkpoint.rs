@@ -308,8 +308,7 @@ impl Checkpoint {
     pub fn encode(&self) -> Vec<u8> {
         let (tag, detail) = self.status.tag_and_detail();
         let types = self.types.as_ref().map_or("", TypeDescription::as_json);
-        let mut body =
-            Vec::with_capacity(128 + types.len() + self.cursor.len() + self.state.len());
+        let mut body = Vec::with_capacity(128 + types.len() + self.cursor.len() + self.state.len());
         put_bytes(&mut body, self.job.as_str().as_bytes());
         body.extend_from_slice(&self.version.to_le_bytes());
         body.push(tag);
@@ -800,6 +799,9 @@ mod tests {
         assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 1);
         assert_eq!(Checkpoint::decode(&bytes).unwrap(), old);
         // Written again, it is format 2.
-        assert_eq!(u16::from_le_bytes([old.encode()[8], old.encode()[9]]), FORMAT);
+        assert_eq!(
+            u16::from_le_bytes([old.encode()[8], old.encode()[9]]),
+            FORMAT
+        );
     }
 }

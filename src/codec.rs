@@ -89,11 +89,11 @@ impl Codec {
     ) -> Result<Vec<u8>, CodecError> {
         let bytes = self.encode(value)?;
         let back: T = self.decode(&bytes).map_err(|mut e| {
-            e.operation = "read back";
+            e.operation = Operation::ReadBack;
             e
         })?;
         let again = self.encode(&back).map_err(|mut e| {
-            e.operation = "encode again";
+            e.operation = Operation::EncodeAgain;
             e
         })?;
         if again != bytes {
@@ -118,7 +118,7 @@ impl Codec {
                 if used != bytes.len() {
                     return Err(CodecError::new(
                         self,
-                        "decode",
+                        Operation::Decode,
                         format!("{} trailing bytes after the value", bytes.len() - used),
                     ));
                 }
@@ -132,11 +132,11 @@ impl Codec {
     /// A failed encode's error, with the path serde was at when the codec
     /// exposes its serializer (JSON; bincode does not).
     fn encode_error<T: Serialize + ?Sized>(self, value: &T, message: String) -> CodecError {
-        let mut error = CodecError::new(self, "encode", message);
+        let mut error = CodecError::new(self, Operation::Encode, message);
         if self == Codec::Json {
             let mut serializer = serde_json::Serializer::new(std::io::sink());
             if let Err(e) = serde_path_to_error::serialize(value, &mut serializer) {
-                error.path = path_of(e.path());
+                error.path = path_of(e.path()).map(String::into_boxed_str);
                 error.message = e.into_inner().to_string();
             }
         }
@@ -147,7 +147,7 @@ impl Codec {
     /// decoded again, tracking it (only on failure: a decode that succeeds
     /// pays nothing).
     fn decode_error<T: DeserializeOwned>(self, bytes: &[u8], message: String) -> CodecError {
-        let mut error = CodecError::new(self, "decode", message);
+        let mut error = CodecError::new(self, Operation::Decode, message);
         let path = match self {
             Codec::Bincode => {
                 let mut decoder = bincode::serde::BorrowedSerdeDecoder::from_slice(
@@ -166,7 +166,7 @@ impl Codec {
                     .map(|e| path_of(e.path()))
             }
         };
-        error.path = path.flatten();
+        error.path = path.flatten().map(String::into_boxed_str);
         if self == Codec::Bincode && error.path.is_some() {
             // bincode reads a struct as a tuple: serde sees positions, not names.
             error
@@ -192,7 +192,7 @@ impl Codec {
             .unwrap_or(bytes.len().min(again.len()));
         let mut error = CodecError::new(
             self,
-            "read back",
+            Operation::ReadBack,
             format!(
                 "it decodes as another value (re-encoded: {} bytes instead of {}, \
                  the first difference at byte {offset})",
@@ -206,7 +206,7 @@ impl Codec {
                 serde_json::from_slice::<serde_json::Value>(again),
             ) {
                 if let Some((path, was, now)) = first_difference(&a, &b, String::new()) {
-                    error.path = (!path.is_empty()).then_some(path);
+                    error.path = (!path.is_empty()).then(|| path.into_boxed_str());
                     error.message = format!("it decodes as {now} instead of {was}");
                 }
             }
@@ -263,21 +263,42 @@ fn first_difference(
 /// A value the codec could not encode, decode or read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{codec} could not {operation} the {what}{}: {message}",
+    "{} could not {operation} the {what}{}: {message}",
+    codec.name(),
     path.as_ref().map(|p| format!(" at `{p}`")).unwrap_or_default()
 )]
 pub struct CodecError {
-    codec: &'static str,
-    operation: &'static str,
+    codec: Codec,
+    operation: Operation,
     what: &'static str,
-    path: Option<String>,
+    path: Option<Box<str>>,
     message: String,
 }
 
+/// What a codec was doing when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    Encode,
+    Decode,
+    ReadBack,
+    EncodeAgain,
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Operation::Encode => "encode",
+            Operation::Decode => "decode",
+            Operation::ReadBack => "read back",
+            Operation::EncodeAgain => "encode again",
+        })
+    }
+}
+
 impl CodecError {
-    fn new(codec: Codec, operation: &'static str, message: impl ToString) -> Self {
+    fn new(codec: Codec, operation: Operation, message: impl ToString) -> Self {
         Self {
-            codec: codec.name(),
+            codec,
             operation,
             what: "value",
             path: None,
@@ -388,7 +409,10 @@ mod tests {
             let err = Codec::Json.encode_checked(&value).unwrap_err();
             assert_eq!(err.path(), Some("[0].mean"), "{err}");
             let text = err.to_string();
-            assert!(text.starts_with("json could not read back the value at `[0].mean`"), "{text}");
+            assert!(
+                text.starts_with("json could not read back the value at `[0].mean`"),
+                "{text}"
+            );
             assert!(text.contains("NaN or infinite float"), "{text}");
             // bincode keeps a float's bits.
             Codec::Bincode.encode_checked(&value).unwrap();
@@ -419,11 +443,18 @@ mod tests {
     fn json_refuses_map_keys_that_are_not_strings() {
         let value = std::collections::BTreeMap::from([((1u32, 2u32), 3u32)]);
         let err = Codec::Json.encode_checked(&value).unwrap_err();
-        assert!(err.to_string().starts_with("json could not encode"), "{err}");
+        assert!(
+            err.to_string().starts_with("json could not encode"),
+            "{err}"
+        );
         assert!(err.to_string().contains("key must be a string"), "{err}");
         checked(Codec::Bincode, &value).unwrap();
         // Integer keys become strings and read back.
-        checked(Codec::Json, &std::collections::BTreeMap::from([(7u64, 1u8)])).unwrap();
+        checked(
+            Codec::Json,
+            &std::collections::BTreeMap::from([(7u64, 1u8)]),
+        )
+        .unwrap();
     }
 
     #[test]
@@ -476,7 +507,11 @@ mod tests {
         };
         assert!(Codec::Bincode.encode_checked(&flat).is_err());
         // JSON reads all three back.
-        checked(Codec::Json, &vec![Either::Number(1), Either::Text("t".into())]).unwrap();
+        checked(
+            Codec::Json,
+            &vec![Either::Number(1), Either::Text("t".into())],
+        )
+        .unwrap();
         checked(Codec::Json, &flat).unwrap();
     }
 
@@ -503,9 +538,17 @@ mod tests {
             checked(Codec::Json, &value).unwrap();
         }
         // Read back as another value: where the two differ.
-        let err = Codec::Json.encode_checked(&Defaulted { step: 7 }).unwrap_err();
-        assert!(err.to_string().contains("it decodes as {\"step\":0} instead of {}"), "{err}");
-        assert!(Codec::Bincode.encode_checked(&Defaulted { step: 7 }).is_err());
+        let err = Codec::Json
+            .encode_checked(&Defaulted { step: 7 })
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("it decodes as {\"step\":0} instead of {}"),
+            "{err}"
+        );
+        assert!(Codec::Bincode
+            .encode_checked(&Defaulted { step: 7 })
+            .is_err());
     }
 
     #[test]
@@ -528,7 +571,11 @@ mod tests {
         );
         let err = Codec::Json.encode_checked(&value).unwrap_err();
         assert_eq!(err.path(), Some("[1]"));
-        assert!(err.to_string().contains("it decodes as \"padded\" instead of \" padded \""), "{err}");
+        assert!(
+            err.to_string()
+                .contains("it decodes as \"padded\" instead of \" padded \""),
+            "{err}"
+        );
         checked(Codec::Bincode, &(1u8, "kept ".to_owned())).unwrap();
     }
 

@@ -96,6 +96,7 @@ pub trait Job: Send {
     ///
     /// Any error ends the run as the job's error (exit 1), leaving the
     /// checkpoint as it is.
+    #[allow(clippy::type_complexity)] // spelled out for the implementer
     fn migrate(
         &self,
         _stored: &Checkpoint,

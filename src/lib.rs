@@ -96,9 +96,9 @@ mod policy;
 mod retry;
 mod runner;
 mod shutdown;
-mod types;
 pub mod sink;
 pub mod store;
+mod types;
 
 #[cfg(feature = "aws")]
 #[cfg_attr(docsrs, doc(cfg(feature = "aws")))]
@@ -129,11 +129,11 @@ pub use policy::{CheckpointPolicy, Every, RetryPolicy};
 pub use runner::{Runner, DEFAULT_STORE_DIR};
 pub use shutdown::{InterruptSource, Signal, StopSource};
 pub use sink::FileSink;
-pub use types::{TraceError, TypeDescription};
 pub use store::{
     open_store, redact_url, CheckpointStore, FileStore, Listing, MemoryStore, Refusal, StoreError,
     Summary,
 };
+pub use types::{TraceError, TypeDescription};
 
 /// Everything a first job needs, in one import.
 pub mod prelude {

@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_reflection::{ContainerFormat, Format, Named, Samples, Tracer, TracerConfig, VariantFormat};
+use serde_reflection::{
+    ContainerFormat, Format, Named, Samples, Tracer, TracerConfig, VariantFormat,
+};
 
 /// The version of the description's own format, stored inside it; a
 /// description of another version is not compared (the type name is).
@@ -62,8 +64,7 @@ impl TypeDescription {
     /// Tracing does not end for an enum that holds itself in its *first*
     /// variant (`enum Expr { Add(Box<Expr>, Box<Expr>), Lit(u64) }`): list
     /// a variant that does not hold it first.
-    pub fn trace<Cursor: DeserializeOwned, State: DeserializeOwned>(
-    ) -> Result<Self, TraceError> {
+    pub fn trace<Cursor: DeserializeOwned, State: DeserializeOwned>() -> Result<Self, TraceError> {
         let described = trace_pair::<Cursor, State>().map_err(|e| TraceError(e.to_string()))?;
         let json = serde_json::to_string(&described).map_err(|e| TraceError(e.to_string()))?;
         Ok(Self { json: json.into() })
@@ -520,7 +521,10 @@ impl Diff<'_> {
             return;
         }
         let (Some(old), Some(new)) = (self.old.types.get(a), self.new.types.get(b)) else {
-            self.change(path, format!("was {a}, now {b} (a type missing from the description)"));
+            self.change(
+                path,
+                format!("was {a}, now {b} (a type missing from the description)"),
+            );
             return;
         };
         match (old, new) {
@@ -537,10 +541,7 @@ impl Diff<'_> {
 
     fn positional(&mut self, path: &str, old: &[Shape], new: &[Shape]) {
         if old.len() != new.len() {
-            self.change(
-                path,
-                format!("was ({}), now ({})", list(old), list(new)),
-            );
+            self.change(path, format!("was ({}), now ({})", list(old), list(new)));
             return;
         }
         for (i, (x, y)) in old.iter().zip(new).enumerate() {
@@ -549,9 +550,8 @@ impl Diff<'_> {
     }
 
     fn fields(&mut self, path: &str, old: &[(String, Shape)], new: &[(String, Shape)]) {
-        let find = |fields: &[(String, Shape)], name: &str| {
-            fields.iter().position(|(n, _)| n == name)
-        };
+        let find =
+            |fields: &[(String, Shape)], name: &str| fields.iter().position(|(n, _)| n == name);
         for (name, shape) in old {
             if find(new, name).is_none() {
                 self.change(&format!("{path}.{name}"), format!("removed (was {shape})"));
@@ -586,14 +586,18 @@ impl Diff<'_> {
         }
     }
 
-    fn variants(&mut self, path: &str, old: &[(u32, String, Fields)], new: &[(u32, String, Fields)]) {
+    fn variants(
+        &mut self,
+        path: &str,
+        old: &[(u32, String, Fields)],
+        new: &[(u32, String, Fields)],
+    ) {
         for (index, name, fields) in old {
             match new.iter().find(|(i, _, _)| i == index) {
                 None => self.change(&format!("{path}::{name}"), "removed".into()),
-                Some((_, now, _)) if now != name => self.change(
-                    path,
-                    format!("variant {index} was {name}, now {now}"),
-                ),
+                Some((_, now, _)) if now != name => {
+                    self.change(path, format!("variant {index} was {name}, now {now}"))
+                }
                 Some((_, _, now)) => self.variant(&format!("{path}::{name}"), fields, now),
             }
         }
@@ -602,7 +606,10 @@ impl Diff<'_> {
         for (index, name, _) in new {
             let known = old.iter().any(|(i, _, _)| i == index);
             if !known && last.is_some_and(|last| *index < last) {
-                self.change(&format!("{path}::{name}"), format!("added as variant {index}"));
+                self.change(
+                    &format!("{path}::{name}"),
+                    format!("added as variant {index}"),
+                );
             }
         }
     }
@@ -824,7 +831,10 @@ mod tests {
             Cons(u32, Box<List>),
         }
         let text = describe::<u64, List>().to_string();
-        assert!(text.contains("List = enum { Nil, Cons(u32, List) }"), "{text}");
+        assert!(
+            text.contains("List = enum { Nil, Cons(u32, List) }"),
+            "{text}"
+        );
         assert_eq!(
             describe::<u64, List>().changes_to(&describe::<u64, List>()),
             Some(Ok(()))

@@ -135,7 +135,7 @@ impl Job for Averaging {
         let i = *chunk.start();
         s.count += 1;
         s.mean = if self.broken && i == 5 {
-            0.0 / 0.0
+            f64::NAN
         } else {
             s.mean + (i as f64 - s.mean) / s.count as f64
         };
@@ -170,12 +170,17 @@ async fn run_job(name: &str, dir: PathBuf) -> u8 {
                 .await
         }
         "nan" | "fixed" => {
-            Runner::new(KEY, Averaging { broken: name == "nan" })
-                .store(store)
-                .codec(Codec::Json)
-                .checkpoint(every)
-                .run()
-                .await
+            Runner::new(
+                KEY,
+                Averaging {
+                    broken: name == "nan",
+                },
+            )
+            .store(store)
+            .codec(Codec::Json)
+            .checkpoint(every)
+            .run()
+            .await
         }
         other => panic!("no job {other:?}"),
     };
@@ -252,7 +257,9 @@ fn a_changed_field_type_is_refused_saying_what_changed_and_can_be_migrated() {
     assert!(cursor < CHUNKS, "the run was interrupted before the end");
     let types = interrupted.types.as_ref().expect("the shape is recorded");
     assert!(
-        types.to_string().contains("State = struct { count: u64, total: u64 }"),
+        types
+            .to_string()
+            .contains("State = struct { count: u64, total: u64 }"),
         "{types}"
     );
 
@@ -262,8 +269,15 @@ fn a_changed_field_type_is_refused_saying_what_changed_and_can_be_migrated() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(65), "{err}");
     assert!(err.contains("State.count: was u64, now i64"), "{err}");
-    assert!(err.contains("spotbatch reset") && err.contains("Job::migrate"), "{err}");
-    assert_eq!(stored_bytes(dir), before, "the checkpoint is left as it was");
+    assert!(
+        err.contains("spotbatch reset") && err.contains("Job::migrate"),
+        "{err}"
+    );
+    assert_eq!(
+        stored_bytes(dir),
+        before,
+        "the checkpoint is left as it was"
+    );
 
     // Redeployed with a migration: it resumes and the totals are right.
     let out = run("v2-migrates", dir);

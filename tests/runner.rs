@@ -972,7 +972,10 @@ async fn without_a_recorded_shape_the_type_name_is_compared() {
     assert!(report.is_complete(), "{:?}", report.outcome);
     let done = stored(&store, "mine").await;
     assert_eq!(cursor_and_sum(&done), (100, sum_below(100)));
-    assert_eq!(done.types, Some(TypeDescription::trace::<u64, u64>().unwrap()));
+    assert_eq!(
+        done.types,
+        Some(TypeDescription::trace::<u64, u64>().unwrap())
+    );
 }
 
 #[tokio::test(start_paused = true)]
