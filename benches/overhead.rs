@@ -69,7 +69,7 @@ use std::time::{Duration, Instant};
 
 use spotbatch::{
     async_trait, BoxError, Checkpoint, CheckpointPolicy, CheckpointStore, Chunk, ChunkContext,
-    Codec, FileStore, Job, JobKey, MemoryStore, Outcome, Runner, Writer,
+    Codec, FileStore, Job, JobKey, MemoryStore, Outcome, Runner, TypeDescription, Writer,
 };
 use spotbatch_test_support::table::{print_table, Latencies, Mode, Row};
 
@@ -370,7 +370,28 @@ async fn per_chunk(sizes: Sizes, dir: &Path) -> Vec<Row> {
 // ---------------------------------------------------------------------------
 // 2. Checkpoint latency
 
-/// A checkpoint as a real job writes it: 16-byte cursor, 256-byte state.
+/// The cursor and state types whose shape the realistic checkpoint records.
+mod etl {
+    #![allow(dead_code)] // only traced
+
+    #[derive(serde::Deserialize)]
+    pub(super) struct Cursor {
+        page: Option<String>,
+        offset: u64,
+    }
+
+    #[derive(serde::Deserialize)]
+    pub(super) struct Totals {
+        rows: u64,
+        bytes: u64,
+        errors: u32,
+        by_kind: std::collections::BTreeMap<String, u64>,
+        last_key: String,
+    }
+}
+
+/// A checkpoint as a real job writes it: 16-byte cursor, 256-byte state,
+/// and the shape of their types.
 fn realistic_checkpoint() -> Checkpoint {
     let mut c = Checkpoint::new(
         JobKey::new("nightly-etl/2026-11-24").expect("key"),
@@ -378,6 +399,7 @@ fn realistic_checkpoint() -> Checkpoint {
     );
     c.cursor_type = "(etl::Cursor, etl::Totals)".to_owned();
     c.schema = 1;
+    c.types = Some(TypeDescription::trace::<etl::Cursor, etl::Totals>().expect("trace"));
     c.cursor = (0u8..16).collect();
     c.state = (0..256u32).map(|i| (i * 7) as u8).collect();
     c.counters.chunks = 123_456;
@@ -508,6 +530,32 @@ fn envelope(sizes: Sizes) -> Vec<Row> {
             black_box(Codec::Bincode.encode(black_box(&state)).expect("encode"));
         }
     }));
+    // What each save adds to check that the bytes read back (decode and
+    // encode again), for both codecs; and tracing the types' shape, once
+    // per run.
+    let checked = |codec: Codec| {
+        per(timed(|| {
+            for _ in 0..iters {
+                black_box(codec.encode_checked(black_box(&cursor)).expect("encode"));
+                black_box(codec.encode_checked(black_box(&state)).expect("encode"));
+            }
+        }))
+    };
+    let json = per(timed(|| {
+        for _ in 0..iters {
+            black_box(Codec::Json.encode(black_box(&cursor)).expect("encode"));
+            black_box(Codec::Json.encode(black_box(&state)).expect("encode"));
+        }
+    }));
+    let (bincode_checked, json_checked) = (checked(Codec::Bincode), checked(Codec::Json));
+    let trace_iters = (iters / 100).max(1);
+    let trace = timed(|| {
+        for _ in 0..trace_iters {
+            black_box(TypeDescription::trace::<etl::Cursor, etl::Totals>().expect("trace"));
+        }
+    })
+    .as_nanos() as f64
+        / f64::from(trace_iters);
     vec![
         Row::section("3. envelope (ns; baseline: copy the bytes + CRC-32)"),
         Row::ns("encode", encode, copy_crc),
@@ -516,6 +564,21 @@ fn envelope(sizes: Sizes) -> Vec<Row> {
         Row::ns(
             "bincode of cursor + state, as the runner does per save",
             codec,
+            copy_crc,
+        ),
+        Row::ns(
+            "bincode of cursor + state with the read-back check (baseline: without)",
+            bincode_checked,
+            codec,
+        ),
+        Row::ns(
+            "JSON of cursor + state with the read-back check (baseline: without)",
+            json_checked,
+            json,
+        ),
+        Row::ns(
+            "tracing the cursor and state types' shape, once per run (baseline: copy + CRC-32)",
+            trace,
             copy_crc,
         ),
     ]

@@ -1,17 +1,19 @@
 //! The checkpoint envelope: what a store holds for one job, and its binary form.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //!
 //! All integers little-endian; `str` and `bytes` are a `u32` length then the bytes.
 //!
 //! ```text
 //! magic        8 bytes  "SPOTBKPT"
-//! format       u16      1
+//! format       u16      2
 //! body length  u32      bytes between this field and the checksum
 //! body:
 //!   job key str, version u64,
 //!   status u8 (0 running, 1 interrupted, 2 completed, 3 failed), status detail str,
-//!   codec u8, cursor type str, schema u32, cursor bytes, state bytes,
+//!   codec u8, cursor type str, schema u32,
+//!   type description str (JSON; empty when none),
+//!   cursor bytes, state bytes,
 //!   chunks u64, items u64, checkpoints u64, interruptions u64, runs u64,
 //!   created ms u64, updated ms u64 (Unix epoch),
 //!   writer host str, writer pid u32, writer run id 16 bytes, writer task str,
@@ -23,7 +25,9 @@
 //! ```
 //!
 //! The envelope layout is written by hand, not by the cursor codec, so the
-//! codec can change without making stored checkpoints unreadable.
+//! codec can change without making stored checkpoints unreadable. Format 1
+//! (written before the type description was added) is the same without
+//! that field; it is still read, as a checkpoint without a description.
 //!
 //! ```
 //! use spotbatch::checkpoint::{Checkpoint, Writer};
@@ -46,9 +50,13 @@ use uuid::Uuid;
 
 use crate::codec::{Codec, CodecError};
 use crate::key::JobKey;
+use crate::types::TypeDescription;
 
 const MAGIC: &[u8; 8] = b"SPOTBKPT";
-const FORMAT: u16 = 1;
+/// The envelope format this build writes; it reads this one and format 1.
+pub(crate) const FORMAT: u16 = 2;
+/// The format before the type description.
+const FORMAT_1: u16 = 1;
 const HEADER_LEN: usize = 8 + 2 + 4;
 const CHECKSUM_LEN: usize = 4;
 
@@ -241,6 +249,10 @@ pub struct Checkpoint {
     pub cursor_type: String,
     /// The job's declared schema version ([`Job::SCHEMA_VERSION`](crate::Job::SCHEMA_VERSION)), checked on load.
     pub schema: u32,
+    /// The serde shape of the cursor and state types, compared on load;
+    /// `None` in checkpoints written before it was recorded, or for types
+    /// that cannot be traced (then only `cursor_type` is compared).
+    pub types: Option<TypeDescription>,
     /// The encoded cursor: where the next chunk starts.
     pub cursor: Vec<u8>,
     /// The encoded state carried with the cursor.
@@ -280,6 +292,7 @@ impl Checkpoint {
             codec: Codec::default(),
             cursor_type: String::new(),
             schema: 0,
+            types: None,
             cursor: Vec::new(),
             state: Vec::new(),
             counters: Counters::default(),
@@ -294,7 +307,8 @@ impl Checkpoint {
     /// The envelope's bytes.
     pub fn encode(&self) -> Vec<u8> {
         let (tag, detail) = self.status.tag_and_detail();
-        let mut body = Vec::with_capacity(128 + self.cursor.len() + self.state.len());
+        let types = self.types.as_ref().map_or("", TypeDescription::as_json);
+        let mut body = Vec::with_capacity(128 + types.len() + self.cursor.len() + self.state.len());
         put_bytes(&mut body, self.job.as_str().as_bytes());
         body.extend_from_slice(&self.version.to_le_bytes());
         body.push(tag);
@@ -302,6 +316,7 @@ impl Checkpoint {
         body.push(self.codec.id());
         put_bytes(&mut body, self.cursor_type.as_bytes());
         body.extend_from_slice(&self.schema.to_le_bytes());
+        put_bytes(&mut body, types.as_bytes());
         put_bytes(&mut body, &self.cursor);
         put_bytes(&mut body, &self.state);
         let c = &self.counters;
@@ -364,7 +379,7 @@ impl Checkpoint {
             });
         }
         let format = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if format != FORMAT {
+        if format != FORMAT && format != FORMAT_1 {
             return Err(CheckpointError::UnsupportedFormat {
                 found: format,
                 supported: FORMAT,
@@ -405,6 +420,12 @@ impl Checkpoint {
             Codec::from_id(codec_id).ok_or(CheckpointError::UnknownCodec { id: codec_id })?;
         let cursor_type = r.string("cursor type")?;
         let schema = r.u32("schema")?;
+        let types = if format == FORMAT_1 {
+            None
+        } else {
+            let json = r.string("type description")?;
+            (!json.is_empty()).then(|| TypeDescription::from_json(json))
+        };
         let cursor = r.bytes("cursor")?.to_vec();
         let state = r.bytes("state")?.to_vec();
         let counters = Counters {
@@ -454,6 +475,7 @@ impl Checkpoint {
             codec,
             cursor_type,
             schema,
+            types,
             cursor,
             state,
             counters,
@@ -588,11 +610,15 @@ pub enum CheckpointError {
         /// The job named inside.
         found: String,
     },
-    /// The job's cursor or state type, or its declared schema version, changed.
+    /// The name of the job's cursor and state types, or its declared schema
+    /// version, changed (the name is compared when the shapes cannot be:
+    /// see [`TypesChanged`](Self::TypesChanged)).
     #[error(
         "checkpoint holds a cursor of type {found} (schema {found_schema}), \
          but the job now uses {expected} (schema {expected_schema}); if only the \
-         types' names or paths changed, return the stored name from Job::cursor_type"
+         types' names or paths changed, return the stored name from Job::cursor_type; \
+         otherwise start the job over (`spotbatch reset`, or Runner::restart) or \
+         convert the checkpoint in Job::migrate"
     )]
     CursorTypeChanged {
         /// The type the job uses now.
@@ -603,6 +629,24 @@ pub enum CheckpointError {
         found: String,
         /// The schema version stored.
         found_schema: u32,
+    },
+    /// The shape of the job's cursor or state types changed since the
+    /// checkpoint was written (a field's type, the fields' order, a field
+    /// added or removed, an enum's variants): its bytes would be misread.
+    #[error(
+        "the cursor and state types changed since the checkpoint was written \
+         ({found} then, {expected} now): {}; start the job over (`spotbatch reset`, \
+         or Runner::restart), keep the old types, or convert the checkpoint in Job::migrate",
+        changes.join("; ")
+    )]
+    TypesChanged {
+        /// The types' name now.
+        expected: String,
+        /// The types' name stored.
+        found: String,
+        /// Each change, at a path from the top of the type: `Totals.count:
+        /// was u64, now i64`, `Totals.limit: added (u32)`.
+        changes: Vec<String>,
     },
     /// The cursor or state bytes do not decode as the job's types.
     #[error("checkpoint cursor or state does not decode: {0}")]
@@ -622,6 +666,7 @@ mod tests {
         ckpt.codec = Codec::Json;
         ckpt.cursor_type = "(u64, ())".into();
         ckpt.schema = 3;
+        ckpt.types = Some(TypeDescription::trace::<u64, ()>().unwrap());
         ckpt.cursor = b"12000".to_vec();
         ckpt.state = b"null".to_vec();
         ckpt.counters = Counters {
@@ -703,12 +748,12 @@ mod tests {
         assert!(err.to_string().contains("checksum"), "{err}");
 
         let mut newer = sample().encode();
-        newer[8] = 2;
+        newer[8] = 3;
         assert_eq!(
             Checkpoint::decode(&newer).unwrap_err(),
             CheckpointError::UnsupportedFormat {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             }
         );
         let mut longer = sample().encode();
@@ -717,5 +762,46 @@ mod tests {
             Checkpoint::decode(&longer),
             Err(CheckpointError::Malformed { .. })
         ));
+    }
+
+    /// `checkpoint` (without a type description) in format 1, as builds
+    /// before format 2 wrote it: no description field.
+    fn format_1(checkpoint: &Checkpoint) -> Vec<u8> {
+        assert!(checkpoint.types.is_none());
+        let v2 = checkpoint.encode();
+        let (_, detail) = checkpoint.status.tag_and_detail();
+        let at = HEADER_LEN
+            + 4
+            + checkpoint.job.as_str().len()
+            + 8
+            + 1
+            + 4
+            + detail.len()
+            + 1
+            + 4
+            + checkpoint.cursor_type.len()
+            + 4;
+        assert_eq!(v2[at..at + 4], [0; 4], "the empty description's length");
+        let mut v1 = [&v2[..at], &v2[at + 4..v2.len() - CHECKSUM_LEN]].concat();
+        v1[8..10].copy_from_slice(&FORMAT_1.to_le_bytes());
+        let body_len = u32::try_from(v1.len() - HEADER_LEN).unwrap();
+        v1[10..14].copy_from_slice(&body_len.to_le_bytes());
+        let crc = crc32fast::hash(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        v1
+    }
+
+    #[test]
+    fn format_1_is_read_as_a_checkpoint_without_a_description() {
+        let mut old = sample();
+        old.types = None;
+        let bytes = format_1(&old);
+        assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 1);
+        assert_eq!(Checkpoint::decode(&bytes).unwrap(), old);
+        // Written again, it is format 2.
+        assert_eq!(
+            u16::from_le_bytes([old.encode()[8], old.encode()[9]]),
+            FORMAT
+        );
     }
 }

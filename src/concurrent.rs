@@ -65,6 +65,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::checkpoint::Checkpoint;
 use crate::error::BoxError;
 use crate::job::{Cancelled, Chunk, ChunkContext, ChunkPanicked, Job};
 
@@ -92,6 +93,21 @@ pub trait ConcurrentJob: Send + Sync + 'static {
     /// See [`Job::cursor_type`].
     fn cursor_type() -> &'static str {
         std::any::type_name::<(Self::Cursor, Self::State)>()
+    }
+
+    /// Converts a checkpoint written with other cursor or state types. See
+    /// [`Job::migrate`].
+    ///
+    /// # Errors
+    ///
+    /// Any error ends the run as the job's error (exit 1), leaving the
+    /// checkpoint as it is.
+    #[allow(clippy::type_complexity)] // spelled out for the implementer
+    fn migrate(
+        &self,
+        _stored: &Checkpoint,
+    ) -> Result<Option<(Self::Cursor, Self::State)>, BoxError> {
+        Ok(None)
     }
 
     /// Called once before the first chunk of every run. See [`Job::resume`].
@@ -309,6 +325,10 @@ impl<J: ConcurrentJob> Job for Concurrent<J> {
 
     fn cursor_type() -> &'static str {
         J::cursor_type()
+    }
+
+    fn migrate(&self, stored: &Checkpoint) -> Result<Option<(J::Cursor, J::State)>, BoxError> {
+        self.job.migrate(stored)
     }
 
     async fn resume(&mut self, cursor: &J::Cursor, state: &J::State) -> Result<(), BoxError> {

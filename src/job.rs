@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::Checkpoint;
 use crate::error::BoxError;
 
 /// A batch job cut into chunks.
@@ -47,22 +48,60 @@ pub trait Job: Send {
     type State: Serialize + DeserializeOwned + Clone + Default + Send + Sync + 'static;
 
     /// Bump this when the meaning of the cursor or state changes while its
-    /// Rust type does not: a checkpoint of another schema version is refused
-    /// on load instead of being misread.
+    /// shape does not: a checkpoint of another schema version is refused
+    /// on load instead of being misread. (A change of shape is detected by
+    /// itself: see the [jobs guide][guide].)
+    ///
+    /// [guide]: https://github.com/spotbatch/spotbatch/blob/main/docs/jobs.md#changing-the-cursor-or-state-types
     const SCHEMA_VERSION: u32 = 1;
 
-    /// The name recorded in each checkpoint for the cursor and state types,
-    /// and compared on load together with [`SCHEMA_VERSION`](Self::SCHEMA_VERSION).
+    /// The name recorded in each checkpoint for the cursor and state types.
+    ///
+    /// On load it is compared only where the types' shapes cannot be (a
+    /// checkpoint written before shapes were recorded, or types that cannot
+    /// be traced); where they can, the shapes decide and a renamed type of
+    /// the same shape is accepted.
     ///
     /// The default is the Rust type name of `(Cursor, State)`, module paths
-    /// included: renaming or moving the types makes stored checkpoints refused
-    /// until restarted, and Rust does not promise that
-    /// [`type_name`](std::any::type_name) stays the same across compiler
-    /// versions. Return a fixed name (e.g. `"nightly-etl/page-cursor"`) to make
-    /// renames and toolchain upgrades safe; for a job already in production,
-    /// return the name its checkpoints hold (`spotbatch show` prints it).
+    /// included: where the name is compared, renaming or moving the types
+    /// makes stored checkpoints refused until restarted, and Rust does not
+    /// promise that [`type_name`](std::any::type_name) stays the same across
+    /// compiler versions. Return a fixed name (e.g.
+    /// `"nightly-etl/page-cursor"`) to make renames and toolchain upgrades
+    /// safe there; for a job already in production, return the name its
+    /// checkpoints hold (`spotbatch show` prints it).
     fn cursor_type() -> &'static str {
         std::any::type_name::<(Self::Cursor, Self::State)>()
+    }
+
+    /// Converts a checkpoint written with other cursor or state types, or
+    /// another [`SCHEMA_VERSION`](Self::SCHEMA_VERSION), into this job's
+    /// cursor and state. Called on load, in place of refusing the
+    /// checkpoint, when its types or schema version differ from the job's
+    /// (not when restarting).
+    ///
+    /// `stored` tells what it was written with: [`Checkpoint::schema`],
+    /// [`Checkpoint::cursor_type`], [`Checkpoint::types`] (the old types'
+    /// shape, `None` in checkpoints written before shapes were recorded),
+    /// and the bytes [`Checkpoint::cursor`] and [`Checkpoint::state`] in
+    /// [`Checkpoint::codec`] (decode them with old types kept for the
+    /// purpose, e.g. `stored.codec.decode::<OldState>(&stored.state)`).
+    /// The run then resumes from what it returns, and its next save
+    /// records the new types.
+    ///
+    /// The default returns `Ok(None)`: the checkpoint is refused (exit 65)
+    /// with what changed.
+    ///
+    /// # Errors
+    ///
+    /// Any error ends the run as the job's error (exit 1), leaving the
+    /// checkpoint as it is.
+    #[allow(clippy::type_complexity)] // spelled out for the implementer
+    fn migrate(
+        &self,
+        _stored: &Checkpoint,
+    ) -> Result<Option<(Self::Cursor, Self::State)>, BoxError> {
+        Ok(None)
     }
 
     /// Called once before the first chunk of every run, with the cursor and

@@ -103,6 +103,7 @@ mod runner;
 pub mod shutdown;
 pub mod sink;
 pub mod store;
+mod types;
 
 #[cfg(feature = "aws")]
 #[cfg_attr(docsrs, doc(cfg(feature = "aws")))]
@@ -137,6 +138,7 @@ pub use store::{
     open_store, redact_url, CheckpointStore, FileStore, Listing, MemoryStore, Refusal, StoreError,
     Summary,
 };
+pub use types::{TraceError, TypeDescription};
 
 /// Everything a first job needs, in one import.
 pub mod prelude {

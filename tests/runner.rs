@@ -14,7 +14,7 @@ use std::time::Duration;
 use spotbatch::{
     async_trait, BoxError, Cancelled, Checkpoint, CheckpointPolicy, CheckpointStore, Chunk,
     ChunkContext, Codec, Error, Every, FailureKind, InterruptSource, Job, JobKey, MemoryStore,
-    Outcome, Report, Runner, Status, StoreError, Writer,
+    Outcome, Report, Runner, Status, StoreError, TypeDescription, Writer,
 };
 use tokio::sync::Notify;
 use tokio::time::{sleep, Instant};
@@ -918,7 +918,7 @@ async fn a_checkpoint_of_another_cursor_type_is_refused() {
     assert!(stored(&store, "mine").await.cursor_type.contains("String"));
 
     let message = refused(&store, false).await;
-    assert!(message.contains("cursor of type"), "{message}");
+    assert!(message.contains("cursor: was string, now u64"), "{message}");
     assert!(
         message.contains("String") && message.contains("(u64, u64)"),
         "{message}"
@@ -926,7 +926,7 @@ async fn a_checkpoint_of_another_cursor_type_is_refused() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_job_may_name_its_cursor_type_itself() {
+async fn a_renamed_type_of_the_same_shape_is_accepted() {
     let store = MemoryStore::new();
     let report = runner("mine", Pinned::from(Counter::ten()), &store)
         .max_runtime(ms(2_500))
@@ -935,19 +935,46 @@ async fn a_job_may_name_its_cursor_type_itself() {
     assert_eq!(report.code(), 0, "{:?}", report.outcome);
     assert_eq!(stored(&store, "mine").await.cursor_type, "counter/sum");
 
+    // The same shape under the default name: it resumes, and the new name is recorded.
+    let log = Log::default();
+    let report = runner("mine", Counter::ten().log(&log), &store).run().await;
+    assert!(report.is_complete(), "{:?}", report.outcome);
+    assert_eq!(log.resumed(), vec![(30, sum_below(30))]);
+    let done = stored(&store, "mine").await;
+    assert_eq!(cursor_and_sum(&done), (100, sum_below(100)));
+    assert_eq!(done.cursor_type, Counter::cursor_type());
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_recorded_shape_the_type_name_is_compared() {
+    let store = MemoryStore::new();
+    let report = runner("mine", Pinned::from(Counter::ten()), &store)
+        .max_runtime(ms(2_500))
+        .run()
+        .await;
+    assert_eq!(report.code(), 0, "{:?}", report.outcome);
+    // As a checkpoint written before shapes were recorded.
+    let mut old = stored(&store, "mine").await;
+    assert!(old.types.is_some());
+    old.types = None;
+    store.put_raw(&key("mine"), old.encode());
+
     // The same Rust types under the default name are another type.
     let message = refused(&store, false).await;
     assert!(
         message.contains("counter/sum") && message.contains("Job::cursor_type"),
         "{message}"
     );
+    // Under the stored name it resumes, and its saves record the shape.
     let report = runner("mine", Pinned::from(Counter::ten()), &store)
         .run()
         .await;
     assert!(report.is_complete(), "{:?}", report.outcome);
+    let done = stored(&store, "mine").await;
+    assert_eq!(cursor_and_sum(&done), (100, sum_below(100)));
     assert_eq!(
-        cursor_and_sum(&stored(&store, "mine").await),
-        (100, sum_below(100))
+        done.types,
+        Some(TypeDescription::trace::<u64, u64>().unwrap())
     );
 }
 
@@ -969,6 +996,82 @@ async fn a_checkpoint_of_another_schema_version_is_refused() {
         message.contains("schema 2") && message.contains("schema 1"),
         "{message}"
     );
+}
+
+/// `0..10`, one chunk of one second each, keeping a running mean (the
+/// state's second field) that turns NaN at chunk `nan_at`.
+struct Mean {
+    nan_at: Option<u64>,
+}
+
+#[async_trait]
+impl Job for Mean {
+    type Cursor = u64;
+    type State = (u64, f64);
+
+    async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>, BoxError> {
+        Ok((*at < 10).then(|| Chunk::between(*at, *at + 1)))
+    }
+
+    async fn process(
+        &mut self,
+        chunk: &Chunk<u64>,
+        (count, mean): &mut (u64, f64),
+        _: &ChunkContext,
+    ) -> Result<(), BoxError> {
+        let i = *chunk.start();
+        *count += 1;
+        *mean = if self.nan_at == Some(i) {
+            f64::NAN
+        } else {
+            *mean + (i as f64 - *mean) / *count as f64
+        };
+        sleep(SEC).await;
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_that_would_not_read_back_is_never_saved() {
+    let store = MemoryStore::new();
+    let report = runner("mean", Mean { nan_at: None }, &store)
+        .codec(Codec::Json)
+        .max_runtime(ms(3_500))
+        .run()
+        .await;
+    assert_eq!(report.code(), 0, "{:?}", report.outcome);
+    let before = stored(&store, "mean").await;
+
+    // Without a lease and checkpointing at exit only, this run's one save
+    // is its last: it fails, and the failure is recorded on the checkpoint
+    // the run resumed from.
+    let report = runner("mean", Mean { nan_at: Some(5) }, &store)
+        .codec(Codec::Json)
+        .run()
+        .await;
+    assert_eq!(report.code(), 1, "{:?}", report.outcome);
+    let message = error(&report).to_string();
+    assert!(
+        message.contains("json could not read back the state at `[1]`"),
+        "{message}"
+    );
+    let kept = stored(&store, "mean").await;
+    assert_eq!(kept.version, before.version + 1);
+    assert_eq!((&kept.cursor, &kept.state), (&before.cursor, &before.state));
+    match &kept.status {
+        Status::Failed { message } => assert!(message.contains("NaN"), "{message}"),
+        other => panic!("expected the failure recorded, got {other:?}"),
+    }
+
+    // Fixed, the job resumes from the last readable checkpoint.
+    let report = runner("mean", Mean { nan_at: None }, &store)
+        .codec(Codec::Json)
+        .run()
+        .await;
+    assert!(report.is_complete(), "{:?}", report.outcome);
+    let done = stored(&store, "mean").await;
+    let (count, mean): (u64, f64) = done.codec.decode(&done.state).unwrap();
+    assert_eq!((count, mean), (10, 4.5));
 }
 
 // ---------------------------------------------------------------------------

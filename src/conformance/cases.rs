@@ -8,6 +8,7 @@ use crate::checkpoint::{now_ms, Checkpoint, Counters, Lease, RunRecord, Status, 
 use crate::codec::Codec;
 use crate::key::JobKey;
 use crate::store::{CheckpointStore, Listing, StoreError, Summary};
+use crate::types::TypeDescription;
 
 /// Loading a key never saved gives `None`, not an error; listing a store
 /// never written to (a directory not yet created) is not an error either.
@@ -67,6 +68,8 @@ pub async fn create_load_round_trip(store: &dyn CheckpointStore) {
     c.codec = Codec::Json;
     c.cursor_type = "(etl::Cursor, etl::Totals)".into();
     c.schema = 3;
+    c.types = TypeDescription::trace::<(String, u64), BTreeMap<String, u64>>().ok();
+    assert!(c.types.is_some(), "the sample's shape traces");
     c.cursor = br#"{"day":"2026-11-24","row":1200}"#.to_vec();
     c.state = br#"{"rows":1200,"bytes":56000}"#.to_vec();
     c.counters = Counters {

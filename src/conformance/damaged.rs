@@ -3,7 +3,7 @@
 
 use super::cases::assert_each_once_in_key_order;
 use super::{assert_names, checkpoint, key, load_present, Capabilities, Corrupter};
-use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::checkpoint::{Checkpoint, CheckpointError, FORMAT};
 use crate::key::JobKey;
 use crate::store::{CheckpointStore, Listing, StoreError};
 
@@ -69,7 +69,7 @@ impl Damage {
             // Bytes 8 and 9 hold the format number (little-endian).
             Damage::NewerFormat => {
                 if let Some(format) = out.get_mut(8..10) {
-                    format.copy_from_slice(&2u16.to_le_bytes());
+                    format.copy_from_slice(&(FORMAT + 1).to_le_bytes());
                 }
             }
             Damage::AnotherJob => out = other.to_vec(),
@@ -82,8 +82,10 @@ impl Damage {
         match (self, reason) {
             (Damage::FlippedByte, CheckpointError::ChecksumMismatch { .. })
             | (Damage::Truncated, CheckpointError::Truncated { .. })
-            | (Damage::Emptied | Damage::Garbage, CheckpointError::NotACheckpoint)
-            | (Damage::NewerFormat, CheckpointError::UnsupportedFormat { found: 2, .. }) => true,
+            | (Damage::Emptied | Damage::Garbage, CheckpointError::NotACheckpoint) => true,
+            (Damage::NewerFormat, CheckpointError::UnsupportedFormat { found, .. }) => {
+                *found == FORMAT + 1
+            }
             (Damage::AnotherJob, CheckpointError::WrongJob { expected, found }) => {
                 expected == key.as_str() && found == other.as_str()
             }

@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::job::Job;
 use crate::key::JobKey;
 use crate::retry::Backoff;
+use crate::types::TypeDescription;
 
 use super::interrupts::{Interrupts, Stops};
 
@@ -53,6 +54,9 @@ pub(super) struct Session {
     codec: Codec,
     cursor_type: &'static str,
     schema: u32,
+    /// The shape of the job's cursor and state types (`None`: they cannot
+    /// be traced, and are checked by name only).
+    types: Option<TypeDescription>,
     writer: Writer,
     lease_ttl: Option<Duration>,
     /// The version in the store (`None`: nothing stored).
@@ -63,6 +67,9 @@ pub(super) struct Session {
     history: Vec<RunRecord>,
     /// What the last save wrote, for lease renewals and releases.
     last: Option<Payload>,
+    /// What the checkpoint the run resumed from holds: where a run without
+    /// a lease records a failure before its first save.
+    loaded: Option<Payload>,
     last_save: Instant,
     /// A write's outcome is unknown (it failed or was cut off, and may have
     /// landed): the store is asked before the next write.
@@ -84,6 +91,7 @@ impl Session {
     ) -> Self {
         let writer = Writer::this_process();
         let writer_run_id = writer.run_id;
+        let types = described::<J>(&key);
         Self {
             location: store.location(),
             store,
@@ -91,6 +99,7 @@ impl Session {
             codec,
             cursor_type: J::cursor_type(),
             schema: J::SCHEMA_VERSION,
+            types,
             history: vec![RunRecord::started(&writer, now_ms())],
             writer,
             lease_ttl,
@@ -99,6 +108,7 @@ impl Session {
             totals: Counters::default(),
             run_chunks: 0,
             last: None,
+            loaded: None,
             last_save: Instant::now(),
             unsure: false,
             _live: lease::LiveRun::register(writer_run_id),
@@ -133,28 +143,64 @@ impl Session {
         }
     }
 
-    /// Refuses another job's checkpoint and, unless starting over, one of a
-    /// changed cursor/state type or schema version.
-    pub(super) fn check_belongs(
-        &self,
-        stored: &Checkpoint,
-        check_types: bool,
-    ) -> Result<(), Error> {
+    /// Refuses another job's checkpoint.
+    pub(super) fn check_belongs(&self, stored: &Checkpoint) -> Result<(), Error> {
         if stored.job != self.key {
             return Err(self.bad(CheckpointError::WrongJob {
                 expected: self.key.to_string(),
                 found: stored.job.to_string(),
             }));
         }
-        if check_types && (stored.cursor_type != self.cursor_type || stored.schema != self.schema) {
-            return Err(self.bad(CheckpointError::CursorTypeChanged {
-                expected: self.cursor_type.to_owned(),
-                expected_schema: self.schema,
-                found: stored.cursor_type.clone(),
-                found_schema: stored.schema,
-            }));
-        }
         Ok(())
+    }
+
+    /// Whether the job's cursor and state types read `stored` as it was
+    /// written: the same schema version, and the same shape (or only
+    /// compatible changes), or the same type name where either shape is
+    /// unknown (a checkpoint written before shapes were recorded, or types
+    /// that cannot be traced).
+    ///
+    /// # Errors
+    ///
+    /// What changed: [`CheckpointError::TypesChanged`] with each change of
+    /// shape, or [`CheckpointError::CursorTypeChanged`] for another name or
+    /// schema version.
+    pub(super) fn check_types(&self, stored: &Checkpoint) -> Result<(), CheckpointError> {
+        let name_changed = || CheckpointError::CursorTypeChanged {
+            expected: self.cursor_type.to_owned(),
+            expected_schema: self.schema,
+            found: stored.cursor_type.clone(),
+            found_schema: stored.schema,
+        };
+        if stored.schema != self.schema {
+            return Err(name_changed());
+        }
+        let compared = match (&stored.types, &self.types) {
+            (Some(then), Some(now)) => then.changes_to(now),
+            _ => None,
+        };
+        match compared {
+            Some(Ok(())) => {
+                if stored.cursor_type != self.cursor_type {
+                    info!(job = %self.key.short(), then = %stored.cursor_type, now = %self.cursor_type, "the cursor and state types were renamed; their shape is the same");
+                }
+                Ok(())
+            }
+            Some(Err(changes)) => Err(CheckpointError::TypesChanged {
+                expected: self.cursor_type.to_owned(),
+                found: stored.cursor_type.clone(),
+                changes,
+            }),
+            None if stored.cursor_type != self.cursor_type => Err(name_changed()),
+            None => {
+                if stored.types.is_some() && self.types.is_some() {
+                    warn!(job = %self.key.short(), "the checkpoint's type description is of another format version: the types are checked by name only");
+                } else if stored.types.is_none() && self.types.is_some() {
+                    info!(job = %self.key.short(), "the checkpoint has no type description: the types are checked by name; the next save records it");
+                }
+                Ok(())
+            }
+        }
     }
 
     pub(super) fn decode<J: Job>(
@@ -180,6 +226,13 @@ impl Session {
         if !start_over {
             self.created_ms = stored.created_ms;
             self.totals = stored.counters;
+            self.loaded = Some(Payload {
+                cursor: stored.cursor.clone(),
+                state: stored.state.clone(),
+                status: stored.status.clone(),
+                totals: stored.counters,
+                run_chunks: 0,
+            });
         }
         let mut history = stored.history.clone();
         for run in &mut history {
@@ -237,13 +290,23 @@ impl Session {
         status: Status,
         end: bool,
     ) -> Result<(), Error> {
-        let encode_error = |source| Error::Job {
-            during: "encoding the cursor and state".into(),
-            source: Box::new(source),
+        // Only bytes that read back are written: the store keeps the last
+        // readable checkpoint otherwise.
+        let encode_error = |what: &'static str| {
+            move |e: crate::codec::CodecError| Error::Job {
+                during: "encoding the cursor and state".into(),
+                source: Box::new(e.of(what)),
+            }
         };
         let payload = Payload {
-            cursor: self.codec.encode(cursor).map_err(encode_error)?,
-            state: self.codec.encode(state).map_err(encode_error)?,
+            cursor: self
+                .codec
+                .encode_checked(cursor)
+                .map_err(encode_error("cursor"))?,
+            state: self
+                .codec
+                .encode_checked(state)
+                .map_err(encode_error("state"))?,
             status,
             totals: self.totals,
             run_chunks: self.run_chunks,
@@ -254,15 +317,21 @@ impl Session {
 
     /// Ends a run that cannot save where it stands (its flush or encoding
     /// failed, or it failed before its first chunk): records `status` on the
-    /// last saved cursor and state and releases the lease. Does nothing when
-    /// this run saved nothing yet, and so holds no lease.
+    /// last saved cursor and state and releases the lease. When this run
+    /// saved nothing yet it holds no lease: then a failure of a run without
+    /// a lease is recorded on the checkpoint it resumed from, and anything
+    /// else does nothing.
     pub(super) async fn release(&mut self, status: Status) -> Result<(), Error> {
         // Twice at most: the first attempt may find (and adopt) a write of
         // this run that landed late, whose cursor the release must carry.
         let mut attempts = 2;
         loop {
             self.reconcile().await;
-            let Some(mut payload) = self.last.clone() else {
+            let fallback = match &status {
+                Status::Failed { .. } if self.lease_ttl.is_none() => self.loaded.clone(),
+                _ => None,
+            };
+            let Some(mut payload) = self.last.clone().or(fallback) else {
                 return Ok(());
             };
             payload.status = status.clone();
@@ -319,6 +388,7 @@ impl Session {
         checkpoint.codec = self.codec;
         checkpoint.cursor_type = self.cursor_type.to_owned();
         checkpoint.schema = self.schema;
+        checkpoint.types.clone_from(&self.types);
         checkpoint.cursor = payload.cursor.clone();
         checkpoint.state = payload.state.clone();
         checkpoint.counters = payload.totals;
@@ -436,5 +506,38 @@ impl Session {
             run_chunks,
         });
         true
+    }
+}
+
+/// The shape of `J`'s cursor and state types, traced once per process and
+/// type pair; `None` (logged) for types that cannot be traced.
+fn described<J: Job>(key: &JobKey) -> Option<TypeDescription> {
+    use std::any::TypeId;
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock, PoisonError};
+
+    type Traced = Result<TypeDescription, crate::types::TraceError>;
+    static TRACED: OnceLock<Mutex<HashMap<TypeId, Traced>>> = OnceLock::new();
+    let id = TypeId::of::<(J::Cursor, J::State)>();
+    let cache = TRACED.get_or_init(Default::default);
+    let cached = cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&id)
+        .cloned();
+    let traced = cached.unwrap_or_else(|| {
+        let traced = TypeDescription::trace::<J::Cursor, J::State>();
+        cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, traced.clone());
+        traced
+    });
+    match traced {
+        Ok(types) => Some(types),
+        Err(e) => {
+            warn!(job = %key.short(), error = %e, "a change of the cursor or state types is detected by their name only");
+            None
+        }
     }
 }

@@ -111,7 +111,7 @@ impl<'r, J: Job> Run<'r, J> {
                 session.set_task(task);
             }
         }
-        let Some((cursor, state)) = where_to_start::<J>(&mut session, loaded, restart, stats)?
+        let Some((cursor, state)) = where_to_start(&job, &mut session, loaded, restart, stats)?
         else {
             return Ok(Started::Ended(Outcome::AlreadyCompleted));
         };
@@ -224,9 +224,11 @@ async fn load(
 
 /// The cursor and state the run starts from: the defaults without a
 /// checkpoint or when restarting, else the checkpoint's, once it is found to
-/// belong to the job and its lease free. `None`: the job is already
-/// completed and not restarted.
+/// belong to the job, to be of its types (or migrated by [`Job::migrate`])
+/// and its lease free. `None`: the job is already completed and not
+/// restarted.
 fn where_to_start<J: Job>(
+    job: &J,
     session: &mut Session,
     loaded: Option<Checkpoint>,
     restart: bool,
@@ -237,7 +239,24 @@ fn where_to_start<J: Job>(
         info!(job = %key.short(), store = %session.location, "no checkpoint: starting from the beginning");
         return Ok(Some(Default::default()));
     };
-    session.check_belongs(&stored, !restart)?;
+    session.check_belongs(&stored)?;
+    let migrated = match session.check_types(&stored) {
+        Ok(()) => None,
+        Err(_) if restart => None,
+        Err(reason) => match job.migrate(&stored) {
+            Ok(Some(position)) => {
+                info!(job = %session.key.short(), version = stored.version, schema = stored.schema, cursor_type = %stored.cursor_type, "migrated the checkpoint of other types");
+                Some(position)
+            }
+            Ok(None) => return Err(session.bad(reason)),
+            Err(source) => {
+                return Err(Error::Job {
+                    during: format!("migrate (checkpoint version {})", stored.version),
+                    source,
+                })
+            }
+        },
+    };
     stats.resumed_from = Some(stored.version);
     if stored.status == Status::Completed && !restart {
         info!(
@@ -256,7 +275,10 @@ fn where_to_start<J: Job>(
         info!(job = %key.short(), store = %session.location, version = stored.version, status = %stored.status, "restarting from the beginning as asked");
         return Ok(Some(Default::default()));
     }
-    let (cursor, state) = session.decode::<J>(&stored)?;
+    let (cursor, state) = match migrated {
+        Some(position) => position,
+        None => session.decode::<J>(&stored)?,
+    };
     info!(
         job = %key.short(),
         store = %session.location,

@@ -276,6 +276,24 @@ pub(crate) async fn show(url: &str, job: &str, json: bool) -> Result<(), CliErro
     Ok(())
 }
 
+/// The recorded shape of the cursor and state types: its fingerprint, then
+/// its text, indented under the label.
+fn types(c: &Checkpoint) -> String {
+    match &c.types {
+        Some(types) => {
+            let mut text = format!("fingerprint {}", types.fingerprint());
+            for line in types.to_string().lines() {
+                text.push_str("\n             ");
+                text.push_str(line);
+            }
+            text
+        }
+        None => "not recorded (written before shapes were, or types that cannot be traced): \
+                 a run compares the cursor type's name"
+            .to_owned(),
+    }
+}
+
 /// The human form of a whole checkpoint.
 pub(crate) fn render(c: &Checkpoint, location: &str, now: u64) -> String {
     let mut s = String::new();
@@ -336,6 +354,7 @@ pub(crate) fn render(c: &Checkpoint, location: &str, now: u64) -> String {
         "cursor type",
         format!("{} (schema {})", c.cursor_type, c.schema),
     );
+    field("types", types(c));
     field("cursor", payload(c, &c.cursor));
     field("state", payload(c, &c.state));
 

@@ -18,6 +18,8 @@ pub(crate) struct CheckpointView {
     pub(crate) codec: &'static str,
     pub(crate) cursor_type: String,
     pub(crate) schema: u32,
+    /// The recorded shape of the cursor and state types; `null` when none is.
+    pub(crate) types: Option<TypesView>,
     pub(crate) cursor: Payload,
     pub(crate) state: Payload,
     pub(crate) counters: CountersView,
@@ -28,6 +30,26 @@ pub(crate) struct CheckpointView {
     pub(crate) writer: WriterView,
     pub(crate) lease: Option<LeaseView>,
     pub(crate) history: Vec<RunView>,
+}
+
+/// The shape of the cursor and state types: as text, as stored (JSON), and
+/// its fingerprint.
+#[derive(Serialize)]
+pub(crate) struct TypesView {
+    pub(crate) fingerprint: String,
+    pub(crate) text: String,
+    pub(crate) stored: serde_json::Value,
+}
+
+impl TypesView {
+    fn of(types: &spotbatch::TypeDescription) -> Self {
+        Self {
+            fingerprint: types.fingerprint(),
+            text: types.to_string(),
+            stored: serde_json::from_str(types.as_json())
+                .unwrap_or_else(|_| serde_json::Value::String(types.as_json().to_owned())),
+        }
+    }
 }
 
 /// A cursor or state: decoded when the codec is self-describing, else raw.
@@ -150,6 +172,7 @@ impl CheckpointView {
             codec: c.codec.name(),
             cursor_type: c.cursor_type.clone(),
             schema: c.schema,
+            types: c.types.as_ref().map(TypesView::of),
             cursor: Payload::of(c.codec, &c.cursor),
             state: Payload::of(c.codec, &c.state),
             counters: CountersView {

@@ -210,6 +210,8 @@ fn show_prints_the_whole_envelope_and_decodes_json_cursors() {
         60,
     );
     c.history = vec![spotbatch::RunRecord::started(&c.writer, c.created_ms)];
+    let types = spotbatch::TypeDescription::trace::<u64, (u64, String)>().unwrap();
+    c.types = Some(types.clone());
     s.save(&c, None);
 
     let out = run(&["show", &s.url(), "etl"]);
@@ -231,6 +233,8 @@ fn show_prints_the_whole_envelope_and_decodes_json_cursors() {
         "expires in",
         "history      1 recent run",
         "UTC",
+        &format!("types        fingerprint {}", types.fingerprint()),
+        "             cursor: u64\n             state: (u64, string)\n",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
@@ -243,6 +247,9 @@ fn show_prints_the_whole_envelope_and_decodes_json_cursors() {
     assert_eq!(v["lease"]["live"], true);
     assert_eq!(v["history"].as_array().unwrap().len(), 1);
     assert_eq!(v["counters"]["runs"], 2);
+    assert_eq!(v["types"]["fingerprint"], types.fingerprint());
+    assert_eq!(v["types"]["text"], types.to_string());
+    assert_eq!(v["types"]["stored"]["cursor"], "u64");
 
     // bincode is not self-describing: size and hex.
     s.save(&bincode_checkpoint("squares", 300), None);
@@ -260,6 +267,7 @@ fn show_prints_the_whole_envelope_and_decodes_json_cursors() {
         "{text}"
     );
     assert!(text.contains("lease        none"), "{text}");
+    assert!(text.contains("types        not recorded"), "{text}");
 }
 
 #[test]
