@@ -45,27 +45,13 @@ impl Target {
     }
 }
 
-/// `host h, pid p, run r, task t` (the task only when known).
-pub(crate) fn describe(w: &Writer) -> String {
-    let task = if w.task.is_empty() {
-        String::new()
-    } else {
-        format!(", task {}", w.task)
-    };
-    format!("host {}, pid {}, run {}{task}", w.host, w.pid, w.run_id)
-}
-
 /// Who holds a lease: the writer when the writer is the lease's owner (what
 /// the runner always writes), else the owner's run id and who last wrote.
 pub(crate) fn holder(c: &Checkpoint, lease: &Lease) -> String {
     if c.writer.run_id == lease.owner {
-        describe(&c.writer)
+        c.writer.to_string()
     } else {
-        format!(
-            "run {} (last written by {})",
-            lease.owner,
-            describe(&c.writer)
-        )
+        format!("run {} (last written by {})", lease.owner, c.writer)
     }
 }
 

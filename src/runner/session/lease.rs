@@ -25,32 +25,23 @@ impl Session {
         if lease.expires_ms <= now {
             info!(
                 job = %self.key.short(),
-                holder = %describe(holder),
+                %holder,
                 expired_ms_ago = now - lease.expires_ms,
                 "taking the job over: the previous holder's lease expired"
             );
             return Ok(());
         }
         if holder.run_id == lease.owner && holder_is_gone(holder, &self.writer) {
-            info!(job = %self.key.short(), holder = %describe(holder), "taking the job over: the previous holder's process is gone");
+            info!(job = %self.key.short(), %holder, "taking the job over: the previous holder's process is gone");
             return Ok(());
         }
         Err(Error::Held {
             store: self.location.clone(),
             key: self.key.to_string(),
-            holder: describe(holder),
+            holder: holder.to_string(),
             expires_in: Duration::from_millis(lease.expires_ms - now),
         })
     }
-}
-
-fn describe(w: &Writer) -> String {
-    let task = if w.task.is_empty() {
-        String::new()
-    } else {
-        format!(", task {}", w.task)
-    };
-    format!("host {}, pid {}, run {}{task}", w.host, w.pid, w.run_id)
 }
 
 /// The runs under way in this process, by run id: a holder with our pid is a
