@@ -93,6 +93,7 @@ mod exit;
 mod job;
 mod key;
 mod policy;
+mod process;
 mod retry;
 mod runner;
 mod shutdown;

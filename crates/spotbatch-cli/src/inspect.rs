@@ -11,7 +11,7 @@ use serde::Serialize;
 use spotbatch::{Checkpoint, CheckpointStore, JobKey, Listing};
 
 use crate::error::CliError;
-use crate::target::{holder, holder_gone, live_lease, Target};
+use crate::target::{holder, live_lease, Target};
 use crate::view::{status_detail, CheckpointView, LeaseView, Payload, WriterView};
 use crate::{fmt, stores};
 
@@ -310,7 +310,7 @@ pub(crate) fn render(c: &Checkpoint, location: &str, now: u64) -> String {
             holder(c, l),
             fmt::duration(Duration::from_millis(l.expires_ms - now)),
             fmt::utc(l.expires_ms),
-            if holder_gone(&c.writer) {
+            if c.writer.has_exited() {
                 "; that process is gone from this host: the next run there takes the job over"
             } else {
                 ""
