@@ -206,7 +206,7 @@ fn quickstart_converges_through_many_sigterms_and_hard_kills_with_a_consistent_r
     let c = s.load("sim").expect("checkpoint");
     assert_eq!(c.status, Status::Completed);
     assert_eq!((c.counters.chunks, c.counters.items), (200, 20_000));
-    assert_eq!(c.counters.interruptions, drained);
+    assert_eq!(c.counters.interruptions, drained - before_first_save);
     assert_eq!(
         std::fs::read(s.dir.path().join("out.txt")).unwrap(),
         reference_output()
@@ -471,4 +471,169 @@ fn completion_without_a_store_comes_from_exit_zero_and_a_failing_job_fails() {
     }
     let out = simulate(&["--store", &s.url()], &["true"]);
     assert_code(&out, 2);
+}
+
+/// The quickstart's command line for job `sim` in `s`: `records` records of
+/// `work_us` each, in chunks of 100, interrupted exit code 75.
+fn quickstart_command(s: &Store, records: u64, work_us: u64) -> Vec<String> {
+    let mut command = vec![quickstart_bin().display().to_string()];
+    let mut args = quickstart_args(s.dir.path(), s, work_us);
+    args[1] = records.to_string();
+    command.extend(args);
+    command
+}
+
+/// A SIGTERM that comes while a run starts, followed by the run failing on
+/// its own (here: refused, exit 73, because a live process holds the job's
+/// lease) is a failure of the job, not a run "stopped before its first save".
+/// The run reads its ECS task identity between loading the checkpoint and
+/// checking the lease; a metadata endpoint that never answers (the runner
+/// gives up on it after 2 s) makes the SIGTERM land there.
+#[test]
+fn a_run_that_fails_after_an_early_sigterm_is_a_failure_not_a_stop() {
+    let s = Store::new();
+    // A checkpoint of the quickstart's own, then held by a live process: this one.
+    let mut first = std::process::Command::new(quickstart_bin());
+    first
+        .args(quickstart_args(s.dir.path(), &s, 100))
+        .args(["--max-runtime", "0.3"])
+        .env_remove("SPOTBATCH_STORE");
+    let out = output_within(first, LIMIT);
+    assert_code(&out, 75);
+    let mut held = s.load("sim").expect("a checkpoint");
+    let expected = held.version;
+    held.version += 1;
+    held.writer = spotbatch::Writer::this_process();
+    held.lease = Some(spotbatch::Lease::new(
+        held.writer.run_id,
+        u64::try_from(
+            (std::time::SystemTime::now() + Duration::from_secs(600))
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap(),
+    ));
+    s.save(&held, Some(expected));
+
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}/v4/silent", silent.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for conn in silent.incoming() {
+            open.push(conn);
+        }
+    });
+    let command = quickstart_command(&s, 20_000, 0);
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let mut cmd = spotbatch();
+    cmd.env("ECS_CONTAINER_METADATA_URI_V4", &endpoint)
+        .arg("simulate")
+        .args([
+            "--interrupt-after",
+            "500ms",
+            "--max-runs",
+            "3",
+            "--store",
+            &s.url(),
+            "--job",
+            "sim",
+            "--json",
+        ])
+        .arg("--")
+        .args(&command);
+    let out = output_within(cmd, LIMIT);
+    assert_code(&out, 1);
+    let r = report(&out);
+    let err = stderr(&out);
+    let run = &r["per_run"][0];
+    assert_eq!(
+        (run["signal"].as_str(), run["exit_code"].as_u64()),
+        (Some("SIGTERM"), Some(73)),
+        "the run must be refused after the SIGTERM (is the quickstart built with the `aws` feature?)\n{err}"
+    );
+    assert_eq!(run["note"], "failed after SIGTERM", "{r:#}");
+    assert_eq!(
+        n(&r["runs"]),
+        1,
+        "the simulation goes on after a failure: {r:#}"
+    );
+    assert_eq!(n(&r["store"]["stopped_before_first_save"]), 0, "{r:#}");
+    let failure = r["failures"][0].as_str().unwrap();
+    assert!(
+        failure.contains("exit 73") && failure.contains("another runner holds the job's lease"),
+        "{failure}"
+    );
+}
+
+/// A SIGTERM that comes during the final checkpoint of the run that
+/// completes the job: the run completes, and the report says so instead of
+/// counting an interruption the job never recorded. The test holds the
+/// file store's lock of the job (as another save in progress would) from
+/// just after the run took its lease until after the SIGTERM, so that the
+/// run's final save waits for it.
+#[test]
+fn a_sigterm_during_the_final_checkpoint_completes_the_job_and_is_told() {
+    let s = Store::new();
+    let lock_path = s.path().join("sim.lock");
+    let ckpt = s.file_of("sim");
+    let started = Instant::now();
+    let holder = std::thread::spawn(move || {
+        while !ckpt.exists() {
+            assert!(started.elapsed() < LIMIT, "the run never took its lease");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&lock_path)
+            .unwrap();
+        lock.lock().unwrap();
+        // The SIGTERM comes at 2 s: the run's one chunk (300 ms) is done.
+        std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
+        lock.unlock().unwrap();
+    });
+    let command = quickstart_command(&s, 100, 3_000);
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let out = simulate(
+        &[
+            "--interrupt-after",
+            "2s",
+            "--store",
+            &s.url(),
+            "--job",
+            "sim",
+            "--json",
+            "--quiet",
+        ],
+        &command,
+    );
+    holder.join().unwrap();
+    assert_code(&out, 0);
+    let r = report(&out);
+    let run = &r["per_run"][0];
+    assert_eq!(
+        (
+            n(&r["runs"]),
+            run["signal"].as_str(),
+            run["exit_code"].as_u64()
+        ),
+        (1, Some("SIGTERM"), Some(0)),
+        "{r:#}"
+    );
+    assert_eq!(
+        run["note"],
+        "completed: the SIGTERM came during its final checkpoint, with nothing left to interrupt",
+        "{r:#}"
+    );
+    let st = &r["store"];
+    assert_eq!(
+        (
+            n(&st["interruptions_recorded"]),
+            n(&st["completed_after_sigterm"]),
+            n(&st["stopped_before_first_save"])
+        ),
+        (0, 1, 0),
+        "{st}"
+    );
+    assert_eq!(s.load("sim").unwrap().status, Status::Completed);
 }
