@@ -72,8 +72,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 ///   rename failing and the old checkpoint whole, never a torn one.
 ///
 /// A temporary file whose writer is running is never removed. Liveness is
-/// read from `/proc`: where `/proc` is mounted with `hidepid`, run every
-/// writer of a directory as the same user. [`list`](CheckpointStore::list)
+/// read from `/proc` and `kill(pid, 0)`: where `/proc` is mounted with
+/// `hidepid`, a writer hidden from this user cannot be checked, and its file
+/// goes by age. [`list`](CheckpointStore::list)
 /// reports the temporary files it leaves, with why, as
 /// [`Listing::Leftover`], after the checkpoints.
 ///
