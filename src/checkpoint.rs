@@ -169,6 +169,22 @@ impl Writer {
     }
 }
 
+/// `host h, pid p, run r, task t` (the task only when known): who a
+/// message names as a checkpoint's writer or a lease's holder.
+impl fmt::Display for Writer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "host {}, pid {}, run {}",
+            self.host, self.pid, self.run_id
+        )?;
+        if !self.task.is_empty() {
+            write!(f, ", task {}", self.task)?;
+        }
+        Ok(())
+    }
+}
+
 /// This process's PID namespace inode, from the `/proc/self/ns/pid` link
 /// (`pid:[4026531836]`); 0 where there is no such link.
 pub(crate) fn pid_namespace() -> u64 {

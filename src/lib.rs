@@ -98,6 +98,7 @@ mod exit;
 mod job;
 mod key;
 mod policy;
+mod process;
 mod retry;
 mod runner;
 pub mod shutdown;

@@ -453,6 +453,43 @@ async fn a_hung_renewal_gives_way_at_the_drain_deadline() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_stop_while_the_lease_is_taken_records_the_interruption_it_writes() {
+    // The first write (taking the lease) lands but its answer never comes;
+    // a SIGTERM-like stop at 100 ms with a 10 s grace gives up on it at the
+    // drain deadline, and the run's end is recorded over it.
+    let inner = MemoryStore::new();
+    let store = Stalling::new(&inner, 1, Misbehave::StallAfter(Duration::from_secs(3_600)));
+    let report = runner(slow(5, 1, &inner), Duration::from_secs(60))
+        .store(store)
+        .grace(Duration::from_secs(10))
+        .stop_on("test", tokio::time::sleep(Duration::from_millis(100)))
+        .run()
+        .await;
+    assert!(
+        matches!(report.outcome, spotbatch::Outcome::Interrupted(_)),
+        "{:?}",
+        report.outcome
+    );
+    let last = inner.load(&key()).await.unwrap().unwrap();
+    assert_eq!(
+        (last.version, last.lease),
+        (2, None),
+        "the lease, then its release"
+    );
+    assert!(
+        matches!(last.status, Status::Interrupted { .. }),
+        "{}",
+        last.status
+    );
+    assert_eq!(last.history[0].outcome, "interrupted (stop request: test)");
+    assert_eq!(
+        (last.counters.runs, last.counters.interruptions),
+        (1, 1),
+        "a run recorded as interrupted counts as an interruption"
+    );
+}
+
 /// Fails in `resume`, or in the `fail_flush`-th `flush`.
 struct Faulty {
     fail_resume: bool,

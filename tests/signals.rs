@@ -106,6 +106,56 @@ fn sigkill_at_random_moments_never_tears_the_checkpoint_and_output_matches() {
     assert_eq!(starts, expected, "some chunk was never processed");
 }
 
+/// A holder SIGKILLed and not yet reaped by its parent (a zombie: state `Z`
+/// in `/proc/<pid>/stat`) has exited: a new runner on this host takes its
+/// job over at once, not when its 10-minute lease expires.
+#[test]
+fn a_sigkilled_holder_not_yet_reaped_is_taken_over_at_once() {
+    let mut job = Quickstart::new(40_000, 100, 200);
+    job.every_chunks = 5;
+    let mut holder = job
+        .command()
+        .args(["--lease", "600"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !job
+        .checkpoint()
+        .is_some_and(|c| c.lease.is_some() && c.counters.chunks > 0)
+    {
+        assert!(started.elapsed() < LIMIT, "the holder never checkpointed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    signal(&holder, libc::SIGKILL);
+    // Not waited for: the holder stays a zombie (this test is its parent).
+    let stat = format!("/proc/{}/stat", holder.id());
+    let state = || {
+        let text = std::fs::read_to_string(&stat).unwrap();
+        let after = text.rsplit_once(')').unwrap().1.to_owned();
+        after.split_whitespace().next().unwrap().to_owned()
+    };
+    while state() != "Z" {
+        assert!(started.elapsed() < LIMIT, "the holder is not a zombie");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let held = job.checkpoint().unwrap();
+    assert_eq!(held.writer.pid, holder.id());
+
+    let (status, _, err) = finish(job.spawn(), LIMIT);
+    assert_eq!(state(), "Z", "the holder was reaped during the test");
+    holder.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("taking the job over: the previous holder's process is gone"),
+        "{err}"
+    );
+    let done = job.checkpoint().unwrap();
+    assert_eq!(done.status, Status::Completed);
+    assert_eq!(done.history[0].run_id, held.writer.run_id);
+    assert_eq!(done.history[0].outcome, "killed");
+}
+
 /// (c) SIGTERM during a chunk longer than the grace period: the process exits
 /// before the grace period ends, with the checkpoint at the last finished chunk.
 #[test]

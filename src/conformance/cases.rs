@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use uuid::Uuid;
+
 use super::{assert_conflict, assert_names, checkpoint, key, load_present};
 use crate::checkpoint::{now_ms, Checkpoint, Counters, Lease, RunRecord, Status, Writer};
 use crate::codec::Codec;
@@ -106,7 +108,7 @@ pub async fn create_conflicts_when_present(store: &dyn CheckpointStore) {
         .save(&checkpoint(&k, 1, b"second"), None)
         .await
         .expect_err("a second create must conflict");
-    assert_conflict(&err, store, &k, None, Some(1));
+    assert_conflict(&err, store, &k, None, Some(1)).await;
     assert_eq!(
         load_present(store, &k).await,
         first,
@@ -129,14 +131,14 @@ pub async fn update_needs_the_stored_version(store: &dyn CheckpointStore) {
             .save(&checkpoint(&k, 9, b"stale"), stale)
             .await
             .expect_err("a save with the wrong expected version must fail");
-        assert_conflict(&err, store, &k, stale, Some(2));
+        assert_conflict(&err, store, &k, stale, Some(2)).await;
     }
     let missing = key("update-missing");
     let err = store
         .save(&checkpoint(&missing, 2, b"x"), Some(1))
         .await
         .expect_err("updating a missing key must fail");
-    assert_conflict(&err, store, &missing, Some(1), None);
+    assert_conflict(&err, store, &missing, Some(1), None).await;
     assert_eq!(
         load_present(store, &k).await,
         v2,
@@ -167,7 +169,7 @@ pub async fn save_records_the_checkpoints_version(store: &dyn CheckpointStore) {
         .save(&checkpoint(&k, 6, b"v6"), Some(2))
         .await
         .expect_err("version 2 is not stored: 5 is");
-    assert_conflict(&err, store, &k, Some(2), Some(5));
+    assert_conflict(&err, store, &k, Some(2), Some(5)).await;
     let v6 = checkpoint(&k, 6, b"v6");
     store.save(&v6, Some(5)).await.expect("save over version 5");
     assert_eq!(load_present(store, &k).await, v6);
@@ -324,7 +326,7 @@ pub async fn delete_is_compare_and_swap(store: &dyn CheckpointStore) {
             .delete(&k, stale)
             .await
             .expect_err("delete naming a version not stored");
-        assert_conflict(&err, store, &k, Some(stale), Some(2));
+        assert_conflict(&err, store, &k, Some(stale), Some(2)).await;
     }
     assert_eq!(
         load_present(store, &k).await,
@@ -417,7 +419,7 @@ pub async fn renew_extends_the_lease_and_nothing_else(store: &dyn CheckpointStor
         .save(&next, Some(2))
         .await
         .expect_err("version 3 is stored, not 2");
-    assert_conflict(&err, store, &k, Some(2), Some(3));
+    assert_conflict(&err, store, &k, Some(2), Some(3)).await;
     store.save(&next, Some(3)).await.expect("save after renew");
     assert_eq!(load_present(store, &k).await, next);
 
@@ -463,7 +465,7 @@ pub async fn renew_is_compare_and_swap(store: &dyn CheckpointStore) {
             .renew(&renewal, expected)
             .await
             .expect_err("a renewal after a takeover must fail");
-        assert_conflict(&err, store, &k, expected, Some(3));
+        assert_conflict(&err, store, &k, expected, Some(3)).await;
     }
     assert_eq!(
         load_present(store, &k).await,
@@ -476,7 +478,7 @@ pub async fn renew_is_compare_and_swap(store: &dyn CheckpointStore) {
         .renew(&checkpoint(&missing, 2, b"x"), Some(1))
         .await
         .expect_err("renewing a missing key must fail");
-    assert_conflict(&err, store, &missing, Some(1), None);
+    assert_conflict(&err, store, &missing, Some(1), None).await;
     assert_eq!(
         store.load(&missing).await.expect("load"),
         None,
@@ -490,25 +492,67 @@ pub async fn renew_is_compare_and_swap(store: &dyn CheckpointStore) {
     assert_eq!(load_present(store, &missing).await, created);
 }
 
+/// `creators` tasks, each a runner of its own (a writer with its own run
+/// id), race to create one key, as runners that all found no checkpoint
+/// take the job's lease with their first save: exactly one wins, and every
+/// other gets a `Conflict` (expected none, found 1) naming the winner's
+/// writer, so that a runner that lost can say who has the job.
+pub async fn concurrent_creators_losers_name_the_winner(
+    store: Arc<dyn CheckpointStore>,
+    creators: usize,
+) {
+    let k = key("create-race");
+    let start = Arc::new(tokio::sync::Barrier::new(creators));
+    let mut tasks = Vec::new();
+    for creator in 0..creators {
+        let (store, k, start) = (store.clone(), k.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            let mine = checkpoint(&k, 1, creator.to_string().as_bytes());
+            start.wait().await;
+            let created = store.save(&mine, None).await;
+            (mine.writer, created)
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut losers = Vec::new();
+    for task in tasks {
+        match task.await.expect("creator task") {
+            (writer, Ok(())) => winners.push(writer),
+            (_, Err(e)) => losers.push(e),
+        }
+    }
+    assert_eq!(winners.len(), 1, "creates that succeeded: {winners:?}");
+    let stored = load_present(&*store, &k).await;
+    assert_eq!(
+        stored.writer, winners[0],
+        "the stored checkpoint is not the winner's"
+    );
+    for err in &losers {
+        assert_conflict(err, &*store, &k, None, Some(1)).await;
+    }
+}
+
 /// `savers` tasks race to advance one key `rounds` times each, half of them
 /// through `save` and half through `renew`; every version is won by exactly
-/// one of them and the final version counts every win.
+/// one of them, the final version counts every win, and each conflict
+/// names the writer of the version it found.
 pub async fn concurrent_savers_one_winner_per_version(
     store: Arc<dyn CheckpointStore>,
     savers: usize,
     rounds: usize,
 ) {
     let k = key("race");
-    store
-        .save(&checkpoint(&k, 1, b"0"), None)
-        .await
-        .expect("create");
+    let first = checkpoint(&k, 1, b"0");
+    store.save(&first, None).await.expect("create");
     let mut tasks = Vec::new();
     for saver in 0..savers {
         let store = store.clone();
         let k = k.clone();
         tasks.push(tokio::spawn(async move {
+            // The versions this saver wrote, and the conflicts it met: the
+            // version found and the writer named.
             let mut won = Vec::new();
+            let mut lost = Vec::new();
             while won.len() < rounds {
                 let current = load_present(&*store, &k).await;
                 let next = checkpoint(&k, current.version + 1, saver.to_string().as_bytes());
@@ -518,28 +562,46 @@ pub async fn concurrent_savers_one_winner_per_version(
                     store.renew(&next, Some(current.version)).await
                 };
                 match written {
-                    Ok(()) => won.push(next.version),
-                    Err(StoreError::Conflict { .. }) => tokio::task::yield_now().await,
+                    Ok(()) => won.push((next.version, next.writer.run_id)),
+                    Err(StoreError::Conflict {
+                        found,
+                        found_writer,
+                        ..
+                    }) => {
+                        lost.push((found, found_writer.map(|w| w.run_id)));
+                        tokio::task::yield_now().await;
+                    }
                     Err(e) => panic!("saver {saver}: {e}"),
                 }
             }
-            won
+            (won, lost)
         }));
     }
-    let mut winners: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut winners: BTreeMap<u64, Vec<Uuid>> = BTreeMap::new();
+    winners.insert(1, vec![first.writer.run_id]);
+    let mut conflicts = Vec::new();
     for task in tasks {
-        for version in task.await.expect("saver task") {
-            *winners.entry(version).or_default() += 1;
+        let (won, mut lost) = task.await.expect("saver task");
+        for (version, run) in won {
+            winners.entry(version).or_default().push(run);
         }
+        conflicts.append(&mut lost);
     }
     let total = savers * rounds;
-    let twice: Vec<_> = winners.iter().filter(|(_, n)| **n > 1).collect();
+    let twice: Vec<_> = winners.iter().filter(|(_, w)| w.len() > 1).collect();
     assert!(
         twice.is_empty(),
         "versions won by more than one saver: {twice:?}"
     );
-    let expected: Vec<u64> = (2..=total as u64 + 1).collect();
+    let expected: Vec<u64> = (1..=total as u64 + 1).collect();
     assert_eq!(winners.keys().copied().collect::<Vec<_>>(), expected);
     let last = load_present(&*store, &k).await;
     assert_eq!(last.version, total as u64 + 1);
+    for (found, named) in conflicts {
+        let writer = found.and_then(|v| winners.get(&v)).map(|w| w[0]);
+        assert!(
+            named.is_some() && named == writer,
+            "a conflict that found version {found:?} names run {named:?}, but {writer:?} wrote it"
+        );
+    }
 }

@@ -47,14 +47,15 @@
 //! |---|---|
 //! | a key never saved loads as `None`; a store never written lists without error | [`missing_key_loads_none`] |
 //! | a save stores every field (lease, history, codec, counters…) and a load gives it back | [`create_load_round_trip`] |
-//! | a create over a stored checkpoint, or a save naming a stale, future or missing version, is a `Conflict` naming both versions, and changes nothing | [`create_conflicts_when_present`], [`update_needs_the_stored_version`] |
+//! | a create over a stored checkpoint, or a save naming a stale, future or missing version, is a `Conflict` naming both versions and the stored checkpoint's writer, and changes nothing | [`create_conflicts_when_present`], [`update_needs_the_stored_version`] |
 //! | the version stored is the checkpoint's own, not `expected + 1` | [`save_records_the_checkpoints_version`] |
 //! | keys that look alike or like paths are distinct | [`keys_are_isolated`] |
 //! | `list`: every checkpoint once, in key order, with its version, status (and its detail), update time and chunks; deleted ones gone | [`list_shows_each_checkpoint_once_in_key_order`] |
 //! | `delete` removes only the version named (`Conflict` for an older or newer one), leaves other keys, `NotFound` when absent; the key can be created again | [`delete_is_compare_and_swap`] |
 //! | `renew` stores what it is given (the last cursor, state and counters with a later lease) as the next version | [`renew_extends_the_lease_and_nothing_else`] |
 //! | `renew` is compare-and-swap like `save`: after a takeover it is a `Conflict` and changes nothing | [`renew_is_compare_and_swap`] |
-//! | of concurrent saves and renewals expecting one version, exactly one wins | [`concurrent_savers_one_winner_per_version`] |
+//! | of concurrent creates of one key, exactly one wins, and each loser's `Conflict` names the winner | [`concurrent_creators_losers_name_the_winner`] |
+//! | of concurrent saves and renewals expecting one version, exactly one wins; each loser's `Conflict` names the writer of the version it found | [`concurrent_savers_one_winner_per_version`] |
 //! | a damaged entry (see [`Damage`]) is refused by `load` with `Corrupt` naming the store, the key and the reason; `list` still lists it, once; writes that name another version fail; nothing stored changes | [`damaged_entry_is_refused_and_kept`] (needs a [`Corrupter`]) |
 //! | a save, renewal or delete naming the version stored before the damage fails with `Corrupt`, or, for a store that keeps versions apart from checkpoints, replaces or removes the entry | [`damaged_entry_at_the_stored_version`] (needs a [`Corrupter`]) |
 //!
@@ -85,9 +86,9 @@ use crate::store::{CheckpointStore, StoreError};
 use crate::BoxError;
 
 pub use cases::{
-    concurrent_savers_one_winner_per_version, create_conflicts_when_present,
-    create_load_round_trip, delete_is_compare_and_swap, keys_are_isolated,
-    list_shows_each_checkpoint_once_in_key_order, missing_key_loads_none,
+    concurrent_creators_losers_name_the_winner, concurrent_savers_one_winner_per_version,
+    create_conflicts_when_present, create_load_round_trip, delete_is_compare_and_swap,
+    keys_are_isolated, list_shows_each_checkpoint_once_in_key_order, missing_key_loads_none,
     renew_extends_the_lease_and_nothing_else, renew_is_compare_and_swap,
     save_records_the_checkpoints_version, update_needs_the_stored_version,
 };
@@ -209,6 +210,7 @@ pub async fn run_all(
     delete_is_compare_and_swap(s).await;
     renew_extends_the_lease_and_nothing_else(s).await;
     renew_is_compare_and_swap(s).await;
+    concurrent_creators_losers_name_the_winner(store.clone(), 8).await;
     concurrent_savers_one_winner_per_version(store.clone(), 8, 6).await;
 
     let mut skipped = Vec::new();
@@ -262,22 +264,47 @@ fn assert_names(err: &StoreError, store: &dyn CheckpointStore, key: &JobKey) {
     );
 }
 
-/// Panics unless `err` is a conflict naming `store`, `key` and `expected`.
-fn assert_conflict(
+/// Panics unless `err` is a conflict naming `store`, `key`, `expected` and
+/// `found`, and the writer of the checkpoint stored now (the conflict
+/// happened before: the operation that failed changed nothing), or no
+/// writer when nothing is stored.
+async fn assert_conflict(
     err: &StoreError,
     store: &dyn CheckpointStore,
     key: &JobKey,
     expected: Option<u64>,
     found: Option<u64>,
 ) {
-    assert!(
-        matches!(
-            err,
-            StoreError::Conflict { expected: e, found: f, .. } if *e == expected && *f == found
-        ),
-        "expected a conflict (expected version {expected:?}, found {found:?}), got: {err}"
+    let StoreError::Conflict {
+        expected: e,
+        found: f,
+        found_writer,
+        ..
+    } = err
+    else {
+        panic!("expected a conflict (expected version {expected:?}, found {found:?}), got: {err}");
+    };
+    assert_eq!(
+        (*e, *f),
+        (expected, found),
+        "the conflict names other versions: {err}"
     );
     assert_names(err, store, key);
+    let stored = match found {
+        Some(_) => Some(load_present(store, key).await.writer),
+        None => None,
+    };
+    assert_eq!(
+        found_writer.as_deref(),
+        stored.as_ref(),
+        "the conflict must name the writer of the version found (the run that holds the job now): {err}"
+    );
+    if let Some(writer) = &stored {
+        assert!(
+            err.to_string().contains(&writer.run_id.to_string()),
+            "the conflict's message does not name the run that holds the job: {err}"
+        );
+    }
 }
 
 /// The stored checkpoint, which must be there.

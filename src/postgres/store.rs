@@ -38,8 +38,9 @@ use crate::postgres::transaction::{SharedTransaction, TxShared};
 /// of rows it changed says whether it won. Postgres row locks make concurrent
 /// saves of one key take turns, and each re-reads the row it waited for, so of
 /// many saves expecting one version exactly one wins; the others get
-/// [`StoreError::Conflict`] with the version they found. `delete` is the same
-/// compare-and-swap on `version`.
+/// [`StoreError::Conflict`] with the version they found and its writer (read
+/// from the row's envelope). `delete` is the same compare-and-swap on
+/// `version`.
 ///
 /// # Durability
 ///
@@ -409,7 +410,7 @@ impl PostgresStore {
                 );
                 return Ok(());
             }
-            Err(self.conflict(key, expected, found.map(|f| f.0)).into())
+            Err(self.conflict(key, expected, found.as_ref()).into())
         })
         .await
     }
@@ -422,17 +423,22 @@ impl PostgresStore {
             .await
     }
 
+    /// A conflict naming the row found (`version`, `envelope`; `None`:
+    /// absent), with the writer its envelope records when it can be read.
     pub(crate) fn conflict(
         &self,
         key: &str,
         expected: Option<u64>,
-        found: Option<i64>,
+        found: Option<&(i64, Vec<u8>)>,
     ) -> StoreError {
         StoreError::Conflict {
             store: self.inner.location.clone(),
             key: key.to_owned(),
             expected,
-            found: found.and_then(|v| u64::try_from(v).ok()),
+            found: found.and_then(|(v, _)| u64::try_from(*v).ok()),
+            found_writer: found
+                .and_then(|(_, envelope)| Checkpoint::decode(envelope).ok())
+                .map(|c| Box::new(c.writer)),
         }
     }
 
@@ -555,8 +561,8 @@ impl CheckpointStore for PostgresStore {
                     key: key.to_string(),
                 }
                 .into()),
-                Some((found, _)) => Err(self
-                    .conflict(key.as_str(), Some(expected), Some(found))
+                found @ Some(_) => Err(self
+                    .conflict(key.as_str(), Some(expected), found.as_ref())
                     .into()),
             }
         })

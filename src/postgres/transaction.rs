@@ -533,8 +533,8 @@ impl TxShared {
             Ok(_) => {
                 drop(tx); // rolls back every chunk's writes
                 self.lose("another runner saved this job first (compare-and-swap conflict)".into());
-                let found = store.found(key).await.ok().flatten().map(|f| f.0);
-                return Err(store.conflict(key, expected, found));
+                let found = store.found(key).await.ok().flatten();
+                return Err(store.conflict(key, expected, found.as_ref()));
             }
             Err(e) => {
                 drop(tx);

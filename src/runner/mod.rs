@@ -296,8 +296,10 @@ impl<J: Job> Runner<J> {
     /// checkpoint and, during long chunks, every third of `ttl`; the final
     /// checkpoint releases it. Another runner refuses to start while a live
     /// lease is held ([`Error::Held`], the `conflict` exit code) and takes the
-    /// job over once it has expired, or at once when the holder ran on this
-    /// host and its process is gone. A renewal that finds another version
+    /// job over once it has expired, or at once when the holder's process has
+    /// exited ([`Writer::has_exited`](crate::Writer::has_exited) says when this
+    /// can be told) or is a previous incarnation of this process (PID 1 of a
+    /// restarted container). A renewal that finds another version
     /// (someone took the job over) stops the run at once, without writing.
     ///
     /// Renewals during a chunk run concurrently with it (through

@@ -335,7 +335,8 @@ fn stopped_before_start(interrupts: &Interrupts, key: &JobKey) -> Result<Outcome
 }
 
 /// Ends a run stopped while taking its lease, releasing the lease it may
-/// have taken.
+/// have taken. A release that writes records the run as interrupted, and
+/// counts the interruption like a final checkpoint does.
 async fn stopped_after_lease(
     session: &mut Session,
     interrupts: &Interrupts,
@@ -346,6 +347,7 @@ async fn stopped_after_lease(
         let status = Status::Interrupted {
             source: source.to_string(),
         };
+        session.totals.interruptions += 1;
         release(session, status, interrupts, budget.grace).await;
     }
     Ok(outcome)

@@ -40,11 +40,11 @@ const ROUNDS: u32 = 6;
 /// first reads the object and checks that its version is `v`. S3 evaluates
 /// the condition atomically with the write, so of many savers expecting the
 /// same version exactly one succeeds; the others get
-/// [`StoreError::Conflict`] naming the version they found.
+/// [`StoreError::Conflict`] naming the version they found and its writer.
 ///
 /// - `412 Precondition Failed`: another writer won. The store re-reads the
-///   object to name its version in the conflict (and to tell apart the two
-///   cases below).
+///   object to name its version and writer in the conflict (and to tell
+///   apart the two cases below).
 /// - `If-Match` on a missing object: `404` on AWS, `412` on some servers; both
 ///   give a conflict with `found: None`.
 /// - `409 ConditionalRequestConflict` (a concurrent request on the same key):
@@ -247,14 +247,16 @@ impl S3Store {
         error.into_store_error(self.location(), key.to_string(), operation)
     }
 
-    fn conflict(&self, key: &JobKey, expected: Option<u64>, found: Option<u64>) -> StoreError {
-        debug!(store = %self.location(), job = %key.short(), ?expected, ?found, "compare-and-swap refused");
-        StoreError::Conflict {
-            store: self.location(),
-            key: key.to_string(),
-            expected,
-            found,
-        }
+    /// A conflict naming the stored checkpoint `found` (`None`: absent).
+    fn conflict(
+        &self,
+        key: &JobKey,
+        expected: Option<u64>,
+        found: Option<&Checkpoint>,
+    ) -> StoreError {
+        let error = StoreError::conflict(self.location(), key, expected, found);
+        debug!(%error, "compare-and-swap refused");
+        error
     }
 
     fn corrupt(&self, key: &JobKey, object: &str, reason: CheckpointError) -> StoreError {
@@ -400,7 +402,7 @@ impl S3Store {
             && found == checkpoint.version
             && expected.map_or(1, |v| v.saturating_add(1)) == checkpoint.version;
         if Some(found) != expected && !own_earlier_attempt {
-            return Err(self.conflict(key, expected, Some(found)));
+            return Err(self.conflict(key, expected, Some(&stored.checkpoint)));
         }
         if own_earlier_attempt {
             warn!(
@@ -424,7 +426,7 @@ impl S3Store {
                 key: key.to_string(),
             }),
             Some(stored) if stored.checkpoint.version != expected => {
-                Err(self.conflict(key, Some(expected), Some(stored.checkpoint.version)))
+                Err(self.conflict(key, Some(expected), Some(&stored.checkpoint)))
             }
             Some(stored) => stored
                 .etag

@@ -54,7 +54,7 @@ impl MemoryStore {
         &self,
         key: &JobKey,
         expected: Option<u64>,
-        found: Option<u64>,
+        found: Option<&Checkpoint>,
     ) -> Result<(), StoreError> {
         StoreError::unless_version(self, key, expected, found)
     }
@@ -75,11 +75,8 @@ impl CheckpointStore for MemoryStore {
         let bytes = checkpoint.encode();
         let key = &checkpoint.job;
         let mut entries = self.lock();
-        let found = entries
-            .get(key)
-            .map(|b| self.decode(key, b).map(|c| c.version))
-            .transpose()?;
-        self.check(key, expected, found)?;
+        let found = entries.get(key).map(|b| self.decode(key, b)).transpose()?;
+        self.check(key, expected, found.as_ref())?;
         entries.insert(key.clone(), bytes);
         Ok(())
     }
@@ -106,8 +103,8 @@ impl CheckpointStore for MemoryStore {
                 key: key.to_string(),
             });
         };
-        let found = self.decode(key, bytes)?.version;
-        self.check(key, Some(expected), Some(found))?;
+        let found = self.decode(key, bytes)?;
+        self.check(key, Some(expected), Some(&found))?;
         entries.remove(key);
         Ok(())
     }

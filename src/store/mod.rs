@@ -49,7 +49,7 @@ pub use refusal::Refusal;
 pub(crate) use url::check_store_url;
 pub use url::{open_store, redact_url};
 
-use crate::checkpoint::{Checkpoint, CheckpointError, Status};
+use crate::checkpoint::{Checkpoint, CheckpointError, Status, Writer};
 use crate::key::JobKey;
 use crate::BoxError;
 
@@ -81,8 +81,10 @@ use crate::BoxError;
 /// - **Compare-and-swap.** A save, renewal or delete names the version it
 ///   expects to replace (`None`: the key must be absent). When the stored
 ///   version differs, it changes nothing and fails with
-///   [`StoreError::Conflict`] naming both versions. Of many concurrent saves
-///   and renewals expecting the same version, exactly one succeeds.
+///   [`StoreError::Conflict`] naming both versions and the stored
+///   checkpoint's writer (the run that holds the job now), so that a runner
+///   that lost a race can say who won. Of many concurrent saves and renewals
+///   expecting the same version, exactly one succeeds.
 /// - **Durable on success.** When `save` returns `Ok`, the checkpoint survives
 ///   a crash of this process and of the machine, to the extent the medium
 ///   allows (see each store's docs).
@@ -284,9 +286,10 @@ pub enum StoreError {
     /// The stored version is not the one the caller expected: another writer
     /// saved in between (or still runs). Nothing was written.
     #[error(
-        "{store}: checkpoint {key:?} was changed by another writer: expected version {}, found {}",
+        "{store}: checkpoint {key:?} was changed by another writer: expected version {}, found {}{}",
         show_version(*expected),
-        show_version(*found)
+        show_version(*found),
+        found_writer.as_ref().map_or_else(String::new, |w| format!(", written by {w}"))
     )]
     Conflict {
         /// The store.
@@ -297,6 +300,10 @@ pub enum StoreError {
         expected: Option<u64>,
         /// The version found (`None`: absent).
         found: Option<u64>,
+        /// Who wrote the version found: the run that holds the job now
+        /// (its host, pid, run id and task). `None` when nothing was found,
+        /// or when the store could not read the stored checkpoint's writer.
+        found_writer: Option<Box<Writer>>,
     },
     /// The stored checkpoint fails verification. It was left untouched.
     #[error("{store}: checkpoint {key:?} ({path}) is unreadable: {reason}")]
@@ -387,23 +394,36 @@ fn show_version(v: Option<u64>) -> String {
 }
 
 impl StoreError {
-    /// `Ok` when the version `store` found for `key` is the one the caller
-    /// expected; otherwise [`StoreError::Conflict`] naming both.
+    /// `Ok` when the version of the checkpoint `store` found for `key` is
+    /// the one the caller expected; otherwise [`StoreError::Conflict`]
+    /// naming both versions and the found checkpoint's writer.
     pub(crate) fn unless_version(
         store: &dyn CheckpointStore,
         key: &JobKey,
         expected: Option<u64>,
-        found: Option<u64>,
+        found: Option<&Checkpoint>,
     ) -> Result<(), StoreError> {
-        if expected == found {
+        if expected == found.map(|c| c.version) {
             Ok(())
         } else {
-            Err(StoreError::Conflict {
-                store: store.location(),
-                key: key.to_string(),
-                expected,
-                found,
-            })
+            Err(StoreError::conflict(store.location(), key, expected, found))
+        }
+    }
+
+    /// [`StoreError::Conflict`]: `found` is the stored checkpoint, whose
+    /// version and writer it names (`None`: the key is absent).
+    pub(crate) fn conflict(
+        store: String,
+        key: &JobKey,
+        expected: Option<u64>,
+        found: Option<&Checkpoint>,
+    ) -> StoreError {
+        StoreError::Conflict {
+            store,
+            key: key.to_string(),
+            expected,
+            found: found.map(|c| c.version),
+            found_writer: found.map(|c| Box::new(c.writer.clone())),
         }
     }
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 use spotbatch::{Checkpoint, CheckpointStore, JobKey, Listing};
 
 use crate::error::CliError;
-use crate::target::{describe, holder, holder_gone, live_lease, Target};
+use crate::target::{holder, live_lease, Target};
 use crate::view::{status_detail, CheckpointView, LeaseView, Payload, WriterView};
 use crate::{fmt, stores};
 
@@ -320,7 +320,7 @@ pub(crate) fn render(c: &Checkpoint, location: &str, now: u64) -> String {
             fmt::relative(c.updated_ms, now)
         ),
     );
-    field("writer", describe(&c.writer));
+    field("writer", c.writer.to_string());
     let lease = match &c.lease {
         None => "none (released, or never taken)".to_owned(),
         Some(l) if live_lease(c, now).is_some() => format!(
@@ -328,7 +328,7 @@ pub(crate) fn render(c: &Checkpoint, location: &str, now: u64) -> String {
             holder(c, l),
             fmt::duration(Duration::from_millis(l.expires_ms - now)),
             fmt::utc(l.expires_ms),
-            if holder_gone(&c.writer) {
+            if c.writer.has_exited() {
                 "; that process is gone from this host: the next run there takes the job over"
             } else {
                 ""

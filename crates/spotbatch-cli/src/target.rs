@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use spotbatch::{Checkpoint, CheckpointStore, JobKey, Lease, Writer};
+use spotbatch::{Checkpoint, CheckpointStore, JobKey, Lease};
 
 use crate::error::CliError;
 use crate::{fmt, stores};
@@ -45,40 +45,14 @@ impl Target {
     }
 }
 
-/// `host h, pid p, run r, task t` (the task only when known).
-pub(crate) fn describe(w: &Writer) -> String {
-    let task = if w.task.is_empty() {
-        String::new()
-    } else {
-        format!(", task {}", w.task)
-    };
-    format!("host {}, pid {}, run {}{task}", w.host, w.pid, w.run_id)
-}
-
 /// Who holds a lease: the writer when the writer is the lease's owner (what
 /// the runner always writes), else the owner's run id and who last wrote.
 pub(crate) fn holder(c: &Checkpoint, lease: &Lease) -> String {
     if c.writer.run_id == lease.owner {
-        describe(&c.writer)
+        c.writer.to_string()
     } else {
-        format!(
-            "run {} (last written by {})",
-            lease.owner,
-            describe(&c.writer)
-        )
+        format!("run {} (last written by {})", lease.owner, c.writer)
     }
-}
-
-/// Whether the writer certainly died: it ran on this host and its pid is gone.
-/// (The runner uses the same test to take a job over before its lease expires.)
-pub(crate) fn holder_gone(w: &Writer) -> bool {
-    let me = Writer::this_process();
-    cfg!(target_os = "linux")
-        && w.host == me.host
-        && w.pid != me.pid
-        && !std::path::Path::new("/proc")
-            .join(w.pid.to_string())
-            .exists()
 }
 
 /// The lease if it is still live at `now` (expires in the future).
@@ -99,7 +73,8 @@ pub(crate) fn check_not_held(
     };
     let left = fmt::duration(Duration::from_millis(lease.expires_ms - now));
     let mut holder = holder(c, &lease);
-    if holder_gone(&c.writer) {
+    // The runner's own test for taking a job over before its lease expires.
+    if c.writer.has_exited() {
         holder.push_str(
             "; that process is gone from this host, so the next run there takes the job over by itself",
         );

@@ -472,3 +472,187 @@ fn completion_without_a_store_comes_from_exit_zero_and_a_failing_job_fails() {
     let out = simulate(&["--store", &s.url()], &["true"]);
     assert_code(&out, 2);
 }
+
+/// The quickstart's command line for job `sim` in `s`: `records` records of
+/// `work_us` each, in chunks of 100, interrupted exit code 75.
+fn quickstart_command(s: &Store, records: u64, work_us: u64) -> Vec<String> {
+    let mut command = vec![quickstart_bin().display().to_string()];
+    let mut args = quickstart_args(s.dir.path(), s, work_us);
+    args[1] = records.to_string();
+    command.extend(args);
+    command
+}
+
+/// A SIGTERM followed by the run failing on its own (here a job that exits
+/// 1 on SIGTERM, having saved nothing) is a failure of the job, not a run
+/// "stopped before its first save".
+#[test]
+fn a_run_that_fails_after_an_early_sigterm_is_a_failure_not_a_stop() {
+    let s = Store::new();
+    // A checkpoint of the quickstart's own, for the report to compare with.
+    let mut first = std::process::Command::new(quickstart_bin());
+    first
+        .args(quickstart_args(s.dir.path(), &s, 100))
+        .args(["--max-runtime", "0.3"])
+        .env_remove("SPOTBATCH_STORE");
+    let out = output_within(first, LIMIT);
+    assert_code(&out, 75);
+    let mut cmd = spotbatch();
+    cmd.arg("simulate")
+        .args([
+            "--interrupt-after",
+            "500ms",
+            "--max-runs",
+            "3",
+            "--store",
+            &s.url(),
+            "--job",
+            "sim",
+            "--json",
+        ])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo refused after the stop >&2; exit 1' TERM; sleep 10 & wait",
+        ]);
+    let out = output_within(cmd, LIMIT);
+    assert_code(&out, 1);
+    let r = report(&out);
+    let err = stderr(&out);
+    let run = &r["per_run"][0];
+    assert_eq!(
+        (run["signal"].as_str(), run["exit_code"].as_u64()),
+        (Some("SIGTERM"), Some(1)),
+        "{err}"
+    );
+    assert_eq!(run["note"], "failed after SIGTERM", "{r:#}");
+    assert_eq!(n(&r["runs"]), 1, "the simulation ends at a failure: {r:#}");
+    assert_eq!(n(&r["store"]["stopped_before_first_save"]), 0, "{r:#}");
+    let failure = r["failures"][0].as_str().unwrap();
+    assert!(failure.contains("exit 1"), "{failure}");
+}
+
+/// A SIGTERM that comes during the final checkpoint of the run that
+/// completes the job: the run completes, and the report says so instead of
+/// counting an interruption the job never recorded. The test holds the
+/// file store's lock of the job (as another save in progress would) from
+/// just after the run took its lease until after the SIGTERM, so that the
+/// run's final save waits for it.
+#[test]
+fn a_sigterm_during_the_final_checkpoint_completes_the_job_and_is_told() {
+    let s = Store::new();
+    let lock_path = s.path().join("sim.lock");
+    let ckpt = s.file_of("sim");
+    let started = Instant::now();
+    let holder = std::thread::spawn(move || {
+        while !ckpt.exists() {
+            assert!(started.elapsed() < LIMIT, "the run never took its lease");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&lock_path)
+            .unwrap();
+        lock.lock().unwrap();
+        // The SIGTERM comes at 2 s: the run's one chunk (300 ms) is done.
+        std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
+        lock.unlock().unwrap();
+    });
+    let command = quickstart_command(&s, 100, 3_000);
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let out = simulate(
+        &[
+            "--interrupt-after",
+            "2s",
+            "--store",
+            &s.url(),
+            "--job",
+            "sim",
+            "--json",
+            "--quiet",
+        ],
+        &command,
+    );
+    holder.join().unwrap();
+    assert_code(&out, 0);
+    let r = report(&out);
+    let run = &r["per_run"][0];
+    assert_eq!(
+        (
+            n(&r["runs"]),
+            run["signal"].as_str(),
+            run["exit_code"].as_u64()
+        ),
+        (1, Some("SIGTERM"), Some(0)),
+        "{r:#}"
+    );
+    assert_eq!(
+        run["note"],
+        "completed: the SIGTERM came during its final checkpoint, with nothing left to interrupt",
+        "{r:#}"
+    );
+    let st = &r["store"];
+    assert_eq!(
+        (
+            n(&st["interruptions_recorded"]),
+            n(&st["completed_after_sigterm"]),
+            n(&st["stopped_before_first_save"])
+        ),
+        (0, 1, 0),
+        "{st}"
+    );
+    assert_eq!(s.load("sim").unwrap().status, Status::Completed);
+}
+
+/// A run stopped by SIGTERM before it saved anything (here during the
+/// job's set-up) lost no work, even though the job's status is still the
+/// `running` a hard-killed run left: the work lost is the killed run's.
+#[test]
+fn a_run_stopped_before_its_first_save_loses_no_work_after_a_hard_kill() {
+    let s = Store::new();
+    // A run killed mid-job: the checkpoint says `running`.
+    let mut first = std::process::Command::new(quickstart_bin());
+    first
+        .args(quickstart_args(s.dir.path(), &s, 100))
+        .env_remove("SPOTBATCH_STORE")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = first.spawn().unwrap();
+    let started = Instant::now();
+    while s.load("sim").is_none_or(|c| c.counters.chunks < 10) {
+        assert!(started.elapsed() < LIMIT, "no checkpoint");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(s.load("sim").unwrap().status, Status::Running);
+
+    let command = quickstart_command(&s, 20_000, 100);
+    let mut command: Vec<&str> = command.iter().map(String::as_str).collect();
+    command.extend(["--setup-secs", "5"]);
+    let out = simulate(
+        &[
+            "--interrupt-after",
+            "1s",
+            "--max-runs",
+            "1",
+            "--store",
+            &s.url(),
+            "--job",
+            "sim",
+            "--json",
+            "--quiet",
+        ],
+        &command,
+    );
+    let r = report(&out);
+    let run = &r["per_run"][0];
+    assert_eq!(
+        (run["signal"].as_str(), run["exit_code"].as_u64()),
+        (Some("SIGTERM"), Some(75)),
+        "{r:#}"
+    );
+    assert!(run["lost_ms"].is_null(), "{r:#}");
+    assert_eq!(n(&r["store"]["lost_ms"]), 0, "{r:#}");
+}

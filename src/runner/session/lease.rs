@@ -2,7 +2,6 @@
 //! is known to be gone.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -25,32 +24,23 @@ impl Session {
         if lease.expires_ms <= now {
             info!(
                 job = %self.key.short(),
-                holder = %describe(holder),
+                %holder,
                 expired_ms_ago = now - lease.expires_ms,
                 "taking the job over: the previous holder's lease expired"
             );
             return Ok(());
         }
         if holder.run_id == lease.owner && holder_is_gone(holder, &self.writer) {
-            info!(job = %self.key.short(), holder = %describe(holder), "taking the job over: the previous holder's process is gone");
+            info!(job = %self.key.short(), %holder, "taking the job over: the previous holder's process is gone");
             return Ok(());
         }
         Err(Error::Held {
             store: self.location.clone(),
             key: self.key.to_string(),
-            holder: describe(holder),
+            holder: holder.to_string(),
             expires_in: Duration::from_millis(lease.expires_ms - now),
         })
     }
-}
-
-fn describe(w: &Writer) -> String {
-    let task = if w.task.is_empty() {
-        String::new()
-    } else {
-        format!(", task {}", w.task)
-    };
-    format!("host {}, pid {}, run {}{task}", w.host, w.pid, w.run_id)
 }
 
 /// The runs under way in this process, by run id: a holder with our pid is a
@@ -92,19 +82,20 @@ fn live_here(run_id: Uuid) -> bool {
         .is_some_and(|runs| runs.contains(&run_id))
 }
 
-/// Whether the lease holder is certainly dead: it ran on this host in our
-/// PID namespace, and its process is gone (or its pid is ours but its run is
-/// not one of this process's: a previous incarnation, e.g. PID 1 of a
-/// restarted container with the same name).
+/// Whether the lease holder is certainly dead: its process has exited
+/// ([`Writer::has_exited`]: it ran on this host in our PID namespace, and no
+/// process has its pid any more, or the one that has it is a zombie), or
+/// its pid is ours but its run is not one of this process's (a previous
+/// incarnation, e.g. PID 1 of a restarted container with the same name).
 /// Containers that share a host name but not a PID namespace (host
 /// networking) cannot see each other's processes: they wait for the lease.
 fn holder_is_gone(holder: &Writer, me: &Writer) -> bool {
-    let same_namespace = holder.pid_namespace != 0 && holder.pid_namespace == me.pid_namespace;
-    if holder.host != me.host || !same_namespace || holder.run_id == me.run_id {
+    if holder.run_id == me.run_id {
         return false;
     }
-    if holder.pid == me.pid {
+    let same_namespace = holder.pid_namespace != 0 && holder.pid_namespace == me.pid_namespace;
+    if holder.host == me.host && same_namespace && holder.pid == me.pid {
         return !live_here(holder.run_id);
     }
-    cfg!(target_os = "linux") && !Path::new("/proc").join(holder.pid.to_string()).exists()
+    holder.has_exited()
 }

@@ -3,7 +3,7 @@
 //! [`FileStore`](super::FileStore), under *Temporary files*.
 
 use std::fs;
-use std::io::{self, ErrorKind};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use tracing::info;
 
 use super::EXTENSION;
+use crate::process::{liveness, proc_stat, Liveness};
 
 /// How old a temporary file must be to be removed when its writer cannot be
 /// checked from here (another host, another PID namespace, a name that does
@@ -177,7 +178,7 @@ pub(super) fn sweep<'n>(
         };
         let path = dir.join(name);
         let verdict = match temp.origin {
-            Some(origin) if origin.visible_from(&me) => match liveness(&origin) {
+            Some(origin) if origin.visible_from(&me) => match liveness(origin.pid, origin.start) {
                 Liveness::Gone(why) => Ok(format!("its writer, pid {}, {why}", origin.pid)),
                 Liveness::Running => Err(format!(
                     "its writer, pid {}, is running on this host; a save or list removes it once that process is gone",
@@ -260,59 +261,6 @@ fn human(d: Duration) -> String {
         s if s < 2 * 3600 => format!("{} min", s / 60),
         s => format!("{} h", s / 3600),
     }
-}
-
-enum Liveness {
-    /// The process is gone; why we know.
-    Gone(&'static str),
-    Running,
-    /// `/proc` does not tell (the error).
-    Unknown(io::Error),
-}
-
-/// Whether `origin`'s process still runs; it must be visible from here.
-fn liveness(origin: &Origin) -> Liveness {
-    match proc_stat(origin.pid) {
-        Ok(s) if matches!(s.state, 'Z' | 'X') => Liveness::Gone("has exited"),
-        Ok(s) if origin.start != 0 && s.start != origin.start => {
-            Liveness::Gone("has exited (its pid now names another process)")
-        }
-        Ok(_) => Liveness::Running,
-        Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
-            Liveness::Gone("has exited")
-        }
-        Err(e) => Liveness::Unknown(e),
-    }
-}
-
-/// What `/proc/<pid>/stat` tells of a process.
-struct ProcStat {
-    /// Field 3: `R`, `S`, `D`, `Z` (zombie), `X` (dead)…
-    state: char,
-    /// Field 22: start time in clock ticks since boot.
-    start: u64,
-}
-
-fn proc_stat(pid: u32) -> io::Result<ProcStat> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let bad = || {
-        io::Error::new(
-            ErrorKind::InvalidData,
-            format!("/proc/{pid}/stat: {text:?}"),
-        )
-    };
-    // The command name (field 2) is in parentheses and may hold anything.
-    let (_, after) = text.rsplit_once(')').ok_or_else(bad)?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let state = fields
-        .first()
-        .and_then(|f| f.chars().next())
-        .ok_or_else(bad)?;
-    let start = fields
-        .get(22 - 3)
-        .and_then(|f| f.parse().ok())
-        .ok_or_else(bad)?;
-    Ok(ProcStat { state, start })
 }
 
 /// The first 64 bits of this boot's id; 0 where there is none.
@@ -501,12 +449,15 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert!(me.boot != 0 && me.pid_ns != 0 && me.start != 0, "{me:?}");
             assert!(me.visible_from(&me));
-            assert!(matches!(liveness(&me), Liveness::Running));
+            assert!(matches!(liveness(me.pid, me.start), Liveness::Running));
             let reused = Origin {
                 start: me.start + 1,
                 ..me
             };
-            assert!(matches!(liveness(&reused), Liveness::Gone(_)));
+            assert!(matches!(
+                liveness(reused.pid, reused.start),
+                Liveness::Gone(_)
+            ));
         }
     }
 }

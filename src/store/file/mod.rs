@@ -72,8 +72,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 ///   rename failing and the old checkpoint whole, never a torn one.
 ///
 /// A temporary file whose writer is running is never removed. Liveness is
-/// read from `/proc`: where `/proc` is mounted with `hidepid`, run every
-/// writer of a directory as the same user. [`list`](CheckpointStore::list)
+/// read from `/proc` and `kill(pid, 0)`: where `/proc` is mounted with
+/// `hidepid`, a writer hidden from this user cannot be checked, and its file
+/// goes by age. [`list`](CheckpointStore::list)
 /// reports the temporary files it leaves, with why, as
 /// [`Listing::Leftover`], after the checkpoints.
 ///
@@ -132,12 +133,10 @@ impl FileStore {
         fs_error(self.location(), key.to_string(), operation, error)
     }
 
-    fn read_version(&self, key: &JobKey, path: &Path) -> Result<Option<u64>, StoreError> {
+    /// The checkpoint stored in `path`, read to compare its version.
+    fn read_stored(&self, key: &JobKey, path: &Path) -> Result<Option<Checkpoint>, StoreError> {
         match fs::read(path) {
-            Ok(bytes) => {
-                let checkpoint = self.decode(key, path, &bytes)?;
-                Ok(Some(checkpoint.version))
-            }
+            Ok(bytes) => self.decode(key, path, &bytes).map(Some),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.io_error(key, "read", AtPath::new(path, e))),
         }
@@ -232,7 +231,7 @@ impl FileStore {
         &self,
         key: &JobKey,
         expected: Option<u64>,
-        found: Option<u64>,
+        found: Option<&Checkpoint>,
     ) -> Result<(), StoreError> {
         StoreError::unless_version(self, key, expected, found)
     }
@@ -249,8 +248,8 @@ impl FileStore {
             self.sweep_locked(&stem);
         }
         let path = self.path_of(key);
-        let found = self.read_version(key, &path)?;
-        self.check(key, expected, found)?;
+        let found = self.read_stored(key, &path)?;
+        self.check(key, expected, found.as_ref())?;
         replace_durably(&self.dir, &path, bytes).map_err(|e| self.io_error(key, "save", e))
     }
 
@@ -266,13 +265,13 @@ impl FileStore {
             .lock(key)
             .map_err(|e| self.io_error(key, "delete", e))?;
         self.sweep_locked(&file_stem(key));
-        match self.read_version(key, &path)? {
+        match self.read_stored(key, &path)? {
             None => Err(StoreError::NotFound {
                 store: self.location(),
                 key: key.to_string(),
             }),
-            found => {
-                self.check(key, Some(expected), found)?;
+            Some(found) => {
+                self.check(key, Some(expected), Some(&found))?;
                 fs::remove_file(&path)
                     .map_err(|e| self.io_error(key, "delete", AtPath::new(&path, e)))?;
                 File::open(&self.dir)

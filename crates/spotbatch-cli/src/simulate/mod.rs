@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use spotbatch::{Checkpoint, Status};
+use spotbatch::{Checkpoint, ExitCodes, Status};
 use tokio::time::Instant;
 
 use crate::error::CliError;
@@ -186,6 +186,7 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<bool, CliError> {
     let mut lost_ms = 0u64;
     let mut no_final = 0u32;
     let mut before_first_save = 0u32;
+    let mut completed_anyway = 0u32;
     let mut first_rate: Option<f64> = None;
 
     for n in 1..=args.max_runs {
@@ -261,6 +262,13 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<bool, CliError> {
                         .into(),
                 );
             }
+            if completed_after_sigterm(&r, &run, a) {
+                completed_anyway += 1;
+                run.note = Some(
+                    "completed: the SIGTERM came during its final checkpoint, with nothing left to interrupt"
+                        .into(),
+                );
+            }
         }
         eprintln!("spotbatch simulate: {}", progress_line(&run));
         report.per_run.push(run);
@@ -297,6 +305,7 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<bool, CliError> {
             runs_recorded: end.runs.saturating_sub(start.runs),
             no_final_checkpoint: no_final,
             stopped_before_first_save: before_first_save,
+            completed_after_sigterm: completed_anyway,
             lost_ms,
             first_run_rate: first_rate,
             redone_chunks_estimate: first_rate
@@ -388,12 +397,54 @@ fn tally(report: &mut Report, r: &RunResult, n: u32, run_started: Duration) -> R
 
 /// Whether a run stopped cleanly on SIGTERM before it had saved anything: its
 /// runner gave up while opening the store, loading or taking the lease, so
-/// the job recorded neither the run nor an interruption.
+/// the job recorded neither the run nor an interruption. A run that ended
+/// with one of the runner's failure codes did not stop: it failed (see
+/// [`failure`]).
 fn stopped_before_first_save(r: &RunResult, run: &RunReport) -> bool {
+    matches!(r.sent, Some((Sent::Term, _)))
+        && matches!(r.exit, Exit::Code(code) if failure(code).is_none())
+        && !r.grace_exceeded
+        && run.saved == Some(false)
+}
+
+/// Whether a SIGTERMed run completed the job all the same: the signal came
+/// during its final checkpoint (the chunk loop checks for a stop before each
+/// chunk), so it recorded no interruption.
+fn completed_after_sigterm(r: &RunResult, run: &RunReport, after: &Snap) -> bool {
     matches!(r.sent, Some((Sent::Term, _)))
         && matches!(r.exit, Exit::Code(_))
         && !r.grace_exceeded
-        && run.saved == Some(false)
+        && run.saved == Some(true)
+        && after.status == Some(Status::Completed)
+}
+
+/// [`failure`] of an exit code; `None` for a death by signal.
+fn failure_of(exit: Exit) -> Option<&'static str> {
+    match exit {
+        Exit::Code(code) => failure(code),
+        Exit::Signal(_) => None,
+    }
+}
+
+/// What a runner's exit code means when it is one of the failure codes
+/// (their defaults, [`ExitCodes::default`]); `None` for any other code: the
+/// interrupted code (0 or 75), or one the job chose.
+fn failure(code: i32) -> Option<&'static str> {
+    let codes = ExitCodes::default();
+    let is = |c: u8| code == i32::from(c);
+    if is(codes.conflict) {
+        Some("another runner holds the job's lease, or advanced the job")
+    } else if is(codes.bad_checkpoint) {
+        Some("the stored checkpoint cannot be used")
+    } else if is(codes.bad_config) {
+        Some("bad configuration")
+    } else if is(codes.checkpoint_not_saved) {
+        Some("its final checkpoint was not saved")
+    } else if is(codes.failed) {
+        Some("the job or its store failed")
+    } else {
+        None
+    }
 }
 
 /// Decides what a run means, noting failures and warnings in the report.
@@ -460,6 +511,23 @@ fn judge(
                 };
                 fail(run, "SIGKILL needed: grace exceeded", why);
                 judged = Judged::Failed;
+            } else if let (Exit::Code(code), Some(meaning), false) =
+                (r.exit, failure_of(r.exit), saved)
+            {
+                let store = match after {
+                    Some(_) => "having saved nothing",
+                    None => "(give --store and --job to see what it saved)",
+                };
+                fail(
+                    run,
+                    "failed after SIGTERM",
+                    format!(
+                        "SIGTERM at {at} came while the job was starting, but it ended with exit {code}, a \
+                         failure, not the interrupted code, {store}: {meaning}. The signal did not stop it; \
+                         run the job alone to see why it fails"
+                    ),
+                );
+                judged = Judged::Stop;
             } else if after.is_some_and(|a| a.status == Some(Status::Running)) && saved {
                 fail(
                     run,
@@ -571,8 +639,15 @@ fn judge(
 
 /// Work thrown away by a run that ended by a signal without a final
 /// checkpoint: from its last checkpoint (or its start) to its end.
+///
+/// A run that exited by itself having saved nothing (stopped before it took
+/// the job's lease) ran no chunk and lost nothing, though the status it
+/// leaves is the `running` of an earlier hard-killed run.
 fn lost_work(r: &RunResult, before: &Snap, after: &Snap) -> Option<u64> {
     if r.sent.is_none() || after.status != Some(Status::Running) {
+        return None;
+    }
+    if matches!(r.exit, Exit::Code(_)) && after.version == before.version {
         return None;
     }
     let end = r

@@ -72,6 +72,9 @@ pub(crate) struct StoreReport {
     /// opening the store, loading or taking the lease): the job recorded
     /// neither the run nor the interruption, rightly.
     pub(crate) stopped_before_first_save: u32,
+    /// SIGTERMed runs that completed the job all the same (the signal came
+    /// during their final checkpoint): no interruption to record.
+    pub(crate) completed_after_sigterm: u32,
     /// Wall time of work thrown away: for each run that ended without a final
     /// checkpoint, from its last checkpoint (or its start) to its end. The
     /// next run redid that work.
@@ -221,7 +224,7 @@ impl Report {
             line(
                 "store",
                 format!(
-                    "{} job {:?}: chunks {} → {}; the job recorded {} interruption{} and {} run{}{}",
+                    "{} job {:?}: chunks {} → {}; the job recorded {} interruption{} and {} run{}{}{}",
                     st.url,
                     st.job,
                     st.chunks_at_start,
@@ -238,6 +241,13 @@ impl Report {
                         0 => String::new(),
                         n => format!(
                             "; {n} run{} stopped before saving anything (nothing to record)",
+                            if n == 1 { "" } else { "s" }
+                        ),
+                    },
+                    match st.completed_after_sigterm {
+                        0 => String::new(),
+                        n => format!(
+                            "; {n} SIGTERMed run{} completed all the same (no interruption to record)",
                             if n == 1 { "" } else { "s" }
                         ),
                     },
