@@ -22,13 +22,15 @@
 //! too. The baselines' table is `plain (key text PRIMARY KEY, version bigint,
 //! bytes bytea)`. The checkpoint is a realistic one as a runner saves it
 //! mid-run: 16-byte cursor, 256-byte state, a lease and this run in the
-//! history (so every save also updates the run's `spotbatch_runs` row).
+//! history, whose chunk count each save advances (a save of progress: the
+//! run's `spotbatch_runs` row is written at its start and end, not by these
+//! saves).
 //!
 //! 1. **Save.** [`CheckpointStore::save`] of version `v + 1` over `v` (one
-//!    statement: the compare-and-swap `UPDATE` of every column, plus the
-//!    `spotbatch_runs` upsert), against `UPDATE plain SET bytes = $1,
-//!    version = version + 1 WHERE key = $2 AND version = $3` with the same
-//!    envelope. Each is its own transaction (autocommit, `fsync` on).
+//!    statement: the compare-and-swap `UPDATE` of every column), against
+//!    `UPDATE plain SET bytes = $1, version = version + 1 WHERE key = $2 AND
+//!    version = $3` with the same envelope. Each is its own transaction
+//!    (autocommit, `fsync` on).
 //! 2. **Load.** [`CheckpointStore::load`] (SELECT, checksum, decode) against
 //!    `SELECT bytes, version FROM plain WHERE key = $1`.
 //! 3. **Transactional.** A chunk through a [`SharedTransaction`] writing

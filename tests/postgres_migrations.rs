@@ -188,3 +188,124 @@ async fn saves_change_no_indexed_column() {
         "an expression or partial index may cover any column"
     );
 }
+
+/// A store at migration 0003 with rows in it (0004 undone by hand) takes
+/// 0004 at its next start: the rows stay as they are, a run's last
+/// checkpoint may be unknown (NULL) from then on, and the checkpoint row's
+/// `status` and `version` are still checked.
+#[tokio::test]
+async fn a_store_at_0003_upgrades_with_its_rows() {
+    let schema = fresh_name("upgrade");
+    let url = with_schema(&pg_url(), &schema);
+    let store = PostgresStore::connect(&url).await.expect("first start");
+    let key = JobKey::new("old-job").expect("key");
+    store
+        .save(&Checkpoint::new(key.clone(), Writer::this_process()), None)
+        .await
+        .expect("save");
+    let s = format!("\"{schema}\"");
+    let pool = store.pool().clone();
+    for sql in [
+        format!("DELETE FROM {s}._spotbatch_migrations WHERE version >= 4"),
+        format!(
+            "ALTER TABLE {s}.spotbatch_runs ALTER COLUMN last_saved_at SET NOT NULL, \
+             ALTER COLUMN last_version SET NOT NULL"
+        ),
+        format!(
+            "ALTER TABLE {s}.spotbatch_checkpoints ALTER COLUMN status TYPE text, \
+             ALTER COLUMN version TYPE bigint, \
+             ADD CONSTRAINT spotbatch_checkpoints_version_check CHECK (version >= 1), \
+             ADD CONSTRAINT spotbatch_checkpoints_status_check \
+                 CHECK (status IN ('running', 'interrupted', 'completed', 'failed')), \
+             ADD CONSTRAINT spotbatch_checkpoints_lease_whole \
+                 CHECK ((lease_owner IS NULL) = (lease_expires_at IS NULL))"
+        ),
+        format!("DROP DOMAIN {s}.spotbatch_status"),
+        format!("DROP DOMAIN {s}.spotbatch_version"),
+        format!(
+            "INSERT INTO {s}.spotbatch_runs VALUES ('00000000-0000-4000-8000-000000000001', \
+             'old-job', '2026-01-01Z', NULL, 'running', 'running', NULL, 7, 'host', NULL, \
+             '2026-01-01 00:01Z', 3)"
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .expect("back to 0003");
+    }
+    assert_eq!(applied(&pg_url(), &schema).await.len(), 3);
+
+    let store = PostgresStore::connect(&url)
+        .await
+        .expect("start after an upgrade");
+    assert_eq!(
+        applied(&pg_url(), &schema).await.len() as i64,
+        migration_files()
+    );
+    let row: (String, i64, Option<i64>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT job_key, chunks, last_version FROM {s}.spotbatch_runs"
+    )))
+    .fetch_one(&pool)
+    .await
+    .expect("the row");
+    assert_eq!(row, ("old-job".into(), 7, Some(3)));
+    let nullable: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns \
+         WHERE table_schema = $1 AND table_name = 'spotbatch_runs' AND is_nullable = 'YES' \
+         ORDER BY 1",
+    )
+    .bind(&schema)
+    .fetch_all(&pool)
+    .await
+    .expect("columns");
+    assert_eq!(
+        nullable,
+        [
+            "ended_at",
+            "interruption_source",
+            "last_saved_at",
+            "last_version",
+            "writer_task"
+        ]
+    );
+    let loaded = store
+        .load(&key)
+        .await
+        .expect("load")
+        .expect("the checkpoint");
+    assert_eq!(loaded.version, 1);
+    checks_hold(&pool, &schema).await;
+}
+
+/// Hand edits of the checkpoint row that break its `status` or `version`
+/// are refused.
+async fn checks_hold(pool: &PgPool, schema: &str) {
+    for (set, check) in [
+        ("status = 'paused'", "spotbatch_status_check"),
+        ("version = 0", "spotbatch_version_check"),
+    ] {
+        let err = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE \"{schema}\".spotbatch_checkpoints SET {set}"
+        )))
+        .execute(pool)
+        .await
+        .expect_err(set);
+        assert!(err.to_string().contains(check), "{set}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn the_checkpoint_row_is_checked() {
+    let schema = fresh_name("checks");
+    let store = PostgresStore::connect(&with_schema(&pg_url(), &schema))
+        .await
+        .expect("connect");
+    store
+        .save(
+            &Checkpoint::new(JobKey::new("checked").expect("key"), Writer::this_process()),
+            None,
+        )
+        .await
+        .expect("save");
+    checks_hold(store.pool(), &schema).await;
+}

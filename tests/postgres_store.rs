@@ -207,61 +207,140 @@ async fn a_corrupt_envelope_is_named_and_left_untouched() {
     assert!(err.to_string().contains("disagree"), "{err}");
 }
 
-#[tokio::test]
-async fn run_history_rows_are_written_with_each_save() {
-    let (store, schema) = fresh_store("history").await;
-    let job = key("history-job");
-    let first = Writer::this_process();
-    let mut killed = RunRecord::started(&first, 1_700_000_000_000);
-    killed.chunks = 40;
-    let mut c = Checkpoint::new(job.clone(), first.clone());
-    c.history = vec![killed.clone()];
-    store.save(&c, None).await.expect("create");
+/// A run's row as the test reads it: id, outcome, source, chunks, still
+/// open (no end), last checkpoint's version and time (ms).
+type RunRow = (
+    uuid::Uuid,
+    String,
+    Option<String>,
+    i64,
+    bool,
+    Option<i64>,
+    Option<i64>,
+);
 
-    // The next run: the killed one never ended; this one is interrupted.
+async fn run_rows(pool: &sqlx::PgPool, schema: &str, job: &JobKey) -> Vec<RunRow> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT run_id, outcome, interruption_source, chunks, ended_at IS NULL, last_version, \
+                (extract(epoch from last_saved_at) * 1000)::bigint \
+         FROM \"{schema}\".spotbatch_runs WHERE job_key = $1 ORDER BY started_at"
+    )))
+    .bind(job.as_str())
+    .fetch_all(pool)
+    .await
+    .expect("runs")
+}
+
+/// A run's row: `outcome`, `chunks`, and its last checkpoint `(version, ms)`.
+fn run_row(run: &RunRecord, outcome: &str, last: Option<(i64, i64)>) -> RunRow {
+    let source = run
+        .outcome
+        .strip_prefix("interrupted (")
+        .and_then(|s| s.strip_suffix(')'))
+        .map(str::to_owned);
+    (
+        run.run_id,
+        outcome.to_owned(),
+        source,
+        run.chunks as i64,
+        run.ended_ms == 0,
+        last.map(|l| l.0),
+        last.map(|l| l.1),
+    )
+}
+
+#[tokio::test]
+async fn run_history_rows_keep_what_their_run_recorded() {
+    let (store, schema) = fresh_store("history").await;
+    let pool = admin_pool().await;
+    let job = key("history-job");
+    const T0: u64 = 1_700_000_000_000;
+
+    // The first run starts (its first save takes the lease), saves its
+    // progress, renews its lease during a long chunk, saves again, and is
+    // killed.
+    let first = Writer::this_process();
+    let mut run1 = RunRecord::started(&first, T0);
+    let mut c = Checkpoint::new(job.clone(), first.clone());
+    c.updated_ms = T0;
+    c.history = vec![run1.clone()];
+    store.save(&c, None).await.expect("create");
+    run1.chunks = 40;
+    c.version = 2;
+    c.updated_ms = T0 + 10_000;
+    c.history = vec![run1.clone()];
+    store.save(&c, Some(1)).await.expect("progress");
+    // Progress is on the checkpoint row; the run's row keeps its start.
+    let mut at_start = run1.clone();
+    at_start.chunks = 0;
+    let started = run_row(&at_start, "running", Some((1, T0 as i64)));
+    assert_eq!(run_rows(&pool, &schema, &job).await, [started]);
+    c.version = 3;
+    c.updated_ms = T0 + 20_000;
+    store.renew(&c, Some(2)).await.expect("renewal");
+    // A renewal records the checkpoint it renews (version 2), not itself.
+    let renewed = run_row(&run1, "running", Some((2, T0 as i64 + 10_000)));
+    assert_eq!(
+        run_rows(&pool, &schema, &job).await,
+        std::slice::from_ref(&renewed)
+    );
+    run1.chunks = 55;
+    c.version = 4;
+    c.updated_ms = T0 + 30_000;
+    c.history = vec![run1.clone()];
+    store.save(&c, Some(3)).await.expect("progress");
+    assert_eq!(run_rows(&pool, &schema, &job).await, [renewed]);
+
+    // The next run, in another process, finds it killed: the killed run's
+    // row takes its own last checkpoint (version 4) from the checkpoint row
+    // the next run replaces.
+    let again = PostgresStore::connect(&with_schema(&pg_url(), &schema))
+        .await
+        .expect("a second store");
     let second = Writer::this_process();
-    let mut interrupted = RunRecord::started(&second, 1_700_000_100_000);
-    interrupted.ended_ms = 1_700_000_160_000;
-    interrupted.outcome = "interrupted (SIGTERM)".into();
-    interrupted.chunks = 55;
+    let mut run2 = RunRecord::started(&second, T0 + 100_000);
+    let mut killed = run1.clone();
+    killed.outcome = "killed".into();
     let mut next = Checkpoint::new(job.clone(), second.clone());
-    next.version = 2;
-    next.history = vec![killed.clone(), interrupted.clone()];
-    store.save(&next, Some(1)).await.expect("update");
+    next.version = 5;
+    next.updated_ms = T0 + 100_000;
+    next.history = vec![killed.clone(), run2.clone()];
+    again.save(&next, Some(4)).await.expect("resume");
+    let killed_row = run_row(&killed, "killed", Some((4, T0 as i64 + 30_000)));
+    assert_eq!(
+        run_rows(&pool, &schema, &job).await,
+        [
+            killed_row.clone(),
+            run_row(&run2, "running", Some((5, T0 as i64 + 100_000)))
+        ]
+    );
 
     // A losing save writes no history either: same transaction.
     let mut loser = next.clone();
-    loser.version = 3;
-    let ghost = RunRecord::started(&Writer::this_process(), 1_700_000_200_000);
-    loser.history.push(ghost.clone());
+    loser.version = 6;
+    loser
+        .history
+        .push(RunRecord::started(&Writer::this_process(), T0 + 200_000));
     assert!(matches!(
-        store.save(&loser, Some(1)).await,
+        again.save(&loser, Some(4)).await,
         Err(StoreError::Conflict { .. })
     ));
 
-    let pool = admin_pool().await;
-    let rows: Vec<(uuid::Uuid, String, Option<String>, i64, bool, i64)> =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT run_id, outcome, interruption_source, chunks, ended_at IS NULL, last_version \
-             FROM \"{schema}\".spotbatch_runs WHERE job_key = $1 ORDER BY started_at"
-        )))
-        .bind(job.as_str())
-        .fetch_all(&pool)
-        .await
-        .expect("runs");
+    // The run ends, interrupted: its row takes its last save.
+    run2.ended_ms = T0 + 160_000;
+    run2.outcome = "interrupted (SIGTERM)".into();
+    run2.chunks = 30;
+    next.version = 6;
+    next.updated_ms = T0 + 160_000;
+    next.status = Status::Interrupted {
+        source: "SIGTERM".into(),
+    };
+    next.history = vec![killed.clone(), run2.clone()];
+    again.save(&next, Some(5)).await.expect("end");
+    let run2_row = run_row(&run2, "interrupted", Some((6, T0 as i64 + 160_000)));
     assert_eq!(
-        rows,
-        vec![
-            (killed.run_id, "running".into(), None, 40, true, 1),
-            (
-                interrupted.run_id,
-                "interrupted".into(),
-                Some("SIGTERM".into()),
-                55,
-                false,
-                2
-            ),
-        ]
+        run_rows(&pool, &schema, &job).await,
+        [killed_row.clone(), run2_row.clone()]
     );
 
     // A run id already recorded for another job is left alone.
@@ -280,55 +359,60 @@ async fn run_history_rows_are_written_with_each_save() {
     .fetch_one(&pool)
     .await
     .expect("the killed run's row");
-    assert_eq!(owner, ("history-job".into(), 40));
+    assert_eq!(owner, ("history-job".into(), 55));
 
     // A store that has not saved this job yet writes the whole history (as
-    // arrays): a changed record, an unchanged one, a new one.
-    let again = PostgresStore::connect(&with_schema(&pg_url(), &schema))
+    // arrays): rows as recorded stay as they are, and a run the store never
+    // saw a checkpoint of (its record came with a checkpoint written
+    // elsewhere) has no last checkpoint.
+    let third_store = PostgresStore::connect(&with_schema(&pg_url(), &schema))
         .await
-        .expect("a second store");
-    let mut third = next.clone();
-    third.version = 3;
-    let mut resumed = killed.clone();
-    resumed.outcome = "killed".into();
-    let latest = RunRecord::started(&Writer::this_process(), 1_700_000_300_000);
-    third.history = vec![resumed.clone(), interrupted.clone(), latest.clone()];
-    again
-        .save(&third, Some(2))
+        .expect("a third store");
+    let third = Writer::this_process();
+    let run3 = RunRecord::started(&third, T0 + 300_000);
+    let mut imported = RunRecord::started(&Writer::this_process(), T0 - 100_000);
+    imported.ended_ms = T0 - 50_000;
+    imported.outcome = "completed".into();
+    let mut latest = Checkpoint::new(job.clone(), third);
+    latest.version = 7;
+    latest.updated_ms = T0 + 300_000;
+    latest.history = vec![imported.clone(), killed.clone(), run2.clone(), run3.clone()];
+    third_store
+        .save(&latest, Some(6))
         .await
-        .expect("save with three runs");
-    let rows: Vec<(uuid::Uuid, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT run_id, outcome, last_version FROM \"{schema}\".spotbatch_runs \
-         WHERE job_key = $1 ORDER BY started_at"
-    )))
-    .bind(job.as_str())
-    .fetch_all(&pool)
-    .await
-    .expect("runs");
+        .expect("save with four runs");
     assert_eq!(
-        rows,
-        vec![
-            (killed.run_id, "killed".into(), 3),
-            (interrupted.run_id, "interrupted".into(), 2),
-            (latest.run_id, "running".into(), 3),
+        run_rows(&pool, &schema, &job).await,
+        [
+            run_row(&imported, "completed", None),
+            killed_row,
+            run2_row,
+            run_row(&run3, "running", Some((7, T0 as i64 + 300_000))),
         ]
     );
 
-    // The guide's query: interruptions and work lost per job, in one statement.
+    // The guide's query: interruptions and work lost per job, in one
+    // statement. The killed run lost the 70 s from its last checkpoint to
+    // the next run's start.
     let query = include_str!("../docs/stores.md")
         .split("```sql")
         .nth(2)
         .and_then(|s| s.split("```").next())
         .expect("the second sql block of docs/stores.md");
-    let query = query.replace("spotbatch_runs", &format!("\"{schema}\".spotbatch_runs"));
+    let query = format!(
+        "SELECT *, (extract(epoch from redo_at_most) * 1000)::bigint AS redo_ms FROM ({}) AS q",
+        query.trim().trim_end_matches(';')
+    )
+    .replace("spotbatch_runs", &format!("\"{schema}\".spotbatch_runs"));
     let row = sqlx::query(sqlx::AssertSqlSafe(query))
         .fetch_one(&pool)
         .await
         .expect("the query of docs/stores.md");
     assert_eq!(row.get::<String, _>("job_key"), "history-job");
-    assert_eq!(row.get::<i64, _>("runs"), 3);
+    assert_eq!(row.get::<i64, _>("runs"), 4);
     assert_eq!(row.get::<i64, _>("interrupted"), 1);
     assert_eq!(row.get::<i64, _>("killed"), 1);
+    assert_eq!(row.get::<Option<i64>, _>("redo_ms"), Some(70_000));
 }
 
 #[tokio::test]

@@ -34,9 +34,10 @@ fn ms(col: &str) -> String {
 /// statements it uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
-    /// None: every record of the history is stored as it is.
+    /// None (a run's progress, most saves): the table holds every record
+    /// but the writer's chunk count, which is on the checkpoint row.
     NoRuns,
-    /// One (a run's progress, at most saves): bound as plain values.
+    /// One (a run's start or end, a renewal after progress): bound as plain values.
     OneRun,
     /// Several, bound as arrays.
     Runs,
@@ -62,15 +63,27 @@ impl Queries {
         let sql = |text: String| AssertSqlSafe(text).into_sql_str();
 
         // $1..$23: the checkpoint; then the run records to write (none;
-        // one, as $24..$32; or several, as arrays $24..$32); last, the
-        // transaction mark ('' outside a SharedTransaction).
+        // one, as $24..$32; or several, as arrays $24..$32) and the run the
+        // write is a checkpoint of ($33: the writer, or NULL for a lease
+        // renewal); last, the transaction mark ('' outside a SharedTransaction).
         //
-        // One statement, one round trip: the compare-and-swap (`cas`), then
-        // the runs upsert, which joins `cas` and so writes nothing when the
-        // compare-and-swap did not. The checkpoint row is written with plain
+        // One statement, one round trip. Most saves are a run's progress:
+        // they change no run record but the writer's chunk count, which
+        // lives on the checkpoint row until the run ends, so their statement
+        // is the compare-and-swap alone. The row is written from plain
         // parameters, and the `status` index leaves out `updated_at`
         // (migrations/0003), so a save is a heap-only (HOT) update that adds
         // no index entries.
+        //
+        // A save that changes other records (a run's start or end, a killed
+        // run found) also upserts them, joined to the compare-and-swap
+        // (`cas`), so it writes nothing when the compare-and-swap did not.
+        // A row's `last_saved_at` and `last_version` only ever come from a
+        // checkpoint its own run wrote: this one, when the write is a
+        // checkpoint of that run; else the row this write replaces (`old`,
+        // read before the update), when that run wrote it and its chunk
+        // count is not the row's yet. A later run thus adds what it learned
+        // (`killed`) without making the killed run's last checkpoint its own.
         let mark =
             |n: usize| format!("coalesce(current_setting('{TX_MARK}', true), '') = ${n}::text");
         let columns = [
@@ -136,27 +149,52 @@ impl Queries {
         };
         let h =
             "h(run_id, started_ms, ended_ms, outcome, outcome_detail, source, chunks, host, task)";
+        // The checkpoint a record's `last_*` columns may take: this write
+        // (`cas`) for the run it is a checkpoint of, the replaced row (`old`)
+        // for the run that wrote it, else none.
+        let last = |col: &str| {
+            format!(
+                "CASE WHEN h.run_id = $33::uuid THEN cas.{col} \
+                 WHEN h.run_id = old.writer_run_id THEN old.{col} END"
+            )
+        };
+        // Whether an existing row takes the record's checkpoint: one it
+        // lacks, one of a chunk count the row has not, or this write's when
+        // the record changed.
+        let changed = format!(
+            "({}) IS DISTINCT FROM ({})",
+            prefixed("r"),
+            prefixed("excluded")
+        );
+        let takes = format!(
+            "excluded.last_version IS NOT NULL AND (r.last_version IS NULL \
+             OR r.chunks <> excluded.chunks OR (excluded.run_id = $33::uuid AND {changed}))"
+        );
         let runs_upsert = |source: String| {
             format!(
-                "runs AS (
+                "old AS (
+    SELECT writer_run_id, version, updated_at FROM {cp}
+    WHERE key = $1::text AND version = $2::bigint
+),
+runs AS (
     INSERT INTO {runs} AS r (run_id, job_key, {run_cols}, last_saved_at, last_version)
     SELECT h.run_id, cas.key, {started}, {ended}, h.outcome, h.outcome_detail, h.source,
-           h.chunks, h.host, h.task, cas.updated_at, cas.version
-    FROM cas CROSS JOIN {source}
+           h.chunks, h.host, h.task, {last_saved}, {last_version}
+    FROM cas LEFT JOIN old ON true CROSS JOIN {source}
     ON CONFLICT (run_id) DO UPDATE SET
         started_at = excluded.started_at, ended_at = excluded.ended_at,
         outcome = excluded.outcome, outcome_detail = excluded.outcome_detail,
         interruption_source = excluded.interruption_source, chunks = excluded.chunks,
         writer_host = excluded.writer_host, writer_task = excluded.writer_task,
-        last_saved_at = excluded.last_saved_at, last_version = excluded.last_version
-    WHERE r.job_key = excluded.job_key
-      AND ({r_cols}) IS DISTINCT FROM ({x_cols})
+        last_saved_at = CASE WHEN {takes} THEN excluded.last_saved_at ELSE r.last_saved_at END,
+        last_version = CASE WHEN {takes} THEN excluded.last_version ELSE r.last_version END
+    WHERE r.job_key = excluded.job_key AND ({changed} OR ({takes}))
 )",
                 run_cols = run_cols.join(", "),
                 started = ts("h.started_ms"),
                 ended = ts("h.ended_ms"),
-                r_cols = prefixed("r"),
-                x_cols = prefixed("excluded"),
+                last_saved = last("updated_at"),
+                last_version = last("version"),
             )
         };
         // Per shape: the runs upsert, and the number of the mark's parameter.
@@ -164,37 +202,33 @@ impl Queries {
             (None, 24),
             (
                 Some(runs_upsert(format!("(SELECT {}) AS {h}", run_values("")))),
-                33,
+                34,
             ),
             (
                 Some(runs_upsert(format!("unnest({}) AS {h}", run_values("[]")))),
-                33,
+                34,
             ),
         ];
-        let save = |cas: &str| {
+        // `cas` is `{verb} … RETURNING …` when the runs upsert joins it.
+        let save = |verb: &str| {
             shapes.clone().map(|(runs, n)| {
-                let cas = cas.replace("{mark}", &mark(n));
-                let ctes = list([Some(cas), runs].into_iter().flatten().collect());
-                sql(format!(
-                    "WITH {ctes}\nSELECT count(*) AS saved, {mark} AS marked FROM cas",
-                    mark = mark(n),
-                ))
+                let cas = verb.replace("{mark}", &mark(n));
+                sql(match runs {
+                    None => cas,
+                    Some(runs) => format!(
+                        "WITH cas AS (\n{cas}\n    RETURNING key, version, updated_at\n), {runs}\nSELECT 1 FROM cas"
+                    ),
+                })
             })
         };
         let save_update = save(&format!(
-            "cas AS (
-    UPDATE {cp} SET {set}
-    WHERE key = $1::text AND version = $2::bigint AND {{mark}}
-    RETURNING key, version, updated_at
-)"
+            "UPDATE {cp} SET {set}
+    WHERE key = $1::text AND version = $2::bigint AND {{mark}}"
         ));
         let save_create = save(&format!(
-            "cas AS (
-    INSERT INTO {cp} ({names})
+            "INSERT INTO {cp} ({names})
     SELECT {values} WHERE $2::bigint IS NULL AND {{mark}}
-    ON CONFLICT (key) DO NOTHING
-    RETURNING key, version, updated_at
-)"
+    ON CONFLICT (key) DO NOTHING"
         ));
         Self {
             load: sql(format!("SELECT envelope, version FROM {cp} WHERE key = $1")),
@@ -239,9 +273,12 @@ pub(crate) struct SaveArgs {
     lease_owner: Option<Uuid>,
     lease_ms: Option<i64>,
     history: History,
-    /// The history's records, one per run id (the last wins): what the
-    /// runs table holds once this save commits.
+    /// The history's records, one per run id (the last wins), as the runs
+    /// table holds them once this save commits.
     pub(crate) runs: Vec<RunRecord>,
+    /// The run this write is a checkpoint of: the writer, unless it is a
+    /// lease renewal.
+    checkpoint_of: Option<Uuid>,
     mark: String,
 }
 
@@ -291,10 +328,32 @@ fn cursor_json(checkpoint: &Checkpoint) -> Option<String> {
     Some(text.to_owned())
 }
 
+/// What a save is to the run that writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// A checkpoint of the writer's run (`CheckpointStore::save`).
+    Checkpoint,
+    /// A lease renewal (`CheckpointStore::renew`): the last checkpoint's
+    /// cursor written again, which the run's history row does not take as a
+    /// checkpoint of its own.
+    Renewal,
+}
+
+/// Whether `a` and `b` are the same run's record apart from the chunk count.
+fn same_but_chunks(a: &RunRecord, b: &RunRecord) -> bool {
+    a.run_id == b.run_id
+        && RunRecord {
+            chunks: b.chunks,
+            ..a.clone()
+        } == *b
+}
+
 impl SaveArgs {
-    /// The values to save `checkpoint` over version `expected`. Run records
-    /// equal to one in `written` (the runs table holds them already) are
-    /// left out of the runs upsert.
+    /// The values to save `checkpoint` over version `expected`. Left out of
+    /// the runs upsert: records equal to one in `written` (the runs table
+    /// holds them already), and the writer's own record when only its chunk
+    /// count changed since (a checkpoint of progress: the checkpoint row
+    /// holds it until the run ends, or a renewal or the next run records it).
     ///
     /// Fails only for versions beyond `i64::MAX`, which the `version` column
     /// cannot hold.
@@ -302,6 +361,7 @@ impl SaveArgs {
         checkpoint: &Checkpoint,
         expected: Option<u64>,
         mark: &str,
+        write: Write,
         written: &[RunRecord],
     ) -> Result<Self, String> {
         let version_of = |v: u64| {
@@ -313,6 +373,7 @@ impl SaveArgs {
             other => (other.name(), String::new()),
         };
         let c = &checkpoint.counters;
+        let writer = checkpoint.writer.run_id;
         let mut history = History::default();
         // A run id appears once: the last record wins (an upsert cannot touch a row twice).
         let mut seen = std::collections::HashSet::new();
@@ -324,7 +385,17 @@ impl SaveArgs {
             .cloned()
             .collect();
         runs.reverse();
-        for run in runs.iter().filter(|r| !written.contains(r)) {
+        for run in &mut runs {
+            if written.contains(run) {
+                continue;
+            }
+            if write == Write::Checkpoint && run.run_id == writer {
+                if let Some(held) = written.iter().find(|w| same_but_chunks(w, run)) {
+                    // Progress: the table keeps holding the record it has.
+                    *run = held.clone();
+                    continue;
+                }
+            }
             let (word, source) = outcome_parts(&run.outcome);
             history.run_id.push(run.run_id);
             history.started_ms.push(clamp(run.started_ms));
@@ -360,6 +431,7 @@ impl SaveArgs {
             lease_ms: checkpoint.lease.map(|l| clamp(l.expires_ms)),
             history,
             runs,
+            checkpoint_of: (write == Write::Checkpoint).then_some(writer),
             mark: mark.to_owned(),
         })
     }
@@ -372,18 +444,19 @@ impl SaveArgs {
         }
     }
 
-    /// The statement for this save, with every value bound. Its row:
-    /// whether the compare-and-swap wrote (1 or 0), and whether the
-    /// transaction mark matched (`false`: the job ended its
-    /// [`SharedTransaction`](crate::postgres::SharedTransaction)'s transaction itself).
+    /// The statement for this save, with every value bound. It changes one
+    /// checkpoint row (`rows_affected` 1) when the compare-and-swap wins and
+    /// none when it loses, or when the transaction mark does not match (the
+    /// job ended its [`SharedTransaction`](crate::postgres::SharedTransaction)'s
+    /// transaction itself).
     pub(crate) fn query<'a>(
         &'a self,
         queries: &Queries,
-    ) -> sqlx::query::QueryAs<'a, sqlx::Postgres, (i64, bool), sqlx::postgres::PgArguments> {
+    ) -> sqlx::query::Query<'a, sqlx::Postgres, sqlx::postgres::PgArguments> {
         let shape = self.shape();
         let sql = queries.save[usize::from(self.expected.is_none())][shape as usize].clone();
         let [chunks, items, checkpoints, interruptions, runs] = self.counters;
-        let query = sqlx::query_as(sql)
+        let query = sqlx::query(sql)
             .bind(&self.key)
             .bind(self.expected)
             .bind(self.version)
@@ -419,7 +492,8 @@ impl SaveArgs {
                 .bind(&h.source[0])
                 .bind(h.chunks[0])
                 .bind(&h.host[0])
-                .bind(&h.task[0]),
+                .bind(&h.task[0])
+                .bind(self.checkpoint_of),
             Shape::Runs => query
                 .bind(&h.run_id)
                 .bind(&h.started_ms)
@@ -429,7 +503,8 @@ impl SaveArgs {
                 .bind(&h.source)
                 .bind(&h.chunks)
                 .bind(&h.host)
-                .bind(&h.task),
+                .bind(&h.task)
+                .bind(self.checkpoint_of),
         };
         query.bind(&self.mark)
     }
@@ -454,12 +529,12 @@ mod tests {
             let [none, one, many] = statements.each_ref().map(|s| s.as_str());
             assert_eq!(last_parameter(none), 24, "{kind}: {none}");
             assert!(!none.contains("spotbatch_runs"), "{kind}: {none}");
-            assert_eq!(last_parameter(one), 33, "{kind}: {one}");
+            assert_eq!(last_parameter(one), 34, "{kind}: {one}");
             assert!(
                 one.contains("$24::uuid,") && !one.contains("[]"),
                 "{kind}: {one}"
             );
-            assert_eq!(last_parameter(many), 33, "{kind}: {many}");
+            assert_eq!(last_parameter(many), 34, "{kind}: {many}");
             assert!(many.contains("unnest($24::uuid[],"), "{kind}: {many}");
         }
     }

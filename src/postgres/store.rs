@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::postgres::error::{is_transient, refusal, ConnectError, Failure, PgError, TxError};
 use crate::postgres::options::{describe, parse_url, redact, PostgresOptions};
-use crate::postgres::sql::{Queries, SaveArgs};
+use crate::postgres::sql::{Queries, SaveArgs, Write};
 use crate::postgres::startup::{acquire_retrying, connect_retrying, migrate, retry_backoff};
 use crate::postgres::transaction::{SharedTransaction, TxShared};
 
@@ -56,11 +56,17 @@ use crate::postgres::transaction::{SharedTransaction, TxShared};
 /// and imported into another. Every other column mirrors a field of it for
 /// SQL queries (status, counters, timestamps, writer, lease); `load` trusts
 /// only the envelope and checks its checksum, its job key and that the
-/// `version` column agrees with it. The same statement upserts one
-/// `spotbatch_runs` row per run in the checkpoint's recent history whose
-/// record changed since this store's last committed save of the job (the
-/// whole history the first time, and after a save whose outcome it did not
-/// learn): the current run's row at each save, the others when they change.
+/// `version` column agrees with it.
+///
+/// The same statement writes the `spotbatch_runs` rows whose record changed
+/// since this store's last committed save of the job (all of them the first
+/// time, and after a save whose outcome it did not learn): a run's start and
+/// end, the checkpoint a lease renewal ([`renew`](CheckpointStore::renew))
+/// renews, a run found killed, whose row it completes from the checkpoint
+/// row the killed run wrote. A save of a run's progress writes the
+/// checkpoint row alone. A row's last checkpoint is always one its own run
+/// saved (the guide's `docs/stores.md`, "Tables", has the columns).
+///
 /// Only `key` and `status` are indexed, so a save rewrites its row in place
 /// (a heap-only update, with no new index entries).
 ///
@@ -356,10 +362,11 @@ impl PostgresStore {
         checkpoint: &Checkpoint,
         expected: Option<u64>,
         mark: &str,
+        write: Write,
     ) -> Result<SaveArgs, StoreError> {
         let key = checkpoint.job.as_str();
         let written = self.written().remove(key).unwrap_or_default();
-        SaveArgs::new(checkpoint, expected, mark, &written)
+        SaveArgs::new(checkpoint, expected, mark, write, &written)
             .map_err(|e| self.refused(key, "save", Refusal::Rejected, PgError::Refused(e)))
     }
 
@@ -378,9 +385,10 @@ impl PostgresStore {
         &self,
         checkpoint: &Checkpoint,
         expected: Option<u64>,
+        write: Write,
     ) -> Result<(), StoreError> {
         let key = checkpoint.job.as_str();
-        let args = self.save_args(checkpoint, expected, "")?;
+        let args = self.save_args(checkpoint, expected, "", write)?;
         self.save_with(key, expected, &args).await?;
         self.committed(&args);
         Ok(())
@@ -393,10 +401,11 @@ impl PostgresStore {
         args: &SaveArgs,
     ) -> Result<(), StoreError> {
         self.retrying(key, "save", |attempt| async move {
-            let (saved, _) = args
+            let saved = args
                 .query(&self.inner.sql)
-                .fetch_one(&self.inner.pool)
-                .await?;
+                .execute(&self.inner.pool)
+                .await?
+                .rows_affected();
             if saved == 1 {
                 return Ok(());
             }
@@ -504,13 +513,17 @@ impl CheckpointStore for PostgresStore {
     async fn save(&self, checkpoint: &Checkpoint, expected: Option<u64>) -> Result<(), StoreError> {
         match &self.tx {
             Some(tx) => tx.save(self, checkpoint, expected).await,
-            None => self.save_plain(checkpoint, expected).await,
+            None => {
+                self.save_plain(checkpoint, expected, Write::Checkpoint)
+                    .await
+            }
         }
     }
 
     /// A plain save on a pooled connection, outside the shared transaction
     /// (whose chunk may be running): the lease is renewed without committing,
-    /// waiting for or touching the chunks' uncommitted writes.
+    /// waiting for or touching the chunks' uncommitted writes. The run's
+    /// `spotbatch_runs` row takes the checkpoint renewed, not the renewal.
     async fn renew(
         &self,
         checkpoint: &Checkpoint,
@@ -522,7 +535,7 @@ impl CheckpointStore for PostgresStore {
                 self.refused(key, "save", Refusal::Rejected, PgError::Refused(e))
             })?;
         }
-        self.save_plain(checkpoint, expected).await
+        self.save_plain(checkpoint, expected, Write::Renewal).await
     }
 
     async fn list(&self) -> Result<Vec<Listing>, StoreError> {

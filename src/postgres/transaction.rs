@@ -11,7 +11,7 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tracing::{debug, error, info};
 
 use crate::postgres::error::{is_connection_lost, refusal, Failure, PgError, TxError};
-use crate::postgres::sql::TX_MARK;
+use crate::postgres::sql::{Write, TX_MARK};
 use crate::postgres::store::PostgresStore;
 
 const SAVEPOINT: &str = "SAVEPOINT spotbatch_chunk";
@@ -425,12 +425,7 @@ impl TxShared {
         let Some(tx) = state.tx.as_mut() else {
             return Inside::Ended;
         };
-        let found: Result<String, _> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT coalesce(current_setting('{TX_MARK}', true), '')"
-        )))
-        .fetch_one(&mut **tx)
-        .await;
-        match found {
+        match mark_of(tx).await {
             Ok(mark) if mark == state.mark => Inside::Ours,
             Ok(_) => Inside::Ended,
             Err(e) if aborted(&e) => Inside::Aborted,
@@ -505,9 +500,11 @@ impl TxShared {
         }
         if state.tx.is_none() {
             // No chunk finished since the last checkpoint.
-            return store.save_plain(checkpoint, expected).await;
+            return store
+                .save_plain(checkpoint, expected, Write::Checkpoint)
+                .await;
         }
-        let args = store.save_args(checkpoint, expected, &state.mark)?;
+        let args = store.save_args(checkpoint, expected, &state.mark, Write::Checkpoint)?;
         let chunks = state.chunks;
         let Some(mut tx) = state.tx.take() else {
             return Err(lost(
@@ -523,18 +520,29 @@ impl TxShared {
             shared: self,
             armed: true,
         };
-        let saved = args.query(&store.inner.sql).fetch_one(&mut *tx).await;
-        match saved {
-            Ok((1, _)) => {}
-            Ok((_, false)) => {
-                drop(tx);
-                return Err(lost(self.lose(ENDED_BY_JOB.into())));
-            }
+        let saved = args.query(&store.inner.sql).execute(&mut *tx).await;
+        match saved.map(|done| done.rows_affected()) {
+            Ok(1) => {}
             Ok(_) => {
+                // Not saved: a compare-and-swap conflict, unless the mark
+                // is gone (the job ended the transaction itself).
+                let mark = mark_of(&mut tx).await;
                 drop(tx); // rolls back every chunk's writes
-                self.lose("another runner saved this job first (compare-and-swap conflict)".into());
-                let found = store.found(key).await.ok().flatten();
-                return Err(store.conflict(key, expected, found.as_ref()));
+                return Err(match mark {
+                    Ok(mark) if mark == state.mark => {
+                        self.lose(
+                            "another runner saved this job first (compare-and-swap conflict)"
+                                .into(),
+                        );
+                        let found = store.found(key).await.ok().flatten();
+                        store.conflict(key, expected, found.as_ref())
+                    }
+                    Ok(_) => lost(self.lose(ENDED_BY_JOB.into())),
+                    Err(e) => lost(self.lose(format!(
+                        "the checkpoint update changed no row, and the transaction cannot be \
+                         inspected: {e}"
+                    ))),
+                });
             }
             Err(e) => {
                 drop(tx);
@@ -594,6 +602,15 @@ impl TxShared {
             Err(e) => Err(lost(self.lose(format!("the commit failed: {e}")))),
         }
     }
+}
+
+/// The transaction mark on `conn` ('' outside a [`SharedTransaction`]'s transaction).
+async fn mark_of(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT coalesce(current_setting('{TX_MARK}', true), '')"
+    )))
+    .fetch_one(conn)
+    .await
 }
 
 /// What [`TxShared::inspect`] found on the open transaction's connection.
