@@ -97,6 +97,7 @@ mod retry;
 mod runner;
 mod shutdown;
 pub mod sink;
+pub mod source;
 pub mod store;
 
 #[cfg(feature = "aws")]
