@@ -8,44 +8,49 @@
 //!
 //! ```no_run
 //! use spotbatch::prelude::*;
-//! use spotbatch::source::{Batch, Handler, Limit, Ranges, SourceJob};
+//! use spotbatch::sink::JsonLinesSink;
+//! use spotbatch::source::{Batch, CsvSource, FilePosition, Handler, Limit, SourceJob};
 //!
-//! /// Squares of the numbers 0..1_000_000, exactly once.
-//! struct Squares { out: FileSink }
+//! /// Copies a CSV file's records to a JSON Lines file, exactly once.
+//! struct ToJson { out: JsonLinesSink }
 //!
 //! #[async_trait]
-//! impl Handler<Ranges<u64>> for Squares {
+//! impl Handler<CsvSource> for ToJson {
 //!     type State = u64; // bytes of output the cursor covers
 //!
-//!     async fn resume(&mut self, _: &Option<u64>, out_len: &u64) -> Result<()> {
+//!     async fn resume(&mut self, _: &FilePosition, out_len: &u64) -> Result<()> {
 //!         Ok(self.out.truncate(*out_len).await?) // cut what a killed run wrote past the checkpoint
 //!     }
-//!     async fn handle(&mut self, batch: Batch<Ranges<u64>>, out_len: &mut u64, _: &ChunkContext) -> Result<()> {
-//!         for i in batch.into_records().into_iter().flatten() {
-//!             self.out.write_line(&(i * i).to_string()).await?;
+//!     async fn handle(&mut self, batch: Batch<CsvSource>, out_len: &mut u64, _: &ChunkContext) -> Result<()> {
+//!         for record in batch.records() {
+//!             self.out.write(&record.iter().collect::<Vec<_>>()).await?;
 //!         }
 //!         *out_len = self.out.len();
 //!         Ok(())
 //!     }
 //!     async fn flush(&mut self) -> Result<()> {
-//!         Ok(self.out.flush().await?)
+//!         Ok(self.out.flush().await?) // before every checkpoint
 //!     }
 //! }
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<std::process::ExitCode> {
-//!     let handler = Squares { out: FileSink::open("squares.txt").await? };
-//!     let job = SourceJob::new(Ranges::new(0..1_000_000, 1), handler).limit(Limit::records(1000));
-//!     Ok(Runner::new("squares", job).run().await.exit_code())
+//!     let source = CsvSource::file("orders.csv"); // a header, then records
+//!     let handler = ToJson { out: JsonLinesSink::open("orders.jsonl").await? };
+//!     let job = SourceJob::new(source, handler).limit(Limit::records(1000).or_bytes(1 << 20));
+//!     Ok(Runner::new("orders-to-json", job).run().await.exit_code())
 //! }
 //! ```
+//!
+//! The same job over [`Ranges`] or a Postgres scan changes the source and
+//! the `Handler<…>` it names, nothing else.
 //!
 //! The sources here:
 //!
 //! | source | records | cursor |
 //! |---|---|---|
-//! | `CsvSource` | a CSV file's records, local or (feature `s3`) an S3 object | `FilePosition`: byte offset and number of the next record |
-//! | `JsonLinesSource` | a JSON Lines file's values, typed or `serde_json::Value` | `FilePosition` |
+//! | [`CsvSource`] | a CSV file's records ([`csv::StringRecord`]), local or (feature `s3`) an S3 object | [`FilePosition`]: byte offset, number and line of the next record |
+//! | [`JsonLinesSource`] | a JSON Lines file's values, typed or [`serde_json::Value`] | [`FilePosition`] |
 //! | [`Ranges`] | sub-ranges of numbers, dates or timestamps | the next start |
 //! | `KeysetScan` (feature `postgres`) | rows of a table or query, in the order of a unique key | the last key done |
 //!
@@ -57,7 +62,7 @@
 //! A source's batches are read again, from the checkpoint's cursor, after a
 //! hard stop: records are handled **at least once**, and exactly once when
 //! the handler's outputs are (a [`FileSink`](crate::FileSink) or a
-//! `CsvSink` with its length in the state, a
+//! [`CsvSink`](crate::sink::CsvSink) with its length in the state, a
 //! `SharedTransaction`). After a graceful stop every handled batch is
 //! covered by the final checkpoint, and the next run starts at the first
 //! record not handled.
@@ -93,8 +98,13 @@
 //!
 //! [guide]: https://github.com/spotbatch/spotbatch/blob/main/docs/sources.md
 
+mod delimited;
+mod file;
 mod job;
+mod jsonl;
 mod ranges;
+#[cfg(test)]
+mod tests;
 
 use std::fmt::Debug;
 use std::num::NonZeroU64;
@@ -105,7 +115,13 @@ use serde::Serialize;
 
 use crate::error::BoxError;
 
+/// The `csv` crate this module parses with, for [`csv::StringRecord`] and
+/// [`csv::WriterBuilder`].
+pub use ::csv;
+pub use delimited::CsvSource;
+pub use file::{FilePosition, LocalFile, ReadAt};
 pub use job::{Handler, SourceJob};
+pub use jsonl::JsonLinesSource;
 pub use ranges::{Ranges, Step};
 
 /// Where records come from, read in batches from a cursor.
