@@ -52,7 +52,7 @@
 //! | [`CsvSource`] | a CSV file's records ([`csv::StringRecord`]), local or (feature `s3`) an S3 object | [`FilePosition`]: byte offset, number and line of the next record |
 //! | [`JsonLinesSource`] | a JSON Lines file's values, typed or [`serde_json::Value`] | [`FilePosition`] |
 //! | [`Ranges`] | sub-ranges of numbers, dates or timestamps | the next start |
-//! | `KeysetScan` (feature `postgres`) | rows of a table or query, in the order of a unique key | the last key done |
+//! | [`KeysetScan`](crate::source#sources) (feature `postgres`) | rows of a table or query, in the order of a unique key | the last key done |
 //!
 //! Which to use when, and what each guarantees after SIGTERM and SIGKILL, is
 //! in the guide's [sources, sinks and steps][guide].
@@ -102,6 +102,8 @@ mod delimited;
 mod file;
 mod job;
 mod jsonl;
+#[cfg(feature = "postgres")]
+mod keyset;
 mod ranges;
 #[cfg(test)]
 mod tests;
@@ -122,6 +124,9 @@ pub use delimited::CsvSource;
 pub use file::{FilePosition, LocalFile, ReadAt};
 pub use job::{Handler, SourceJob};
 pub use jsonl::JsonLinesSource;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use keyset::{KeyValue, KeysetScan};
 pub use ranges::{Ranges, Step};
 
 /// Where records come from, read in batches from a cursor.
