@@ -30,6 +30,7 @@
 //!   `spotbatch_runs`; saves are compare-and-swap on the `version` column.
 //! - [`SharedTransaction`]: the chunks' writes and the checkpoint commit in
 //!   one transaction, so a SIGKILL never makes a resumed run write twice.
+//! - [`CopySink`]: rows into a table by `COPY`, in a shared transaction.
 //! - [`PostgresOptions`]: schema, migrations on/off, pool size, timeouts,
 //!   retries.
 //!
@@ -38,6 +39,7 @@
 //! [`PostgresOptions::migrate`] off and run those files (in order) in the
 //! store's schema.
 
+mod copy;
 mod error;
 mod options;
 mod sql;
@@ -45,6 +47,7 @@ mod startup;
 mod store;
 mod transaction;
 
+pub use copy::{CopyError, CopySink};
 pub use error::{ConnectError, TxError};
 pub use options::{PostgresOptions, DEFAULT_SCHEMA};
 pub use store::PostgresStore;

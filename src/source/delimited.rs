@@ -282,8 +282,8 @@ impl Source for CsvSource {
         };
         let mut records = Vec::new();
         let next = self.read(from, limit, &mut records, fields).await?;
-        if records.is_empty() && next == from {
-            return Ok(None);
+        if records.is_empty() && (next == from || self.window.at_end()) {
+            return Ok(None); // nothing left but blank lines
         }
         Ok(Some(Batch::new(records, next)))
     }

@@ -125,8 +125,8 @@ impl<T: DeserializeOwned + Send + 'static> Source for JsonLinesSource<T> {
                             reason: e.to_string(),
                         })?;
                     records.push(value);
+                    bytes += end as u64; // blank lines are free: a batch is never blank only
                 }
-                bytes += end as u64;
                 pos.advance(&rest[..end], u64::from(is_record));
                 consumed += end;
             }
@@ -135,8 +135,8 @@ impl<T: DeserializeOwned + Send + 'static> Source for JsonLinesSource<T> {
                 break;
             }
         }
-        if records.is_empty() && pos == *from {
-            return Ok(None);
+        if records.is_empty() && (pos == *from || self.window.at_end()) {
+            return Ok(None); // nothing left but blank lines
         }
         Ok(Some(Batch::new(records, pos)))
     }

@@ -284,7 +284,8 @@ impl KeysetScan {
             })?;
             match value {
                 Some(v) => values.push(v),
-                None => return Err(self.error(format!(
+                None => {
+                    return Err(self.error(format!(
                     "a row's key column {:?} is NULL{}: such rows are never read in key order; \
                          leave them out of the query or replace their NULLs (coalesce)",
                     k.name,
@@ -293,7 +294,8 @@ impl KeysetScan {
                     } else {
                         ""
                     }
-                ))),
+                )))
+                }
             }
         }
         Ok(values)
