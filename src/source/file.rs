@@ -123,7 +123,6 @@ impl ReadAt for LocalFile {
 /// `Default` is the start of the file. The offset is exact (resuming reads
 /// from it, no record is skipped or read twice); `record` and `line` count
 /// what lies before it, for messages and for the handler.
-#[non_exhaustive]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FilePosition {
     /// The byte offset of the next record (for a CSV file with a header, 0

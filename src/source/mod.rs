@@ -105,6 +105,8 @@ mod jsonl;
 #[cfg(feature = "postgres")]
 mod keyset;
 mod ranges;
+#[cfg(feature = "s3")]
+mod s3_object;
 #[cfg(test)]
 mod tests;
 
@@ -128,6 +130,9 @@ pub use jsonl::JsonLinesSource;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use keyset::{KeyValue, KeysetScan};
 pub use ranges::{Ranges, Step};
+#[cfg(feature = "s3")]
+#[cfg_attr(docsrs, doc(cfg(feature = "s3")))]
+pub use s3_object::S3Object;
 
 /// Where records come from, read in batches from a cursor.
 ///
