@@ -1,5 +1,5 @@
 //! Loads a CSV file into a PostgreSQL table exactly once: a `CsvSource`
-//! reads the file in chunks, a `CopySink` copies each chunk's records into
+//! reads the file in chunks, a `TableSink` inserts each chunk's records into
 //! the table inside a shared transaction, and the rows commit together with
 //! the checkpoint that covers them.
 //!
@@ -17,14 +17,14 @@
 use std::time::Duration;
 
 use clap::Parser;
-use spotbatch::postgres::{CopySink, PostgresStore};
+use spotbatch::postgres::{PostgresStore, TableSink};
 use spotbatch::prelude::*;
 use spotbatch::source::{Batch, CsvSource, Handler, Limit, SourceJob};
 use sqlx::{AssertSqlSafe, PgPool};
 
 /// Copies each batch of records into the table.
 struct Load {
-    sink: CopySink,
+    sink: TableSink,
     work: Duration,
 }
 
@@ -153,7 +153,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     }
     let tx = store.transactional()?;
     let load = Load {
-        sink: CopySink::new(tx.clone(), &table, header.iter()),
+        sink: TableSink::new(tx.clone(), &table, header.iter()),
         work: Duration::from_micros(args.work_us),
     };
     let job = SourceJob::new(source, load).limit(Limit::records(args.chunk));

@@ -30,7 +30,7 @@
 //!   `spotbatch_runs`; saves are compare-and-swap on the `version` column.
 //! - [`SharedTransaction`]: the chunks' writes and the checkpoint commit in
 //!   one transaction, so a SIGKILL never makes a resumed run write twice.
-//! - [`CopySink`]: rows into a table by `COPY`, in a shared transaction.
+//! - [`TableSink`]: rows into a table, one statement per chunk, in a shared transaction.
 //! - [`PostgresOptions`]: schema, migrations on/off, pool size, timeouts,
 //!   retries.
 //!
@@ -39,18 +39,18 @@
 //! [`PostgresOptions::migrate`] off and run those files (in order) in the
 //! store's schema.
 
-mod copy;
 mod error;
 mod options;
 mod sql;
 mod startup;
 mod store;
+mod table_sink;
 mod transaction;
 
-pub use copy::{CopyError, CopySink};
 pub use error::{ConnectError, TxError};
 pub use options::{PostgresOptions, DEFAULT_SCHEMA};
 pub use store::PostgresStore;
+pub use table_sink::{TableSink, TableSinkError};
 pub use transaction::{ChunkTx, SharedTransaction};
 
 /// The sqlx this crate is built on, for the types [`ChunkTx`] hands out.
