@@ -60,7 +60,8 @@
 //! rest is grouped by module: [`shutdown`] (stop signals heard from the
 //! first line of `main`, stop sources), [`store`] (the [`CheckpointStore`]
 //! contract, the file and memory stores, [`open_store`]), [`checkpoint`] (the
-//! envelope a store holds), [`sink`] (exactly-once file output), and, behind their
+//! envelope a store holds), [`sink`] (exactly-once file output), [`source`]
+//! (resumable sources and [`SourceJob`](source::SourceJob)), and, behind their
 //! features, [`s3`](crate#features) and [`postgres`](crate#features) stores
 //! and [`aws`](crate#features) platform integration.
 //! The items used most are also re-exported at the root.
@@ -81,13 +82,15 @@
 //!
 //! The [README][readme] states the guarantees; the guide, in reading order:
 //! [writing a job][jobs], [shutdown and exit codes][shutdown],
-//! [stores][stores], [deploying][deploying], [the `spotbatch` command][cli].
+//! [stores][stores], [deploying][deploying], [sources, sinks and steps][sources],
+//! [the `spotbatch` command][cli].
 //!
 //! [readme]: https://github.com/spotbatch/spotbatch/blob/main/README.md
 //! [jobs]: https://github.com/spotbatch/spotbatch/blob/main/docs/jobs.md
 //! [shutdown]: https://github.com/spotbatch/spotbatch/blob/main/docs/shutdown.md
 //! [stores]: https://github.com/spotbatch/spotbatch/blob/main/docs/stores.md
 //! [deploying]: https://github.com/spotbatch/spotbatch/blob/main/docs/deploying.md
+//! [sources]: https://github.com/spotbatch/spotbatch/blob/main/docs/sources.md
 //! [cli]: https://github.com/spotbatch/spotbatch/blob/main/docs/cli.md
 
 pub mod checkpoint;
@@ -103,6 +106,7 @@ mod retry;
 mod runner;
 pub mod shutdown;
 pub mod sink;
+pub mod source;
 pub mod store;
 mod types;
 

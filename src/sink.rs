@@ -1,4 +1,6 @@
-//! Output files whose length rides in the checkpoint, for exactly-once file output.
+//! Output files whose length rides in the checkpoint, for exactly-once file
+//! output: bytes and lines ([`FileSink`]), CSV records ([`CsvSink`]), JSON
+//! Lines ([`JsonLinesSink`]).
 //!
 //! ```
 //! use spotbatch::sink::FileSink;
@@ -21,6 +23,10 @@
 //! assert_eq!(std::fs::read_to_string(&path)?, "covered by the checkpoint\n");
 //! # Ok(()) }
 //! ```
+
+mod lines;
+
+pub use lines::{CsvSink, JsonLinesSink};
 
 use std::fs::{File, OpenOptions};
 use std::io;

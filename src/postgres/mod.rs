@@ -30,6 +30,7 @@
 //!   `spotbatch_runs`; saves are compare-and-swap on the `version` column.
 //! - [`SharedTransaction`]: the chunks' writes and the checkpoint commit in
 //!   one transaction, so a SIGKILL never makes a resumed run write twice.
+//! - [`TableSink`]: rows into a table, one statement per chunk, in a shared transaction.
 //! - [`PostgresOptions`]: schema, migrations on/off, pool size, timeouts,
 //!   retries.
 //!
@@ -43,11 +44,13 @@ mod options;
 mod sql;
 mod startup;
 mod store;
+mod table_sink;
 mod transaction;
 
 pub use error::{ConnectError, TxError};
 pub use options::{PostgresOptions, DEFAULT_SCHEMA};
 pub use store::PostgresStore;
+pub use table_sink::{TableSink, TableSinkError};
 pub use transaction::{ChunkTx, SharedTransaction};
 
 /// The sqlx this crate is built on, for the types [`ChunkTx`] hands out.
