@@ -92,6 +92,7 @@ mod error;
 mod exit;
 mod job;
 mod key;
+pub mod partition;
 mod policy;
 mod retry;
 mod runner;

@@ -18,6 +18,7 @@ use crate::retry::Backoff;
 use super::interrupts::Interrupts;
 
 mod lease;
+pub(crate) use lease::held_by_live_runner;
 use crate::store::{CheckpointStore, StoreError};
 
 /// What a save writes besides the envelope's fixed fields.
