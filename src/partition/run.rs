@@ -60,7 +60,8 @@ pub struct PartitionedRunner<J: Job> {
     codes: ExitCodes,
     signals: Vec<Signal>,
     max_runtime: Option<Duration>,
-    sources: Vec<Box<dyn StopSource>>,
+    /// A mutex only to make the runner `Sync` (stop sources are `Send` only).
+    sources: std::sync::Mutex<Vec<Box<dyn StopSource>>>,
     hook: Option<Hook>,
     pub(super) poll: Duration,
 }
@@ -104,6 +105,13 @@ impl<J: Job + 'static> PartitionedRunner<J> {
     /// partitions; `factory` makes the job of one partition (opening its
     /// inputs and outputs) when the task is about to run it.
     ///
+    /// The factory runs before the partition's lease is taken, and the
+    /// partition may turn out to be held by another task (its job is then
+    /// dropped unrun): open inputs and outputs without writing to them, and
+    /// set where writing starts in [`Job::resume`], which runs once the
+    /// lease is taken ([`FileSink::truncate`](crate::FileSink::truncate)
+    /// does both).
+    ///
     /// The defaults: the file store in `./.spotbatch`, dynamic assignment, a
     /// 30 s grace period, a 60 s lease, [`ExitCodes::default`], SIGTERM and
     /// SIGINT, a 1 s poll while waiting for partitions held by others.
@@ -125,7 +133,7 @@ impl<J: Job + 'static> PartitionedRunner<J> {
             codes: ExitCodes::default(),
             signals: vec![Signal::Term, Signal::Int],
             max_runtime: None,
-            sources: Vec::new(),
+            sources: std::sync::Mutex::new(Vec::new()),
             hook: None,
             poll: Duration::from_secs(1),
         }
@@ -230,7 +238,7 @@ impl<J: Job + 'static> PartitionedRunner<J> {
     /// Stops the task (like SIGTERM) when `source` says so, e.g. an EC2 Spot
     /// notice poller.
     pub fn stop_source(mut self, source: impl StopSource) -> Self {
-        self.sources.push(Box::new(source));
+        sources(&mut self.sources).push(Box::new(source));
         self
     }
 
@@ -270,7 +278,7 @@ impl<J: Job + 'static> PartitionedRunner<J> {
     pub async fn run(mut self) -> PartitionedReport {
         let started = Instant::now();
         let mut runs = Vec::new();
-        let sources = std::mem::take(&mut self.sources);
+        let sources = std::mem::take(sources(&mut self.sources));
         let outcome = match self.drive(sources, &mut runs).await {
             Ok(outcome) => outcome,
             Err(error) => {
@@ -531,6 +539,14 @@ impl<J: Job + 'static> PartitionedRunner<J> {
             None => runner,
         }
     }
+}
+
+fn sources(
+    sources: &mut std::sync::Mutex<Vec<Box<dyn StopSource>>>,
+) -> &mut Vec<Box<dyn StopSource>> {
+    sources
+        .get_mut()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The outcome of a task stopped between runs.
