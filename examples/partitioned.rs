@@ -81,7 +81,12 @@ impl Job for Share {
         if let Some(audit) = &mut self.audit {
             let range = chunk.range();
             audit
-                .write_line(&format!("{} {} {}", range.start, range.end, std::process::id()))
+                .write_line(&format!(
+                    "{} {} {}",
+                    range.start,
+                    range.end,
+                    std::process::id()
+                ))
                 .await?;
             audit.flush().await?;
         }
@@ -226,7 +231,14 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             // Opening writes nothing: `resume` sets where writing starts.
             let out = FileSink::open(out_dir.join(format!("part-{:04}.txt", p.index()))).await?;
             let audit_path = audit_dir.map(|dir| dir.join(format!("p-{:04}.txt", p.index())));
-            Ok(Share { records: p.range(total), chunk, work, out, audit_path, audit: None })
+            Ok(Share {
+                records: p.range(total),
+                chunk,
+                work,
+                out,
+                audit_path,
+                audit: None,
+            })
         }
     };
     let (out_dir, audit_dir) = (args.out_dir.clone(), args.audit_dir.clone());

@@ -51,14 +51,23 @@ async fn eight_dynamic_tasks_on_64_partitions_survive_sigterm_and_sigkill() {
         chaos.sigterms,
         chaos.killed.len()
     );
-    assert!(chaos.sigterms + chaos.killed.len() > 0, "no task was stopped");
+    assert!(
+        chaos.sigterms + chaos.killed.len() > 0,
+        "no task was stopped"
+    );
     fleet.check(&chaos).await;
 }
 
 /// Starts static tasks `0..count` with `vars(i)`, stops task `victim` with
 /// `sig` once it has done a few chunks of its first partition, replaces it,
 /// and checks the job.
-fn static_tasks(partitions: u32, count: u32, vars: impl Fn(u32) -> Vec<(String, String)>, victim: u32, sig: i32) {
+fn static_tasks(
+    partitions: u32,
+    count: u32,
+    vars: impl Fn(u32) -> Vec<(String, String)>,
+    victim: u32,
+    sig: i32,
+) {
     let fleet = file_fleet(partitions);
     let mut chaos = Chaos::default();
     let start = |i: u32, name: &str, chaos: &mut Chaos| {
@@ -67,13 +76,23 @@ fn static_tasks(partitions: u32, count: u32, vars: impl Fn(u32) -> Vec<(String, 
         let log = fleet.dir.path().join(format!("logs/{name}.log"));
         (fleet.spawn(cmd, name, chaos), log)
     };
-    let mut tasks: Vec<_> = (0..count).map(|i| start(i, &format!("t{i}"), &mut chaos)).collect();
+    let mut tasks: Vec<_> = (0..count)
+        .map(|i| start(i, &format!("t{i}"), &mut chaos))
+        .collect();
 
     // The victim's first partition is its index.
     let audit = fleet.audit_dir().join(format!("p-{victim:04}.txt"));
     let began = Instant::now();
-    while std::fs::read_to_string(&audit).unwrap_or_default().lines().count() < 7 {
-        assert!(began.elapsed() < Duration::from_secs(60), "task {victim} did no work");
+    while std::fs::read_to_string(&audit)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 7
+    {
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "task {victim} did no work"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let (victim_child, victim_log) = &mut tasks[victim as usize];
@@ -94,12 +113,20 @@ fn static_tasks(partitions: u32, count: u32, vars: impl Fn(u32) -> Vec<(String, 
         assert_eq!(status.code(), Some(0), "{}", fleet::tail(log));
     }
     let replacement = std::fs::read_to_string(&tasks[victim as usize].1).unwrap();
-    assert!(replacement.contains("resuming from checkpoint"), "{replacement}");
-    tokio::runtime::Runtime::new().unwrap().block_on(fleet.check(&chaos));
+    assert!(
+        replacement.contains("resuming from checkpoint"),
+        "{replacement}"
+    );
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(fleet.check(&chaos));
 }
 
 fn vars(pairs: &[(&str, String)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
 }
 
 #[test]
@@ -160,7 +187,10 @@ impl Job for Count {
 
     async fn process(&mut self, chunk: &Chunk<u64>, _: &mut (), _: &ChunkContext) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(2)).await;
-        self.seen.lock().unwrap().push((self.partition, *chunk.start()));
+        self.seen
+            .lock()
+            .unwrap()
+            .push((self.partition, *chunk.start()));
         Ok(())
     }
 }
@@ -221,7 +251,11 @@ async fn concurrent_tasks_complete_the_job_once_and_run_the_hook_once() {
 
     // A task started now exits 0 at once, doing nothing.
     let report = counting("once", 12, &store, &Arc::default()).run().await;
-    assert!(matches!(report.outcome, TaskOutcome::AlreadyCompleted), "{:?}", report.outcome);
+    assert!(
+        matches!(report.outcome, TaskOutcome::AlreadyCompleted),
+        "{:?}",
+        report.outcome
+    );
     assert!(report.runs.is_empty());
 }
 
@@ -248,14 +282,31 @@ async fn a_partition_whose_holder_stopped_renewing_is_taken_over_when_its_lease_
 
     let started = Instant::now();
     let report = counting("stale", 3, &store, &seen).run().await;
-    assert!(matches!(report.outcome, TaskOutcome::JobCompleted), "{:?}", report.outcome);
-    assert!(started.elapsed() >= Duration::from_millis(1_400), "took it over before the lease lapsed");
+    assert!(
+        matches!(report.outcome, TaskOutcome::JobCompleted),
+        "{:?}",
+        report.outcome
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_400),
+        "took it over before the lease lapsed"
+    );
     let taken = store.load(&key).await.unwrap().unwrap();
     assert!(taken.lease.is_none());
-    let killed = taken.history.iter().find(|r| r.run_id == holder.run_id).unwrap();
+    let killed = taken
+        .history
+        .iter()
+        .find(|r| r.run_id == holder.run_id)
+        .unwrap();
     assert_eq!(killed.outcome, "killed");
     // The holder had done items 0..4: the new holder did 4..10.
-    let items: Vec<u64> = seen.lock().unwrap().iter().filter(|(p, _)| *p == 1).map(|(_, i)| *i).collect();
+    let items: Vec<u64> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| *p == 1)
+        .map(|(_, i)| *i)
+        .collect();
     assert_eq!(items, (4..10).collect::<Vec<_>>());
 }
 
@@ -267,18 +318,31 @@ async fn a_task_given_another_number_of_partitions_is_refused() {
         .assignment(Assignment::fixed(0, 4).unwrap())
         .run()
         .await;
-    assert!(matches!(report.outcome, TaskOutcome::PartitionsDone), "{:?}", report.outcome);
+    assert!(
+        matches!(report.outcome, TaskOutcome::PartitionsDone),
+        "{:?}",
+        report.outcome
+    );
     let report = counting("count", 5, &store, &seen).run().await;
     assert_eq!(report.code(), 78, "{:?}", report.outcome);
     let error = report.error().unwrap().to_string();
-    assert!(error.contains("has 4 partitions") && error.contains("given 5"), "{error}");
+    assert!(
+        error.contains("has 4 partitions") && error.contains("given 5"),
+        "{error}"
+    );
 
     // A single job's key is not a partitioned job's.
-    let single = Runner::new("single", Count { partition: 0, seen: Arc::clone(&seen) })
-        .store(store.clone())
-        .signals(&[])
-        .run()
-        .await;
+    let single = Runner::new(
+        "single",
+        Count {
+            partition: 0,
+            seen: Arc::clone(&seen),
+        },
+    )
+    .store(store.clone())
+    .signals(&[])
+    .run()
+    .await;
     assert!(single.is_complete());
     let report = counting("single", 2, &store, &seen).run().await;
     assert_eq!(report.code(), 65, "{:?}", report.outcome);

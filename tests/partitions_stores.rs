@@ -26,7 +26,10 @@ async fn run(fleet: Fleet) {
         chaos.sigterms,
         chaos.killed.len()
     );
-    assert!(chaos.sigterms + chaos.killed.len() > 0, "no task was stopped");
+    assert!(
+        chaos.sigterms + chaos.killed.len() > 0,
+        "no task was stopped"
+    );
     fleet.check(&chaos).await;
 }
 

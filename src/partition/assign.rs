@@ -117,9 +117,9 @@ impl Assignment {
     /// them (dynamic: all of them, to pick from).
     pub fn partitions(&self, partitions: u32) -> Vec<u32> {
         match *self {
-            Assignment::Static { index, count } => (index..partitions)
-                .step_by(count.max(1) as usize)
-                .collect(),
+            Assignment::Static { index, count } => {
+                (index..partitions).step_by(count.max(1) as usize).collect()
+            }
             Assignment::Dynamic => (0..partitions).collect(),
         }
     }
@@ -238,7 +238,10 @@ mod tests {
     fn static_tasks_share_the_partitions_round_robin() {
         let a = Assignment::fixed(1, 4).unwrap();
         assert_eq!(a.partitions(10), vec![1, 5, 9]);
-        assert_eq!(Assignment::fixed(9, 10).unwrap().partitions(4), Vec::<u32>::new());
+        assert_eq!(
+            Assignment::fixed(9, 10).unwrap().partitions(4),
+            Vec::<u32>::new()
+        );
         let mut all: Vec<u32> = (0..4)
             .flat_map(|i| Assignment::fixed(i, 4).unwrap().partitions(10))
             .collect();

@@ -412,7 +412,9 @@ impl<J: Job + 'static> PartitionedRunner<J> {
                 }
             }
         }
-        let rows = self.read(task, &(0..self.partitions).collect::<Vec<_>>()).await;
+        let rows = self
+            .read(task, &(0..self.partitions).collect::<Vec<_>>())
+            .await;
         let done = rows
             .iter()
             .filter(|r| r.state == PartitionState::Completed)

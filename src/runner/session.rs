@@ -18,8 +18,8 @@ use crate::retry::Backoff;
 use super::interrupts::Interrupts;
 
 mod lease;
-pub(crate) use lease::held_by_live_runner;
 use crate::store::{CheckpointStore, StoreError};
+pub(crate) use lease::held_by_live_runner;
 
 /// What a save writes besides the envelope's fixed fields.
 #[derive(Clone)]

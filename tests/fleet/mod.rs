@@ -19,6 +19,8 @@ use spotbatch_test_support::example_bin;
 pub const JOB: &str = "fleet";
 /// The interrupted exit code the tasks are given.
 pub const RETRY_ME: i32 = 75;
+/// How many times each worker of [`Fleet::chaos`] is stopped at most.
+pub const STOPS_PER_WORKER: usize = 4;
 /// Time from SIGTERM to SIGKILL, and the tasks' `--grace` (a little less).
 const GRACE: Duration = Duration::from_secs(10);
 
@@ -36,6 +38,19 @@ pub struct Fleet {
     pub every_chunks: u64,
     /// Environment the tasks need (the S3 endpoint…).
     pub env: Vec<(String, String)>,
+}
+
+impl Drop for Fleet {
+    /// Keeps the tasks' logs and outputs of a failed test.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!(
+                "the fleet's logs and outputs are kept in {}",
+                dir.keep().display()
+            );
+        }
+    }
 }
 
 /// What the chaos did.
@@ -128,14 +143,18 @@ impl Fleet {
             .expect("read the job's progress")
     }
 
-    /// `workers` dynamic tasks, each stopped after a random 0.3–1.5 s by
-    /// SIGTERM or (with probability `kill_ratio`) SIGKILL and started again,
+    /// `workers` dynamic tasks, each stopped a random 0.3–1.5 s after it is
+    /// ready (its store open: a Postgres store's migrations take a while
+    /// when many tasks start at once) by SIGTERM or (with probability
+    /// `kill_ratio`) SIGKILL and started again, up to [`STOPS_PER_WORKER`]
+    /// times each (which bounds the test's time on a loaded machine) and
     /// until every partition is done; then the tasks run to their end.
     pub async fn chaos(&self, workers: usize, seed: u64, kill_ratio: f64) -> Chaos {
         struct Slot {
             child: Option<Child>,
             name: String,
-            started: Instant,
+            /// When the task said "task started" (its store open, its handlers installed).
+            ready: Option<Instant>,
             stop_after: Duration,
             sent: Option<(bool, Instant)>,
             done: bool,
@@ -147,7 +166,7 @@ impl Fleet {
             .map(|_| Slot {
                 child: None,
                 name: String::new(),
-                started: Instant::now(),
+                ready: None,
                 stop_after: Duration::ZERO,
                 sent: None,
                 done: false,
@@ -177,7 +196,7 @@ impl Fleet {
                     slot.runs += 1;
                     slot.name = format!("w{w}-run{}", slot.runs);
                     slot.child = Some(self.spawn(self.command(&[]), &slot.name, &mut chaos));
-                    slot.started = Instant::now();
+                    slot.ready = None;
                     slot.stop_after = Duration::from_millis(rng.u64(300..=1_500));
                     slot.sent = None;
                     continue;
@@ -185,21 +204,41 @@ impl Fleet {
                 let pid = child.id();
                 if let Some(status) = child.try_wait().expect("try_wait") {
                     slot.child = None;
+                    let log = self.log_dir().join(format!("{}.log", slot.name));
                     match (slot.sent, status.code(), status.signal()) {
                         (_, Some(0), _) => slot.done = true,
                         (Some((false, _)), Some(RETRY_ME), _) => {}
                         (Some((true, _)), _, Some(libc::SIGKILL)) => {}
+                        // SIGTERM before the task installed its handlers (it
+                        // logs "task started" after): it had done nothing.
+                        (Some((false, _)), _, Some(libc::SIGTERM))
+                            if !std::fs::read_to_string(&log)
+                                .unwrap_or_default()
+                                .contains("task started") => {}
                         _ => panic!(
                             "task {} (pid {pid}) ended with {status} after {:?} (seed {seed}):\n{}",
                             slot.name,
-                            slot.sent.map(|(kill, _)| if kill { "SIGKILL" } else { "SIGTERM" }),
-                            tail(&self.log_dir().join(format!("{}.log", slot.name)))
+                            slot.sent
+                                .map(|(kill, _)| if kill { "SIGKILL" } else { "SIGTERM" }),
+                            tail(&log)
                         ),
                     }
                     continue;
                 }
+                if slot.ready.is_none() {
+                    let log = self.log_dir().join(format!("{}.log", slot.name));
+                    if std::fs::read_to_string(log)
+                        .unwrap_or_default()
+                        .contains("task started")
+                    {
+                        slot.ready = Some(Instant::now());
+                    }
+                }
                 match slot.sent {
-                    None if chaos_on && slot.started.elapsed() >= slot.stop_after => {
+                    None if chaos_on
+                        && slot.runs <= STOPS_PER_WORKER
+                        && slot.ready.is_some_and(|at| at.elapsed() >= slot.stop_after) =>
+                    {
                         let kill = rng.f64() < kill_ratio;
                         send(pid, if kill { libc::SIGKILL } else { libc::SIGTERM });
                         if kill {
@@ -228,11 +267,28 @@ impl Fleet {
     /// checkpoint: at most `every_chunks` chunks each).
     pub async fn check(&self, chaos: &Chaos) {
         let p = self.progress().await;
-        assert!(p.is_completed(), "the job is not completed: {}", p.summary());
-        assert!(p.checkpoint.lease.is_none(), "the job-level lease was not released");
+        assert!(
+            p.is_completed(),
+            "the job is not completed: {}",
+            p.summary()
+        );
+        assert!(
+            p.checkpoint.lease.is_none(),
+            "the job-level lease was not released"
+        );
         for row in &p.rows {
-            assert_eq!(row.state, PartitionState::Completed, "partition {}", row.index);
-            assert_eq!(row.claim, Claim::Free, "partition {} keeps a claim", row.index);
+            assert_eq!(
+                row.state,
+                PartitionState::Completed,
+                "partition {}",
+                row.index
+            );
+            assert_eq!(
+                row.claim,
+                Claim::Free,
+                "partition {} keeps a claim",
+                row.index
+            );
         }
 
         // Completed exactly once: one run of the completion step recorded it,
@@ -266,7 +322,11 @@ impl Fleet {
         for (i, expected) in reference.iter().enumerate() {
             let path = self.out_dir().join(format!("part-{i:04}.txt"));
             let got = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert!(got == *expected, "{} differs from an uninterrupted run's", path.display());
+            assert!(
+                got == *expected,
+                "{} differs from an uninterrupted run's",
+                path.display()
+            );
         }
 
         // Chunks: all done; done twice only after a SIGKILL, at most every_chunks each.
@@ -331,7 +391,9 @@ pub fn reference(partitions: u32, records: u64, chunk: u64) -> Vec<Vec<u8>> {
             .expect("reference run");
         assert!(status.success(), "reference run: {status}");
         (0..partitions)
-            .map(|i| std::fs::read(dir.path().join(format!("out/part-{i:04}.txt"))).expect("reference"))
+            .map(|i| {
+                std::fs::read(dir.path().join(format!("out/part-{i:04}.txt"))).expect("reference")
+            })
             .collect()
     }
 }

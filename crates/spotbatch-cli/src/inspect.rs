@@ -249,7 +249,10 @@ fn row_of(e: &ListEntry, now: u64) -> Vec<String> {
     }
     let status = match (e.status, e.status_detail.as_deref()) {
         _ if e.partitions.is_some() => {
-            format!("partitioned, {}", e.partitions.as_ref().map_or("", |p| p.summary.as_str()))
+            format!(
+                "partitioned, {}",
+                e.partitions.as_ref().map_or("", |p| p.summary.as_str())
+            )
         }
         (Some(s), Some(d)) if !d.is_empty() => shorten(&format!("{s} ({d})"), 40),
         (Some(s), _) => s.to_owned(),

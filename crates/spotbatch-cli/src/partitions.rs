@@ -136,7 +136,8 @@ pub(crate) fn render(p: &JobProgress, now: u64) -> String {
         .iter()
         .map(|r| {
             let c = r.checkpoint.as_ref();
-            let owner = |c: &spotbatch::Checkpoint| format!("{} pid {}", c.writer.host, c.writer.pid);
+            let owner =
+                |c: &spotbatch::Checkpoint| format!("{} pid {}", c.writer.host, c.writer.pid);
             let claim = match (r.claim, c) {
                 (Claim::Live { expires_ms }, Some(c)) => format!(
                     "HELD by {} (lease expires in {})",
@@ -166,14 +167,27 @@ pub(crate) fn render(p: &JobProgress, now: u64) -> String {
                 c.map_or_else(|| "-".into(), |c| c.counters.items.to_string()),
                 c.map_or_else(
                     || "-".into(),
-                    |c| format!("{} ({})", fmt::utc(c.updated_ms), fmt::relative(c.updated_ms, now)),
+                    |c| {
+                        format!(
+                            "{} ({})",
+                            fmt::utc(c.updated_ms),
+                            fmt::relative(c.updated_ms, now)
+                        )
+                    },
                 ),
                 claim,
             ]
         })
         .collect();
     for line in fmt::table(
-        &["PARTITION", "STATUS", "CHUNKS", "ITEMS", "UPDATED", "OWNER / CLAIM"],
+        &[
+            "PARTITION",
+            "STATUS",
+            "CHUNKS",
+            "ITEMS",
+            "UPDATED",
+            "OWNER / CLAIM",
+        ],
         &rows,
     )
     .lines()
