@@ -55,7 +55,8 @@
 //! What a first job needs is at the crate root and in the [`prelude`]. The
 //! rest is grouped by module: [`store`] (the [`CheckpointStore`] contract,
 //! the file and memory stores, [`open_store`]), [`checkpoint`] (the envelope
-//! a store holds), [`sink`] (exactly-once file output), and, behind their
+//! a store holds), [`sink`] (exactly-once file output), [`partition`] (one
+//! job cut into partitions, run by many tasks), and, behind their
 //! features, [`s3`](crate#features) and [`postgres`](crate#features) stores
 //! and [`aws`](crate#features) platform integration.
 //! The items used most are also re-exported at the root.
