@@ -54,6 +54,18 @@ impl ExitCodes {
     /// The conventional "temporary failure, try again" code (`EX_TEMPFAIL`),
     /// for `interrupted` on platforms that only retry non-zero exits.
     pub const RETRY_ME: u8 = 75;
+
+    /// The code of a failure of `kind`.
+    pub(crate) fn of_failure(&self, kind: FailureKind) -> u8 {
+        match kind {
+            FailureKind::Conflict => self.conflict,
+            FailureKind::BadCheckpoint => self.bad_checkpoint,
+            FailureKind::BadConfig => self.bad_config,
+            FailureKind::CheckpointNotSaved => self.checkpoint_not_saved,
+            FailureKind::StoreRefused => self.store_refused,
+            _ => self.failed,
+        }
+    }
 }
 
 impl Default for ExitCodes {
@@ -166,14 +178,7 @@ impl Report {
         match &self.outcome {
             Outcome::Completed | Outcome::AlreadyCompleted => c.completed,
             Outcome::Interrupted(_) => c.interrupted,
-            Outcome::Failed(e) => match e.kind() {
-                FailureKind::Conflict => c.conflict,
-                FailureKind::BadCheckpoint => c.bad_checkpoint,
-                FailureKind::BadConfig => c.bad_config,
-                FailureKind::CheckpointNotSaved => c.checkpoint_not_saved,
-                FailureKind::StoreRefused => c.store_refused,
-                _ => c.failed,
-            },
+            Outcome::Failed(e) => c.of_failure(e.kind()),
         }
     }
 

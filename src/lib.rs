@@ -61,7 +61,8 @@
 //! first line of `main`, stop sources), [`store`] (the [`CheckpointStore`]
 //! contract, the file and memory stores, [`open_store`]), [`checkpoint`] (the
 //! envelope a store holds), [`sink`] (exactly-once file output), [`source`]
-//! (resumable sources and [`SourceJob`](source::SourceJob)), and, behind their
+//! (resumable sources and [`SourceJob`](source::SourceJob)), [`partition`]
+//! (one job cut into partitions, run by many tasks), and, behind their
 //! features, [`s3`](crate#features) and [`postgres`](crate#features) stores
 //! and [`aws`](crate#features) platform integration.
 //! The items used most are also re-exported at the root.
@@ -100,6 +101,7 @@ mod error;
 mod exit;
 mod job;
 mod key;
+pub mod partition;
 mod policy;
 mod process;
 mod retry;

@@ -31,6 +31,11 @@ use spotbatch::ExitCodes;
 #[path = "../examples/quickstart.rs"]
 mod quickstart;
 
+// The partitioned example's real flag parser (the `partitioned` image runs it).
+#[allow(dead_code)]
+#[path = "../examples/partitioned.rs"]
+mod partitioned;
+
 /// The most Fargate allows for a container's `stopTimeout`.
 const FARGATE_MAX_STOP_TIMEOUT: f64 = 120.0;
 /// SIGTERM to SIGKILL for an AWS Batch job whose container sets no stop
@@ -933,6 +938,228 @@ fn every_grace_in_the_kit_is_under_its_platforms_stop_timeout() {
         assert_grace_fits(file, args, stop, platform);
     }
     assert!(ecs_stop <= FARGATE_MAX_STOP_TIMEOUT);
+}
+
+// ---------------------------------------------------------------------------
+// Partitioned jobs (docs/scaling-out.md)
+// ---------------------------------------------------------------------------
+
+/// The command line must be one the partitioned example accepts; returns
+/// its `--partitions` and `--assign`.
+fn assert_partitioned_accepts(file: &str, args: &[String]) -> (u32, String) {
+    let argv = std::iter::once("partitioned").chain(args.iter().map(String::as_str));
+    if let Err(e) = partitioned::Args::try_parse_from(argv) {
+        panic!("deploy/{file}: the partitioned example refuses {args:?}:\n{e}");
+    }
+    let partitions = flag(file, args, "partitions")
+        .unwrap_or_else(|| panic!("deploy/{file}: no --partitions (every task must say the same)"))
+        .parse()
+        .unwrap_or_else(|e| panic!("deploy/{file}: --partitions: {e}"));
+    let assign = flag(file, args, "assign")
+        .unwrap_or_else(|| panic!("deploy/{file}: no --assign"))
+        .to_owned();
+    (partitions, assign)
+}
+
+#[test]
+fn batch_array_job_runs_static_tasks_and_retries_the_interrupted_code() {
+    const FILE: &str = "batch/partitioned-job-definition.json";
+    let jd = json(FILE);
+    let args = strings(FILE, at(FILE, &jd, &["containerProperties", "command"]));
+    let (partitions, assign) = assert_partitioned_accepts(FILE, &args);
+    assert_eq!(
+        assign, "static",
+        "deploy/{FILE}: AWS Batch array children are static tasks"
+    );
+    assert_eq!(
+        interrupted_code(FILE, &args),
+        Some(ExitCodes::RETRY_ME),
+        "deploy/{FILE}"
+    );
+    assert_grace_fits(FILE, &args, BATCH_STOP_TIMEOUT, "Batch");
+    let rules = at(FILE, &jd, &["retryStrategy", "evaluateOnExit"])
+        .as_array()
+        .expect("evaluateOnExit is a list");
+    assert_eq!(
+        rules[0]["onExitCode"], "75",
+        "deploy/{FILE}: the first rule retries 75"
+    );
+    assert_eq!(rules[0]["action"], "RETRY", "deploy/{FILE}");
+    let last = rules.last().expect("a catch-all rule");
+    assert_eq!(
+        (&last["onReason"], &last["action"]),
+        (&Value::from("*"), &Value::from("EXIT"))
+    );
+
+    const SUBMIT: &str = "batch/submit-partitioned-job.json";
+    let submit = json(SUBMIT);
+    assert_eq!(
+        submit["jobDefinition"], jd["jobDefinitionName"],
+        "deploy/{SUBMIT}"
+    );
+    let size = number(SUBMIT, at(SUBMIT, &submit, &["arrayProperties", "size"]));
+    assert!(
+        (2.0..=10_000.0).contains(&size),
+        "deploy/{SUBMIT}: array size {size} (2 to 10,000)"
+    );
+    assert!(
+        size <= f64::from(partitions),
+        "deploy/{SUBMIT}: {size} children for {partitions} partitions leaves some with nothing"
+    );
+}
+
+#[test]
+fn kubernetes_indexed_job_gives_each_pod_its_index_and_the_count() {
+    const FILE: &str = "kubernetes/partitioned-job.yaml";
+    let job = yaml(FILE);
+    let spec = &job["spec"];
+    assert_eq!(spec["completionMode"], "Indexed", "deploy/{FILE}");
+    let completions = number(FILE, &spec["completions"]);
+    assert!(
+        number(FILE, &spec["parallelism"]) <= completions,
+        "deploy/{FILE}: parallelism"
+    );
+    assert!(
+        number(FILE, &spec["backoffLimitPerIndex"]) >= 1.0,
+        "deploy/{FILE}: backoffLimitPerIndex"
+    );
+    let pod = &spec["template"]["spec"];
+    assert_eq!(
+        pod["restartPolicy"], "Never",
+        "deploy/{FILE}: required by podFailurePolicy"
+    );
+    let container = &pod["containers"][0];
+    assert!(
+        container.get("command").is_none(),
+        "deploy/{FILE}: `command` replaces the ENTRYPOINT"
+    );
+    let ignores_75 = spec["podFailurePolicy"]["rules"]
+        .as_array()
+        .expect("podFailurePolicy rules")
+        .iter()
+        .any(|r| {
+            r["action"] == "Ignore"
+                && r["onExitCodes"]["operator"] == "In"
+                && r["onExitCodes"]["containerName"] == container["name"]
+                && r["onExitCodes"]["values"].as_array().is_some_and(|v| {
+                    v.iter()
+                        .any(|c| c.as_u64() == Some(u64::from(ExitCodes::RETRY_ME)))
+                })
+        });
+    assert!(
+        ignores_75,
+        "deploy/{FILE}: no Ignore rule for exit 75 on the job's container"
+    );
+    let args = strings(FILE, &container["args"]);
+    let (partitions, assign) = assert_partitioned_accepts(FILE, &args);
+    assert_eq!(
+        assign, "static",
+        "deploy/{FILE}: Indexed Job pods are static tasks"
+    );
+    assert_eq!(
+        interrupted_code(FILE, &args),
+        Some(ExitCodes::RETRY_ME),
+        "deploy/{FILE}"
+    );
+    let grace_period = number(FILE, &pod["terminationGracePeriodSeconds"]);
+    assert_grace_fits(FILE, &args, grace_period, "terminationGracePeriodSeconds");
+    let count: f64 = env_var(FILE, &container["env"], "SPOTBATCH_TASK_COUNT")
+        .parse()
+        .expect("SPOTBATCH_TASK_COUNT is a number");
+    assert_eq!(
+        count, completions,
+        "deploy/{FILE}: SPOTBATCH_TASK_COUNT is not spec.completions"
+    );
+    assert!(
+        completions <= f64::from(partitions),
+        "deploy/{FILE}: more pods than partitions"
+    );
+    let claim = &pod["volumes"][0]["persistentVolumeClaim"]["claimName"];
+    let pvc = yaml("kubernetes/partitioned-pvc.yaml");
+    assert_eq!(
+        pvc["metadata"]["name"], *claim,
+        "deploy/{FILE}: the volume's claim"
+    );
+    assert!(
+        strings(
+            "kubernetes/partitioned-pvc.yaml",
+            &pvc["spec"]["accessModes"]
+        )
+        .contains(&"ReadWriteMany".to_owned()),
+        "deploy/kubernetes/partitioned-pvc.yaml: pods on many nodes write at once: ReadWriteMany"
+    );
+}
+
+#[test]
+fn ecs_fleet_runs_dynamic_tasks_on_fargate_spot() {
+    const FILE: &str = "ecs/partitioned-task-definition.json";
+    let td = json(FILE);
+    let c = &td["containerDefinitions"][0];
+    let stop_timeout = number(FILE, at(FILE, c, &["stopTimeout"]));
+    assert!(
+        stop_timeout <= FARGATE_MAX_STOP_TIMEOUT,
+        "deploy/{FILE}: stopTimeout"
+    );
+    assert!(
+        c.get("entryPoint").is_none(),
+        "deploy/{FILE}: entryPoint replaces the ENTRYPOINT"
+    );
+    let args = strings(FILE, at(FILE, c, &["command"]));
+    let (_, assign) = assert_partitioned_accepts(FILE, &args);
+    assert_eq!(
+        assign, "dynamic",
+        "deploy/{FILE}: an ECS fleet shares the partitions dynamically"
+    );
+    assert_grace_fits(FILE, &args, stop_timeout, "ECS stopTimeout");
+    if let Some(code) = interrupted_code(FILE, &args) {
+        assert_eq!(
+            code,
+            ExitCodes::default().interrupted,
+            "deploy/{FILE}: ECS retries nothing"
+        );
+    }
+    const RUN: &str = "ecs/run-partitioned-tasks.json";
+    let run = json(RUN);
+    assert_eq!(run["taskDefinition"], td["family"], "deploy/{RUN}");
+    let count = number(RUN, &run["count"]);
+    assert!(
+        (1.0..=10.0).contains(&count),
+        "deploy/{RUN}: RunTask starts 1 to 10 tasks"
+    );
+    assert!(
+        run["capacityProviderStrategy"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|p| p["capacityProvider"] == "FARGATE_SPOT")),
+        "deploy/{RUN}: not on Fargate Spot"
+    );
+}
+
+#[test]
+fn dockerfile_has_a_partitioned_target_in_exec_form() {
+    let instructions = dockerfile();
+    let start = instructions
+        .iter()
+        .position(|(k, a)| k == "FROM" && a.ends_with(" AS partitioned"))
+        .expect("deploy/Dockerfile: no `partitioned` stage");
+    let stage: Vec<&(String, String)> = instructions[start + 1..]
+        .iter()
+        .take_while(|(k, _)| k != "FROM")
+        .collect();
+    let entrypoint = stage
+        .iter()
+        .find(|(k, _)| k == "ENTRYPOINT")
+        .map(|(_, a)| a.as_str())
+        .expect("deploy/Dockerfile: the partitioned stage has no ENTRYPOINT");
+    let argv: Vec<String> = serde_json::from_str(entrypoint).unwrap_or_else(|e| {
+        panic!("deploy/Dockerfile: partitioned ENTRYPOINT {entrypoint} is not exec form: {e}")
+    });
+    assert_eq!(argv, ["/app/partitioned"]);
+    assert!(
+        stage
+            .iter()
+            .any(|(k, a)| k == "USER" && a.starts_with("65532")),
+        "deploy/Dockerfile: the partitioned stage runs as root"
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) use session::held_by_live_runner;
 use tokio::time::Instant;
 use tracing::{error, info};
 

@@ -20,6 +20,7 @@ use super::interrupts::{Interrupts, Stops};
 
 mod lease;
 use crate::store::{CheckpointStore, StoreError};
+pub(crate) use lease::held_by_live_runner;
 
 /// What a save writes besides the envelope's fixed fields.
 #[derive(Clone)]

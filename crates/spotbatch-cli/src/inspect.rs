@@ -11,7 +11,8 @@ use serde::Serialize;
 use spotbatch::{Checkpoint, CheckpointStore, JobKey, Listing};
 
 use crate::error::CliError;
-use crate::target::{holder, live_lease, Target};
+use crate::partitions::{self, PartitionsDetail, PartitionsSummary};
+use crate::target::{holder, holder_gone, live_lease, Target};
 use crate::view::{status_detail, CheckpointView, LeaseView, Payload, WriterView};
 use crate::{fmt, stores};
 
@@ -37,6 +38,12 @@ struct ListEntry {
     items: Option<u64>,
     writer: Option<WriterView>,
     lease: Option<LeaseView>,
+    /// A lease whose holder stopped renewing it (expired) or is gone from
+    /// this host: a claim left by a killed runner, which the next run takes over.
+    stale_claim: bool,
+    /// For a partitioned job's job-level checkpoint: its partitions, summed up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partitions: Option<PartitionsSummary>,
 }
 
 /// `spotbatch list URL`.
@@ -54,6 +61,17 @@ pub(crate) async fn list(url: &str, json: bool) -> Result<(), CliError> {
         })
         .collect();
     let loaded = load_all(&store, keys).await;
+    // Partitioned jobs: their partitions summed up on the job's row.
+    let mut partitioned = Vec::new();
+    for (key, c) in &loaded {
+        if let Ok(Some(c)) = c {
+            if spotbatch::partition::partitions_of(c).is_some() {
+                if let Some(p) = partitions::of(&store, key).await? {
+                    partitioned.push((key.clone(), PartitionsSummary::of(&p)));
+                }
+            }
+        }
+    }
 
     let mut entries = Vec::with_capacity(listing.len());
     let mut leftovers = Vec::new();
@@ -61,7 +79,13 @@ pub(crate) async fn list(url: &str, json: bool) -> Result<(), CliError> {
         let entry = match l {
             Listing::Checkpoint(summary) => {
                 match loaded.iter().find(|(k, _)| *k == summary.job) {
-                    Some((_, Ok(Some(c)))) => entry_of(c, now),
+                    Some((_, Ok(Some(c)))) => {
+                        let mut entry = entry_of(c, now);
+                        if let Some(i) = partitioned.iter().position(|(k, _)| *k == summary.job) {
+                            entry.partitions = Some(partitioned.swap_remove(i).1);
+                        }
+                        entry
+                    }
                     // Changed since the listing (deleted, or now unreadable): say so.
                     Some((_, Err(e))) => unreadable(summary.job.to_string(), e.to_string()),
                     _ => ListEntry {
@@ -78,6 +102,8 @@ pub(crate) async fn list(url: &str, json: bool) -> Result<(), CliError> {
                         items: None,
                         writer: None,
                         lease: None,
+                        stale_claim: false,
+                        partitions: None,
                     },
                 }
             }
@@ -185,6 +211,8 @@ fn entry_of(c: &Checkpoint, now: u64) -> ListEntry {
         items: Some(c.counters.items),
         writer: Some((&c.writer).into()),
         lease: c.lease.as_ref().map(|l| LeaseView::of(c, l, now)),
+        stale_claim: c.lease.is_some() && (live_lease(c, now).is_none() || holder_gone(&c.writer)),
+        partitions: None,
     }
 }
 
@@ -203,6 +231,8 @@ fn unreadable(key: String, reason: String) -> ListEntry {
         items: None,
         writer: None,
         lease: None,
+        stale_claim: false,
+        partitions: None,
     }
 }
 
@@ -218,6 +248,12 @@ fn row_of(e: &ListEntry, now: u64) -> Vec<String> {
         ];
     }
     let status = match (e.status, e.status_detail.as_deref()) {
+        _ if e.partitions.is_some() => {
+            format!(
+                "partitioned, {}",
+                e.partitions.as_ref().map_or("", |p| p.summary.as_str())
+            )
+        }
         (Some(s), Some(d)) if !d.is_empty() => shorten(&format!("{s} ({d})"), 40),
         (Some(s), _) => s.to_owned(),
         _ => "-".into(),
@@ -227,6 +263,19 @@ fn row_of(e: &ListEntry, now: u64) -> Vec<String> {
         |ms| format!("{} ({})", fmt::utc(ms), fmt::relative(ms, now)),
     );
     let who = match (&e.lease, &e.writer) {
+        (Some(l), Some(w)) if e.stale_claim => format!(
+            "STALE claim by {} pid {} ({}): the next run takes it over",
+            w.host,
+            w.pid,
+            if l.live {
+                "its process is gone from this host".to_owned()
+            } else {
+                format!(
+                    "lease expired {} ago",
+                    fmt::duration(Duration::from_millis(l.expires_in_ms.unsigned_abs()))
+                )
+            }
+        ),
         (Some(l), Some(w)) if l.live => format!(
             "HELD by {} pid {} (lease expires in {})",
             w.host,
@@ -264,15 +313,32 @@ fn io_error(what: &str, e: impl std::fmt::Display) -> CliError {
 pub(crate) async fn show(url: &str, job: &str, json: bool) -> Result<(), CliError> {
     let target = Target::open(url, job).await?;
     let c = target.load_existing().await?;
+    let progress = match spotbatch::partition::partitions_of(&c) {
+        Some(_) => partitions::of(&target.store, &target.key).await?,
+        None => None,
+    };
     let now = fmt::now_ms();
     let mut out = std::io::stdout().lock();
     if json {
-        let view = CheckpointView::of(&c, target.location(), now);
+        #[derive(Serialize)]
+        struct ShowView {
+            #[serde(flatten)]
+            checkpoint: CheckpointView,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            partitions: Option<PartitionsDetail>,
+        }
+        let view = ShowView {
+            checkpoint: CheckpointView::of(&c, target.location(), now),
+            partitions: progress.as_ref().map(partitions::detail),
+        };
         serde_json::to_writer_pretty(&mut out, &view).map_err(|e| io_error("stdout", e))?;
         writeln!(out)?;
         return Ok(());
     }
     out.write_all(render(&c, &target.location(), now).as_bytes())?;
+    if let Some(p) = &progress {
+        out.write_all(partitions::render(p, now).as_bytes())?;
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod edit;
 mod error;
 mod fmt;
 mod inspect;
+mod partitions;
 mod simulate;
 mod stores;
 mod target;

@@ -43,6 +43,19 @@ impl Session {
     }
 }
 
+/// Whether a live runner holds `stored`'s lease, as `me` sees it: exactly
+/// when a run of that job started by `me` now would be refused with
+/// [`Error::Held`]. A lease that expired by `now_ms` (ms since the Unix
+/// epoch), or whose holder ran on this host and is known to be gone, is not
+/// held: the next run takes the job over.
+pub(crate) fn held_by_live_runner(stored: &Checkpoint, me: &Writer, now_ms: u64) -> bool {
+    let Some(lease) = stored.lease else {
+        return false;
+    };
+    let holder = &stored.writer;
+    lease.expires_ms > now_ms && !(holder.run_id == lease.owner && holder_is_gone(holder, me))
+}
+
 /// The runs under way in this process, by run id: a holder with our pid is a
 /// previous incarnation of this process only if its run is not among them.
 static LIVE_RUNS: Mutex<Option<HashSet<Uuid>>> = Mutex::new(None);

@@ -13,6 +13,7 @@
 //! one, when the job fails by itself, or when it does not complete within
 //! `--max-runs`.
 
+mod fleet;
 mod process;
 mod range;
 mod report;
@@ -74,6 +75,12 @@ pub(crate) struct SimulateArgs {
     /// Do not forward the job's output.
     #[arg(long, short)]
     quiet: bool,
+    /// Run N copies of the job at once, as N tasks of a partitioned job
+    /// (dynamic assignment): each interrupted and started again on its own,
+    /// until the job is completed (with --store and --job: the job-level
+    /// checkpoint says so; else every worker exited 0 by itself).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    workers: u32,
     /// The job's command line, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -111,6 +118,11 @@ impl Snap {
 
 /// Runs the simulation and prints its report; `Ok(true)` when the job passed.
 pub(crate) async fn simulate(args: SimulateArgs) -> Result<bool, CliError> {
+    let groups: Arc<[AtomicI32]> = (0..args.workers).map(|_| AtomicI32::new(0)).collect();
+    guard_against_our_own_interruption(Arc::clone(&groups))?;
+    if args.workers > 1 {
+        return fleet::simulate(&args, args.workers, groups).await;
+    }
     let probe = match (&args.store, &args.job) {
         (Some(url), Some(job)) => Some((url.clone(), Target::open(url, job).await?)),
         _ => None,
@@ -144,8 +156,7 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<bool, CliError> {
     let main_name = Path::new(&args.command[0])
         .file_name()
         .map_or_else(|| "the job".into(), |n| n.to_string_lossy().into_owned());
-    let current = Arc::new(AtomicI32::new(0));
-    guard_against_our_own_interruption(Arc::clone(&current))?;
+    let current = &groups[0];
 
     let started = Instant::now();
     let mut report = Report {
@@ -197,12 +208,12 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<bool, CliError> {
         let run_started = started.elapsed();
         let mut r = process::run_once(
             &args.command,
-            n,
+            &format!("run {n}"),
             plan,
             args.grace,
             target,
             args.quiet,
-            &current,
+            current,
         )
         .await?;
         // A SIGKILL sent as the process was exiting by itself (a zombie
@@ -690,9 +701,10 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// If the simulator itself is stopped (Ctrl-C, SIGTERM), the job's process
-/// group, which is not in our terminal's foreground group, dies with it.
-fn guard_against_our_own_interruption(current: Arc<AtomicI32>) -> Result<(), CliError> {
+/// If the simulator itself is stopped (Ctrl-C, SIGTERM), the jobs' process
+/// groups (one per worker), which are not in our terminal's foreground
+/// group, die with it.
+fn guard_against_our_own_interruption(groups: Arc<[AtomicI32]>) -> Result<(), CliError> {
     use tokio::signal::unix::{signal, SignalKind};
     let listen = |kind| {
         signal(kind)
@@ -707,14 +719,21 @@ fn guard_against_our_own_interruption(current: Arc<AtomicI32>) -> Result<(), Cli
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        let pgid = current.load(Ordering::SeqCst);
-        if pgid > 0 {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pgid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        let mut killed = Vec::new();
+        for group in groups.iter() {
+            let pgid = group.load(Ordering::SeqCst);
+            if pgid > 0 {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pgid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                killed.push(pgid.to_string());
+            }
         }
-        eprintln!("spotbatch simulate: interrupted; killed the job's process group {pgid}");
+        eprintln!(
+            "spotbatch simulate: interrupted; killed the job's process groups {}",
+            killed.join(", ")
+        );
         std::process::exit(130);
     });
     Ok(())

@@ -128,7 +128,7 @@ pub(crate) struct RunResult {
 /// it is interrupted itself.
 pub(crate) async fn run_once(
     argv: &[OsString],
-    run: u32,
+    label: &str,
     plan: Plan,
     grace: Duration,
     target: SignalTarget,
@@ -163,8 +163,8 @@ pub(crate) async fn run_once(
         .ok_or_else(|| CliError::Failed("the job exited before its pid was known".into()))?;
     current.store(pid, Ordering::SeqCst);
     let forwarders = [
-        child.stdout.take().map(|o| forward(o, run)),
-        child.stderr.take().map(|e| forward(e, run)),
+        child.stdout.take().map(|o| forward(o, label)),
+        child.stderr.take().map(|e| forward(e, label)),
     ];
 
     let mut r = RunResult {
@@ -327,10 +327,11 @@ fn fallback_members(pgid: i32) -> Vec<(i32, String)> {
     }
 }
 
-/// Copies a pipe to our stderr line by line, each prefixed with `[run N] `.
-fn forward(pipe: impl AsyncRead + Unpin + Send + 'static, run: u32) -> JoinHandle<()> {
+/// Copies a pipe to our stderr line by line, each prefixed with `[LABEL] `
+/// (`[run 3]`, `[w2 run 3]`).
+fn forward(pipe: impl AsyncRead + Unpin + Send + 'static, label: &str) -> JoinHandle<()> {
+    let prefix = format!("[{label}] ");
     tokio::spawn(async move {
-        let prefix = format!("[run {run}] ");
         let mut reader = BufReader::new(pipe);
         let mut line = Vec::new();
         loop {
