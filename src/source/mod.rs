@@ -2,7 +2,7 @@
 //!
 //! A [`Source`] reads records in batches and says, with each batch, the
 //! cursor after it. [`SourceJob`] turns a source and a [`Handler`] (what to
-//! do with each batch) into a [`Job`]: the source plans the chunks and
+//! do with each batch) into a [`Job`](crate::Job): the source plans the chunks and
 //! carries the cursor, the handler only handles records. A job built on a
 //! source:
 //!
