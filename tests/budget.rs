@@ -136,14 +136,15 @@ fn a_stop_during_set_up_that_runs_on_ends_the_run_before_its_first_chunk_as_pid1
 // ---------------------------------------------------------------------------
 // During a chunk whose work does not give way
 //
-// Chunks of 4 s (10 records of 400 ms), a checkpoint after each, a grace
-// period of 3 s (drain 2.25 s); SIGTERM half a second into the second
-// chunk, which would go on for 3.5 s more.
+// Chunks of 8 s (10 records of 800 ms), a checkpoint after each, a grace
+// period of 6 s (drain 4.5 s, 1.5 s left for the final flush and save, which
+// a loaded disk's fsync may need); SIGTERM half a second into the second
+// chunk, which would go on for 7.5 s more.
 
-const GRACE: Duration = Duration::from_secs(3);
+const GRACE: Duration = Duration::from_secs(6);
 
 fn stubborn_job() -> Quickstart {
-    let mut job = Quickstart::new(30, 10, 400_000);
+    let mut job = Quickstart::new(30, 10, 800_000);
     job.grace_secs = GRACE.as_secs_f64();
     job
 }
