@@ -12,7 +12,7 @@ use spotbatch::{Checkpoint, CheckpointStore, JobKey, Listing};
 
 use crate::error::CliError;
 use crate::partitions::{self, PartitionsDetail, PartitionsSummary};
-use crate::target::{holder, holder_gone, live_lease, Target};
+use crate::target::{holder, live_lease, Target};
 use crate::view::{status_detail, CheckpointView, LeaseView, Payload, WriterView};
 use crate::{fmt, stores};
 
@@ -211,7 +211,7 @@ fn entry_of(c: &Checkpoint, now: u64) -> ListEntry {
         items: Some(c.counters.items),
         writer: Some((&c.writer).into()),
         lease: c.lease.as_ref().map(|l| LeaseView::of(c, l, now)),
-        stale_claim: c.lease.is_some() && (live_lease(c, now).is_none() || holder_gone(&c.writer)),
+        stale_claim: c.lease.is_some() && (live_lease(c, now).is_none() || c.writer.has_exited()),
         partitions: None,
     }
 }

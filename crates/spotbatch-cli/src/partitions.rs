@@ -10,7 +10,6 @@ use spotbatch::{CheckpointStore, JobKey};
 
 use crate::error::CliError;
 use crate::fmt;
-use crate::target::holder_gone;
 
 /// A partitioned job's partitions, summed up (`list --json`).
 #[derive(Serialize)]
@@ -147,7 +146,7 @@ pub(crate) fn render(p: &JobProgress, now: u64) -> String {
                 (Claim::Stale { expires_ms }, Some(c)) => {
                     let why = if expires_ms <= now {
                         format!("lease expired {}", fmt::relative(expires_ms, now))
-                    } else if holder_gone(&c.writer) {
+                    } else if c.writer.has_exited() {
                         "its process is gone from this host".to_owned()
                     } else {
                         "its holder is gone".to_owned()

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use spotbatch::{Checkpoint, CheckpointStore, JobKey, Lease, Writer};
+use spotbatch::{Checkpoint, CheckpointStore, JobKey, Lease};
 
 use crate::error::CliError;
 use crate::{fmt, stores};
@@ -53,12 +53,6 @@ pub(crate) fn holder(c: &Checkpoint, lease: &Lease) -> String {
     } else {
         format!("run {} (last written by {})", lease.owner, c.writer)
     }
-}
-
-/// Whether the writer certainly died ([`Writer::has_exited`]: the runner
-/// uses the same test to take a job over before its lease expires).
-pub(crate) fn holder_gone(w: &Writer) -> bool {
-    w.has_exited()
 }
 
 /// The lease if it is still live at `now` (expires in the future).
