@@ -101,6 +101,16 @@ fn skipped_lists_what_a_run_skipped_and_redrive_has_the_next_run_do_it() {
         "{}",
         stdout(&out)
     );
+    let out = run(&["show", &s.url(), "etl"]);
+    assert!(
+        stdout(&out).contains("(spotbatch skipped); redrive requested"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&["show", &s.url(), "etl", "--json"]);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["skipped_chunks"], skipped);
+    assert_eq!(json["redrive_requested"], true);
 
     // The next run (no longer flaky) does the skipped chunks, and the output
     // holds every record once: the redriven chunks' lines at the end.
