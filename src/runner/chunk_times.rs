@@ -1,11 +1,12 @@
 //! How long a run's chunks take, against the drain budget: a chunk longer
 //! than the time from a stop request to the drain deadline cannot finish
 //! after a SIGTERM. A summary in constant memory (count, total, longest),
-//! shared with the tasks of a [`Concurrent`](crate::concurrent::Concurrent)
-//! job, and the drain deadline a chunk reads from its
-//! [`ChunkContext`](crate::ChunkContext).
+//! kept by the runner, and by the tasks of a
+//! [`Concurrent`](crate::concurrent::Concurrent) job; and the drain deadline
+//! a chunk reads from its [`ChunkContext`](crate::ChunkContext).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -14,7 +15,8 @@ use tracing::warn;
 /// When the drain ends, once a stop was requested.
 type DrainDeadline = Box<dyn Fn() -> Option<Instant> + Send + Sync>;
 
-/// The run's chunk durations and its drain deadline.
+/// The run's drain budget and deadline, and the durations of the chunks
+/// timed on other tasks (a concurrent job's).
 pub(crate) struct ChunkTimes {
     /// The job's key, for the warning.
     job: String,
@@ -22,13 +24,22 @@ pub(crate) struct ChunkTimes {
     /// checkpoint reserve).
     drain_budget: Duration,
     deadline: DrainDeadline,
-    count: AtomicU64,
-    total_ns: AtomicU64,
-    max_ns: AtomicU64,
-    over_budget: AtomicU64,
+    /// What the job's own tasks recorded.
+    shared: Mutex<Durations>,
     /// The job times its own chunks (a concurrent job's tasks): the runner's
     /// wait for one is not a chunk's duration.
     timed_by_job: AtomicBool,
+}
+
+/// A running summary of chunk durations, in constant memory. The runner
+/// keeps its own, without synchronisation (one write per chunk on the hot
+/// path); a concurrent job's tasks write to the one in [`ChunkTimes`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Durations {
+    count: u64,
+    total: Duration,
+    slowest: Duration,
+    over_budget: u64,
 }
 
 /// A summary of the chunk durations of a run.
@@ -49,10 +60,7 @@ impl ChunkTimes {
             job,
             drain_budget,
             deadline: Box::new(deadline),
-            count: AtomicU64::new(0),
-            total_ns: AtomicU64::new(0),
-            max_ns: AtomicU64::new(0),
-            over_budget: AtomicU64::new(0),
+            shared: Mutex::new(Durations::default()),
             timed_by_job: AtomicBool::new(false),
         }
     }
@@ -62,23 +70,34 @@ impl ChunkTimes {
         (self.deadline)()
     }
 
-    /// Records one attempt at a chunk that took `took`; warns, the first
-    /// time in the run, when it is longer than the drain budget.
-    pub(crate) fn record(&self, took: Duration) {
-        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.total_ns.fetch_add(ns, Ordering::Relaxed);
-        self.max_ns.fetch_max(ns, Ordering::Relaxed);
-        if took > self.drain_budget && self.over_budget.fetch_add(1, Ordering::Relaxed) == 0 {
-            warn!(
-                job = %self.job,
-                chunk_took = ?took,
-                drain_budget = ?self.drain_budget,
-                "a chunk took longer than the drain budget: after a stop request such a chunk \
-                 cannot finish and is abandoned at the drain deadline; make chunks shorter, \
-                 raise the grace period, or have them watch ChunkContext::drain_deadline"
-            );
+    /// Adds an attempt at a chunk that took `took` to `durations`; warns,
+    /// the first time in the run, when it is longer than the drain budget.
+    pub(crate) fn note(&self, durations: &mut Durations, took: Duration) {
+        durations.count += 1;
+        durations.total = durations.total.saturating_add(took);
+        durations.slowest = durations.slowest.max(took);
+        if took > self.drain_budget {
+            durations.over_budget += 1;
+            if durations.over_budget == 1 {
+                warn!(
+                    job = %self.job,
+                    chunk_took = ?took,
+                    drain_budget = ?self.drain_budget,
+                    "a chunk took longer than the drain budget: after a stop request such a chunk \
+                     cannot finish and is abandoned at the drain deadline; make chunks shorter, \
+                     raise the grace period, or have them watch ChunkContext::drain_deadline"
+                );
+            }
         }
+    }
+
+    /// Records an attempt at a chunk timed on the job's own task.
+    pub(crate) fn record(&self, took: Duration) {
+        let mut shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.note(&mut shared, took);
     }
 
     /// The job records its chunks' durations itself.
@@ -90,13 +109,20 @@ impl ChunkTimes {
         self.timed_by_job.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn summary(&self) -> Summary {
-        let count = self.count.load(Ordering::Relaxed);
-        let total = self.total_ns.load(Ordering::Relaxed);
+    /// The summary of `runner`'s durations and the job's tasks'.
+    pub(crate) fn summary(&self, runner: &Durations) -> Summary {
+        let shared = *self
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = runner.count + shared.count;
+        let total = runner.total.saturating_add(shared.total);
         Summary {
-            slowest: Duration::from_nanos(self.max_ns.load(Ordering::Relaxed)),
-            mean: Duration::from_nanos(total.checked_div(count).unwrap_or(0)),
-            over_budget: self.over_budget.load(Ordering::Relaxed),
+            slowest: runner.slowest.max(shared.slowest),
+            mean: Duration::from_nanos(
+                u64::try_from(total.as_nanos() / u128::from(count.max(1))).unwrap_or(u64::MAX),
+            ),
+            over_budget: runner.over_budget + shared.over_budget,
         }
     }
 }
@@ -105,7 +131,6 @@ impl std::fmt::Debug for ChunkTimes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChunkTimes")
             .field("drain_budget", &self.drain_budget)
-            .field("summary", &self.summary())
             .finish_non_exhaustive()
     }
 }
@@ -117,11 +142,13 @@ mod tests {
     #[test]
     fn keeps_the_longest_the_mean_and_the_chunks_over_budget() {
         let times = ChunkTimes::new("job".into(), Duration::from_secs(10), || None);
-        assert_eq!(times.summary(), Summary::default());
-        for secs in [1, 12, 2, 11] {
-            times.record(Duration::from_secs(secs));
+        let mut runner = Durations::default();
+        assert_eq!(times.summary(&runner), Summary::default());
+        for secs in [1, 12, 2] {
+            times.note(&mut runner, Duration::from_secs(secs));
         }
-        let summary = times.summary();
+        times.record(Duration::from_secs(11));
+        let summary = times.summary(&runner);
         assert_eq!(summary.slowest, Duration::from_secs(12));
         assert_eq!(summary.mean, Duration::from_millis(6500));
         assert_eq!(summary.over_budget, 2);

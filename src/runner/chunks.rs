@@ -106,8 +106,8 @@ impl<J: Job> Run<'_, J> {
             self.cursor = chunk.into_next();
             since_chunks += 1;
 
-            // One clock read per chunk, and none when nothing is timed.
-            let now = self.timed.then(Instant::now);
+            // The chunk's end, read once for its duration.
+            let now = self.timed.then_some(self.chunk_ended);
             let took = now.zip(last_end).map(|(now, last)| now - last);
             last_end = now;
             if finished {
@@ -297,8 +297,10 @@ impl<J: Job> Run<'_, J> {
                 &mut self.session,
             )
             .await;
+            self.chunk_ended = Instant::now();
             if !self.times.timed_by_job() {
-                self.times.record(started.elapsed());
+                self.times
+                    .note(&mut self.durations, self.chunk_ended - started);
             }
             let source = match result {
                 ChunkResult::Done(Ok(())) => return Ok(Processed::Done),

@@ -6,8 +6,10 @@
 
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
 use super::budget::Budget;
-use super::chunk_times::ChunkTimes;
+use super::chunk_times::{ChunkTimes, Durations};
 use super::interrupts::Interrupts;
 use super::metrics::RunMetrics;
 use super::progress::Progress;
@@ -44,6 +46,10 @@ pub(super) struct Run<'r, J: Job> {
     /// The chunks' durations against the drain budget, and the drain
     /// deadline their contexts read.
     pub(super) times: Arc<ChunkTimes>,
+    /// The durations of the chunks the runner timed.
+    pub(super) durations: Durations,
+    /// When the last attempt at a chunk ended.
+    pub(super) chunk_ended: Instant,
     /// The run's metrics series.
     pub(super) metrics: RunMetrics,
     /// What this run did, for its report (kept when it fails).
@@ -67,7 +73,7 @@ impl<J: Job> Runner<J> {
             Started::Ended(outcome) => return Ok(outcome),
         };
         let end = run.run_chunks().await;
-        let times = run.times.summary();
+        let times = run.times.summary(&run.durations);
         run.stats.slowest_chunk = times.slowest;
         run.stats.mean_chunk = times.mean;
         run.stats.chunks_over_drain_budget = times.over_budget;

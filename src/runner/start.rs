@@ -9,7 +9,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::budget::Budget;
-use super::chunk_times::ChunkTimes;
+use super::chunk_times::{ChunkTimes, Durations};
 use super::finish::{failed, release};
 use super::identity;
 use super::interrupts::Interrupts;
@@ -161,6 +161,8 @@ impl<'r, J: Job> Run<'r, J> {
         Ok(Started::Ready(Box::new(Run {
             job,
             times,
+            durations: Durations::default(),
+            chunk_ended: tokio::time::Instant::now(),
             cursor,
             state,
             session,
