@@ -40,7 +40,7 @@ pub(super) struct Run<'r, J: Job> {
     /// Which chunks that fail after their retries may be skipped.
     pub(super) skip: SkipPolicy,
     /// Whether anything in the loop depends on the clock (a lease, or a
-    /// time-based policy): without, the loop reads no clock.
+    /// time-based policy): without, the loop checks neither.
     pub(super) timed: bool,
     pub(super) progress: Progress,
     /// The chunks' durations against the drain budget, and the drain
