@@ -149,8 +149,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         let mut source = CsvSource::file(&args.csv);
         let header = source.headers().await?.clone();
         // The store first: it creates its schema, which may be the table's.
-        let store =
-            PostgresStore::connect(args.store.as_deref().unwrap_or(&args.database)).await?;
+        let store = PostgresStore::connect(args.store.as_deref().unwrap_or(&args.database)).await?;
         let database = PgPool::connect(&args.database).await?;
         anyhow::ensure!(
             identity(&database).await? == identity(store.pool()).await?,
