@@ -16,6 +16,7 @@
 //! `--flaky P` makes each chunk attempt fail with a transient error with
 //! probability P, decided by a hash of the chunk and the attempt, so that
 //! runs are reproducible. The output is the same byte for byte either way.
+//! `--skip N` skips up to N chunks that still fail after their retries.
 //!
 //! `--store` (or `SPOTBATCH_STORE`) takes every store URL the build serves:
 //!
@@ -37,6 +38,7 @@ use clap::{Parser, ValueEnum};
 use spotbatch::concurrent::{Concurrent, ConcurrentJob};
 use spotbatch::prelude::*;
 use spotbatch::shutdown::Shutdown;
+use spotbatch::SkipPolicy;
 use tokio::sync::Mutex;
 
 struct Transform {
@@ -274,6 +276,11 @@ pub struct Args {
     /// (retried up to 10 attempts).
     #[arg(long, default_value_t = 0.0)]
     flaky: f64,
+    /// Skip up to this many chunks that still fail after their retries
+    /// (`spotbatch skipped` lists them, `spotbatch redrive` has the next run
+    /// do them first: their lines then come at the end of the output).
+    #[arg(long, default_value_t = 0)]
+    skip: u64,
 }
 
 /// Logs to stderr, `info` unless `RUST_LOG` says otherwise.
@@ -379,6 +386,9 @@ fn configure<J: Job>(
         runner = runner.retry(
             RetryPolicy::attempts(10).backoff(Duration::from_millis(5), Duration::from_millis(100)),
         );
+    }
+    if args.skip > 0 {
+        runner = runner.skip(SkipPolicy::at_most(args.skip));
     }
     Ok(runner)
 }

@@ -1,6 +1,6 @@
 //! The checkpoint envelope: what a store holds for one job, and its binary form.
 //!
-//! # Format (version 2)
+//! # Format (version 3)
 //!
 //! All integers little-endian; `str` and `bytes` are a `u32` length then the bytes.
 //!
@@ -20,7 +20,12 @@
 //!   writer pid namespace u64,
 //!   lease u8 (0 none, 1 held) [owner run id 16 bytes, expires ms u64],
 //!   history count u32, then per run: run id 16 bytes, started ms u64,
-//!     ended ms u64 (0 while running), outcome str, chunks u64, host str, task str
+//!     ended ms u64 (0 while running), outcome str, chunks u64, host str, task str,
+//!     skipped u64,
+//!   skipped count u32, then per skipped chunk: codec u8, start bytes, next bytes,
+//!     start text str, next text str, items u64, attempts u32, skipped ms u64,
+//!     run id 16 bytes, error str,
+//!   redrive requested u8 (0 no, 1 yes)
 //! checksum     u32      CRC-32 (IEEE) of every byte before it
 //! ```
 //!
@@ -28,6 +33,9 @@
 //! codec can change without making stored checkpoints unreadable. Format 1
 //! (written before the type description was added) is the same without
 //! that field; it is still read, as a checkpoint without a description.
+//! Format 2 (written before skipped chunks were recorded) is format 3
+//! without the runs' skipped counts, the skipped chunks and the redrive
+//! flag; it is read as a checkpoint with none skipped.
 //!
 //! ```
 //! use spotbatch::checkpoint::{Checkpoint, Writer};
@@ -53,10 +61,12 @@ use crate::key::JobKey;
 use crate::types::TypeDescription;
 
 const MAGIC: &[u8; 8] = b"SPOTBKPT";
-/// The envelope format this build writes; it reads this one and format 1.
-pub(crate) const FORMAT: u16 = 2;
+/// The envelope format this build writes; it reads this one and formats 1 and 2.
+pub(crate) const FORMAT: u16 = 3;
 /// The format before the type description.
 const FORMAT_1: u16 = 1;
+/// The format before the skipped chunks.
+const FORMAT_2: u16 = 2;
 const HEADER_LEN: usize = 8 + 2 + 4;
 const CHECKSUM_LEN: usize = 4;
 
@@ -228,6 +238,8 @@ pub struct RunRecord {
     pub outcome: String,
     /// Chunks it finished.
     pub chunks: u64,
+    /// Chunks it skipped ([`SkipPolicy`](crate::SkipPolicy)).
+    pub skipped: u64,
     /// Its host.
     pub host: String,
     /// Its task (e.g. ECS task ARN), empty when unknown.
@@ -243,9 +255,57 @@ impl RunRecord {
             ended_ms: 0,
             outcome: Status::Running.to_string(),
             chunks: 0,
+            skipped: 0,
             host: writer.host.clone(),
             task: writer.task.clone(),
         }
+    }
+}
+
+/// A chunk that failed after its retries and was skipped
+/// ([`SkipPolicy`](crate::SkipPolicy)): the run went on past it, and a
+/// redrive (`spotbatch redrive`) processes it again.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedChunk {
+    /// How `start` and `next` are encoded (the codec of the run that skipped it).
+    pub codec: Codec,
+    /// The chunk's start cursor ([`Chunk::start`](crate::Chunk::start)), encoded.
+    pub start: Vec<u8>,
+    /// The cursor after it ([`Chunk::next`](crate::Chunk::next)), encoded.
+    pub next: Vec<u8>,
+    /// `start` as text (its `Debug` form), for people.
+    pub start_text: String,
+    /// `next` as text (its `Debug` form), for people.
+    pub next_text: String,
+    /// The chunk's items ([`Chunk::items`](crate::Chunk::items)).
+    pub items: u64,
+    /// Attempts made at it before it was skipped (retries included).
+    pub attempts: u32,
+    /// When it was skipped (ms since the Unix epoch).
+    pub skipped_ms: u64,
+    /// The run that skipped it.
+    pub run_id: Uuid,
+    /// The last attempt's error, as text (at most
+    /// [`SkippedChunk::ERROR_LEN`] bytes, cut at a character boundary).
+    pub error: String,
+}
+
+impl SkippedChunk {
+    /// The longest error message kept, in bytes.
+    pub const ERROR_LEN: usize = 1024;
+
+    /// Cuts `message` to [`ERROR_LEN`](Self::ERROR_LEN) bytes.
+    pub(crate) fn cut(mut message: String) -> String {
+        if message.len() > Self::ERROR_LEN {
+            let mut at = Self::ERROR_LEN - 3;
+            while !message.is_char_boundary(at) {
+                at -= 1;
+            }
+            message.truncate(at);
+            message.push_str("...");
+        }
+        message
     }
 }
 
@@ -285,6 +345,12 @@ pub struct Checkpoint {
     pub lease: Option<Lease>,
     /// The most recent runs, oldest first (at most [`Checkpoint::HISTORY_LEN`]).
     pub history: Vec<RunRecord>,
+    /// The chunks skipped and not yet redriven, in the order they were
+    /// skipped (at most [`Checkpoint::SKIPPED_LEN`]).
+    pub skipped: Vec<SkippedChunk>,
+    /// Whether the next run processes the skipped chunks again before it
+    /// goes on from the cursor (set by `spotbatch redrive`).
+    pub redrive: bool,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -297,6 +363,11 @@ pub(crate) fn now_ms() -> u64 {
 impl Checkpoint {
     /// How many recent runs a checkpoint remembers.
     pub const HISTORY_LEN: usize = 20;
+
+    /// How many skipped chunks a checkpoint holds: a run never skips more
+    /// (past it, a chunk that fails fails the run, whatever the
+    /// [`SkipPolicy`](crate::SkipPolicy)), so no skipped chunk is forgotten.
+    pub const SKIPPED_LEN: usize = 1000;
 
     /// A first checkpoint (version 1, status running) with empty cursor and state.
     pub fn new(job: JobKey, writer: Writer) -> Self {
@@ -317,6 +388,8 @@ impl Checkpoint {
             writer,
             lease: None,
             history: Vec::new(),
+            skipped: Vec::new(),
+            redrive: false,
         }
     }
 
@@ -364,7 +437,23 @@ impl Checkpoint {
             body.extend_from_slice(&run.chunks.to_le_bytes());
             put_bytes(&mut body, run.host.as_bytes());
             put_bytes(&mut body, run.task.as_bytes());
+            body.extend_from_slice(&run.skipped.to_le_bytes());
         }
+        let count = u32::try_from(self.skipped.len()).unwrap_or(u32::MAX);
+        body.extend_from_slice(&count.to_le_bytes());
+        for skip in self.skipped.iter().take(count as usize) {
+            body.push(skip.codec.id());
+            put_bytes(&mut body, &skip.start);
+            put_bytes(&mut body, &skip.next);
+            put_bytes(&mut body, skip.start_text.as_bytes());
+            put_bytes(&mut body, skip.next_text.as_bytes());
+            body.extend_from_slice(&skip.items.to_le_bytes());
+            body.extend_from_slice(&skip.attempts.to_le_bytes());
+            body.extend_from_slice(&skip.skipped_ms.to_le_bytes());
+            body.extend_from_slice(skip.run_id.as_bytes());
+            put_bytes(&mut body, skip.error.as_bytes());
+        }
+        body.push(u8::from(self.redrive));
 
         let mut out = Vec::with_capacity(HEADER_LEN + body.len() + CHECKSUM_LEN);
         out.extend_from_slice(MAGIC);
@@ -395,7 +484,7 @@ impl Checkpoint {
             });
         }
         let format = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if format != FORMAT && format != FORMAT_1 {
+        if ![FORMAT, FORMAT_2, FORMAT_1].contains(&format) {
             return Err(CheckpointError::UnsupportedFormat {
                 found: format,
                 supported: FORMAT,
@@ -477,7 +566,38 @@ impl Checkpoint {
                 chunks: r.u64("history chunks")?,
                 host: r.string("history host")?,
                 task: r.string("history task")?,
+                skipped: if format >= 3 {
+                    r.u64("history skipped")?
+                } else {
+                    0
+                },
             });
+        }
+        let mut skipped = Vec::new();
+        let mut redrive = false;
+        if format >= 3 {
+            let count = r.u32("skipped")? as usize;
+            skipped.reserve(count.min(Self::SKIPPED_LEN));
+            for _ in 0..count {
+                let id = r.u8("skipped codec")?;
+                skipped.push(SkippedChunk {
+                    codec: Codec::from_id(id).ok_or(CheckpointError::UnknownCodec { id })?,
+                    start: r.bytes("skipped start")?.to_vec(),
+                    next: r.bytes("skipped next")?.to_vec(),
+                    start_text: r.string("skipped start text")?,
+                    next_text: r.string("skipped next text")?,
+                    items: r.u64("skipped items")?,
+                    attempts: r.u32("skipped attempts")?,
+                    skipped_ms: r.u64("skipped time")?,
+                    run_id: Uuid::from_bytes(r.array("skipped run id")?),
+                    error: r.string("skipped error")?,
+                });
+            }
+            redrive = match r.u8("redrive")? {
+                0 => false,
+                1 => true,
+                _ => return Err(CheckpointError::Malformed { what: "redrive" }),
+            };
         }
         if !r.0.is_empty() {
             return Err(CheckpointError::Malformed {
@@ -506,6 +626,8 @@ impl Checkpoint {
             },
             lease,
             history,
+            skipped,
+            redrive,
         })
     }
 
@@ -699,8 +821,22 @@ mod tests {
             ended.ended_ms = 2;
             ended.outcome = "interrupted (SIGTERM)".into();
             ended.chunks = 7;
+            ended.skipped = 2;
             ended
         }];
+        ckpt.skipped = vec![SkippedChunk {
+            codec: Codec::Bincode,
+            start: vec![1, 2],
+            next: vec![3],
+            start_text: "100".into(),
+            next_text: "200".into(),
+            items: 100,
+            attempts: 3,
+            skipped_ms: 1_699_999_500_000,
+            run_id: Uuid::new_v4(),
+            error: "row 117: bad date ✗".into(),
+        }];
+        ckpt.redrive = true;
         ckpt
     }
 
@@ -764,12 +900,12 @@ mod tests {
         assert!(err.to_string().contains("checksum"), "{err}");
 
         let mut newer = sample().encode();
-        newer[8] = 3;
+        newer[8] = 4;
         assert_eq!(
             Checkpoint::decode(&newer).unwrap_err(),
             CheckpointError::UnsupportedFormat {
-                found: 3,
-                supported: 2
+                found: 4,
+                supported: 3
             }
         );
         let mut longer = sample().encode();
@@ -780,11 +916,57 @@ mod tests {
         ));
     }
 
-    /// `checkpoint` (without a type description) in format 1, as builds
-    /// before format 2 wrote it: no description field.
+    /// `checkpoint` (without skipped chunks) in format 2, as builds before
+    /// format 3 wrote it: no skipped chunks, no redrive flag.
+    fn format_2(checkpoint: &Checkpoint) -> Vec<u8> {
+        assert!(checkpoint.skipped.is_empty() && !checkpoint.redrive);
+        assert!(
+            checkpoint.history.is_empty(),
+            "runs carry a skipped count since format 3"
+        );
+        let v3 = checkpoint.encode();
+        // The empty list's count and the flag, before the checksum.
+        let tail = v3.len() - CHECKSUM_LEN - 5;
+        assert_eq!(v3[tail..tail + 5], [0; 5]);
+        let mut v2 = v3[..tail].to_vec();
+        v2[8..10].copy_from_slice(&FORMAT_2.to_le_bytes());
+        let body_len = u32::try_from(v2.len() - HEADER_LEN).unwrap();
+        v2[10..14].copy_from_slice(&body_len.to_le_bytes());
+        let crc = crc32fast::hash(&v2);
+        v2.extend_from_slice(&crc.to_le_bytes());
+        v2
+    }
+
+    #[test]
+    fn format_2_is_read_as_a_checkpoint_with_nothing_skipped() {
+        let mut old = sample();
+        old.skipped.clear();
+        old.redrive = false;
+        old.history.clear();
+        let bytes = format_2(&old);
+        assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 2);
+        assert_eq!(Checkpoint::decode(&bytes).unwrap(), old);
+        assert_eq!(
+            u16::from_le_bytes([old.encode()[8], old.encode()[9]]),
+            FORMAT
+        );
+    }
+
+    #[test]
+    fn long_errors_are_cut_at_a_character_boundary() {
+        let cut = SkippedChunk::cut("é".repeat(SkippedChunk::ERROR_LEN));
+        assert!(
+            cut.len() <= SkippedChunk::ERROR_LEN && cut.ends_with("..."),
+            "{cut}"
+        );
+        assert_eq!(SkippedChunk::cut("short".into()), "short");
+    }
+
+    /// `checkpoint` (without a type description or skipped chunks) in
+    /// format 1, as builds before format 2 wrote it: no description field.
     fn format_1(checkpoint: &Checkpoint) -> Vec<u8> {
         assert!(checkpoint.types.is_none());
-        let v2 = checkpoint.encode();
+        let v2 = format_2(checkpoint);
         let (_, detail) = checkpoint.status.tag_and_detail();
         let at = HEADER_LEN
             + 4
@@ -811,10 +993,13 @@ mod tests {
     fn format_1_is_read_as_a_checkpoint_without_a_description() {
         let mut old = sample();
         old.types = None;
+        old.skipped.clear();
+        old.redrive = false;
+        old.history.clear();
         let bytes = format_1(&old);
         assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 1);
         assert_eq!(Checkpoint::decode(&bytes).unwrap(), old);
-        // Written again, it is format 2.
+        // Written again, it is the current format.
         assert_eq!(
             u16::from_le_bytes([old.encode()[8], old.encode()[9]]),
             FORMAT

@@ -257,11 +257,26 @@ impl<J: ConcurrentJob> Concurrent<J> {
         let mut ctx = self.ctx.clone()?;
         ctx.set_seq(seq);
         ctx.set_attempt(attempt);
+        ctx.set_redrive(false);
+        Some(self.spawn_with(chunk, ctx))
+    }
+
+    /// Starts the task processing `chunk` with the context `ctx`.
+    fn spawn_with(
+        &self,
+        chunk: &Chunk<J::Cursor>,
+        ctx: ChunkContext,
+    ) -> AbortOnDropHandle<Result<J::Output, BoxError>> {
         let job = Arc::clone(&self.job);
         let chunk = chunk.clone();
-        Some(AbortOnDropHandle::new(tokio::spawn(async move {
-            job.process(&chunk, &ctx).await
-        })))
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let output = job.process(&chunk, &ctx).await;
+            if let Some(times) = ctx.times() {
+                times.record(started.elapsed());
+            }
+            output
+        }))
     }
 
     /// Plans chunks until `limit` are in flight or the job has no more.
@@ -303,6 +318,18 @@ impl<J: ConcurrentJob> Concurrent<J> {
                 }
             }
         }
+    }
+}
+
+/// A chunk task's output, its panic as [`ChunkPanicked`], or [`Cancelled`]
+/// when it was aborted.
+fn output_of<T>(
+    joined: Result<Result<T, BoxError>, tokio::task::JoinError>,
+) -> Result<T, BoxError> {
+    match joined {
+        Ok(output) => output,
+        Err(e) if e.is_panic() => Err(Box::new(ChunkPanicked::from_payload(e.into_panic()))),
+        Err(_) => Err(Box::new(Cancelled)),
     }
 }
 
@@ -374,11 +401,20 @@ impl<J: ConcurrentJob> Job for Concurrent<J> {
     ) -> Result<(), BoxError> {
         if self.ctx.is_none() {
             // The first chunk of the run: start every planned chunk's task.
+            // Each task records how long its chunk took.
+            if let Some(times) = ctx.times() {
+                times.set_timed_by_job();
+            }
             self.ctx = Some(ctx.clone());
             for i in 0..self.planned.len() {
                 let task = self.spawn(&self.planned[i].chunk, self.planned[i].seq, 1);
                 self.planned[i].task = task;
             }
+        }
+        if ctx.is_redrive() {
+            // A skipped chunk processed again, ahead of the planned ones.
+            let output = output_of(self.spawn_with(chunk, ctx.clone()).await)?;
+            return self.job.commit(chunk, output, state).await;
         }
         let front = self
             .planned
@@ -393,13 +429,7 @@ impl<J: ConcurrentJob> Job for Concurrent<J> {
                 .spawn(chunk, seq, ctx.attempt())
                 .ok_or("the concurrent job's context is missing")?,
         };
-        let output = match task.await {
-            Ok(output) => output?,
-            Err(e) if e.is_panic() => {
-                return Err(Box::new(ChunkPanicked::from_payload(e.into_panic())))
-            }
-            Err(_) => return Err(Box::new(Cancelled)),
-        };
+        let output = output_of(task.await)?;
         self.job.commit(chunk, output, state).await?;
         self.planned.pop_front();
         self.handed_out = false;

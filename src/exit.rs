@@ -112,8 +112,24 @@ pub struct RunStats {
     /// Chunk attempts that failed with a [transient](crate::transient) error
     /// and were retried.
     pub retries: u64,
+    /// Chunks that failed after their retries and were skipped
+    /// ([`SkipPolicy`](crate::SkipPolicy)), recorded in the checkpoint.
+    pub skipped: u64,
+    /// Skipped chunks a redrive processed again with success (counted in
+    /// `chunks` too).
+    pub redriven: u64,
     /// Whether a chunk was abandoned at the drain deadline.
     pub abandoned_chunk: bool,
+    /// The longest attempt at a chunk in this run (zero when none ran): for
+    /// a [`Concurrent`](crate::concurrent::Concurrent) job, a chunk's
+    /// `process` on its task.
+    pub slowest_chunk: Duration,
+    /// The mean duration of the run's attempts at chunks (zero when none ran).
+    pub mean_chunk: Duration,
+    /// Attempts at chunks that took longer than the drain budget (the grace
+    /// period minus the checkpoint reserve): such a chunk cannot finish after
+    /// a stop request, and is abandoned at the drain deadline.
+    pub chunks_over_drain_budget: u64,
     /// Wall time of the run.
     pub elapsed: Duration,
 }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::io;
 use std::ops::Range;
 use std::process::ExitStatus;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::BoxError;
+use crate::runner::chunk_times::ChunkTimes;
 
 /// A batch job cut into chunks.
 ///
@@ -250,6 +252,9 @@ pub struct ChunkContext {
     stop: CancellationToken,
     seq: u64,
     attempt: u32,
+    /// The run's chunk durations and drain deadline (`None` outside a run).
+    times: Option<Arc<ChunkTimes>>,
+    redrive: bool,
 }
 
 impl ChunkContext {
@@ -259,7 +264,29 @@ impl ChunkContext {
             stop,
             seq: 0,
             attempt: 1,
+            times: None,
+            redrive: false,
         }
+    }
+
+    pub(crate) fn set_redrive(&mut self, redrive: bool) {
+        self.redrive = redrive;
+    }
+
+    /// Whether the chunk is a skipped chunk processed again by a redrive
+    /// ([`SkipPolicy`](crate::SkipPolicy)): it runs before the chunks from
+    /// the cursor on, with the state as of the cursor, not as of the chunk.
+    pub fn is_redrive(&self) -> bool {
+        self.redrive
+    }
+
+    pub(crate) fn with_times(mut self, times: Arc<ChunkTimes>) -> Self {
+        self.times = Some(times);
+        self
+    }
+
+    pub(crate) fn times(&self) -> Option<&ChunkTimes> {
+        self.times.as_deref()
     }
 
     pub(crate) fn set_seq(&mut self, seq: u64) {
@@ -286,6 +313,22 @@ impl ChunkContext {
     /// finish: the runner waits for it until the drain deadline.
     pub fn stop_requested(&self) -> bool {
         self.stop.is_cancelled()
+    }
+
+    /// When the drain ends, once a stop was requested (`None` before): the
+    /// chunk is cancelled then ([`is_cancelled`](Self::is_cancelled)), or
+    /// sooner on a second signal. A later request with an earlier deadline
+    /// (an EC2 Spot notice) moves it forward: read it again rather than keep
+    /// it. A chunk of many steps can check, before each, that the step fits
+    /// before the deadline, and give up at once ([`Cancelled`]) when it does
+    /// not, instead of holding resources until the deadline.
+    ///
+    /// Outside a run (a context made by a test) always `None`.
+    pub fn drain_deadline(&self) -> Option<tokio::time::Instant> {
+        if !self.stop.is_cancelled() {
+            return None;
+        }
+        self.times.as_ref()?.drain_deadline()
     }
 
     /// Whether the chunk must give up now: the drain deadline passed or a

@@ -131,13 +131,15 @@ pub use async_trait::async_trait;
 #[cfg(feature = "aws")]
 #[cfg_attr(docsrs, doc(cfg(feature = "aws")))]
 pub use aws::{Ec2SpotNotices, EcsTask, ECS_METADATA_VAR};
-pub use checkpoint::{Checkpoint, CheckpointError, Counters, Lease, RunRecord, Status, Writer};
+pub use checkpoint::{
+    Checkpoint, CheckpointError, Counters, Lease, RunRecord, SkippedChunk, Status, Writer,
+};
 pub use codec::{Codec, CodecError};
 pub use error::{BoxError, Error, FailureKind};
 pub use exit::{ExitCodes, Outcome, Report, RunStats};
 pub use job::{transient, Cancelled, Chunk, ChunkContext, ChunkPanicked, Job, Transient};
 pub use key::{InvalidKey, JobKey};
-pub use policy::{CheckpointPolicy, Every, RetryPolicy};
+pub use policy::{CheckpointPolicy, Every, RetryPolicy, SkipPolicy};
 pub use runner::{Runner, DEFAULT_STORE_DIR};
 pub use shutdown::{InterruptSource, Signal, StopRequest, StopSource};
 pub use sink::FileSink;

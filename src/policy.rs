@@ -213,3 +213,97 @@ impl RetryPolicy {
         }
     }
 }
+
+/// How many chunks that still fail after their retries (errors and panics)
+/// the runner may skip: it records each in the checkpoint
+/// ([`Checkpoint::skipped`](crate::Checkpoint::skipped)) and goes on past
+/// it, and `spotbatch redrive` has the next run process them again. A
+/// failure past the limit fails the run, as every failure does without
+/// skips: the final checkpoint (status `failed`) stays at the last chunk
+/// that finished or was skipped.
+///
+/// The limit counts the chunks skipped and not yet redriven, over every run
+/// of the job (the checkpoint's list), and never exceeds
+/// [`Checkpoint::SKIPPED_LEN`](crate::Checkpoint::SKIPPED_LEN). A chunk
+/// abandoned on a stop request is never skipped: the next run does it.
+///
+/// The default is [`SkipPolicy::none`]: the first failure fails the run.
+///
+/// ```
+/// use spotbatch::SkipPolicy;
+///
+/// // Up to 5 skipped chunks.
+/// assert!(SkipPolicy::at_most(5).allows(5, 10));
+/// assert!(!SkipPolicy::at_most(5).allows(6, 1_000));
+/// // Up to a quarter of the chunks (finished or skipped), rounded up.
+/// assert!(SkipPolicy::fraction(0.25).allows(1, 1));
+/// assert!(!SkipPolicy::fraction(0.25).allows(2, 4));
+/// assert!(SkipPolicy::fraction(0.25).allows(2, 5));
+/// assert!(!SkipPolicy::none().allows(1, 1_000));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SkipPolicy {
+    limit: SkipLimit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+enum SkipLimit {
+    #[default]
+    None,
+    AtMost(u64),
+    Fraction(f64),
+}
+
+impl SkipPolicy {
+    /// No chunk is skipped (the default).
+    pub const fn none() -> Self {
+        Self {
+            limit: SkipLimit::None,
+        }
+    }
+
+    /// Up to `n` chunks skipped and not yet redriven.
+    pub const fn at_most(n: u64) -> Self {
+        Self {
+            limit: SkipLimit::AtMost(n),
+        }
+    }
+
+    /// Up to `fraction` (0 to 1) of the job's chunks, finished or skipped,
+    /// rounded up: the first failing chunk is always skippable (1 of 1
+    /// rounds up from any fraction above zero), the second once the job has
+    /// seen more than `1 / fraction` chunks. A fraction of zero or below, or not a
+    /// number, skips nothing; above 1 is taken as 1.
+    pub fn fraction(fraction: f64) -> Self {
+        if fraction.is_nan() || fraction <= 0.0 {
+            return Self::none();
+        }
+        Self {
+            limit: SkipLimit::Fraction(fraction.min(1.0)),
+        }
+    }
+
+    /// Whether `skipped` chunks skipped (the one about to be included) are
+    /// within the limit, out of `chunks` seen (finished and skipped, the one
+    /// about to be skipped included). Never more than
+    /// [`Checkpoint::SKIPPED_LEN`](crate::Checkpoint::SKIPPED_LEN).
+    pub fn allows(&self, skipped: u64, chunks: u64) -> bool {
+        let cap = crate::Checkpoint::SKIPPED_LEN as u64;
+        let limit = match self.limit {
+            SkipLimit::None => 0,
+            SkipLimit::AtMost(n) => n,
+            #[allow(
+                clippy::cast_precision_loss,
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss
+            )] // a count of chunks, rounded up; positive and far below 2^52
+            SkipLimit::Fraction(f) => (f * chunks as f64).ceil() as u64,
+        };
+        skipped <= limit.min(cap)
+    }
+
+    /// Whether any chunk may be skipped.
+    pub(crate) fn skips_any(&self) -> bool {
+        !matches!(self.limit, SkipLimit::None | SkipLimit::AtMost(0))
+    }
+}

@@ -109,4 +109,21 @@ async fn a_run_reports_chunks_items_retries_checkpoints_interruptions_and_progre
         ),
         "{text}"
     );
+
+    // A chunk skipped after its attempts is counted as skipped, not finished.
+    let report = Runner::new("skipping", Twenty)
+        .store(MemoryStore::new())
+        .signals(&[])
+        .retry(RetryPolicy::never())
+        .skip(spotbatch::SkipPolicy::at_most(1))
+        .run()
+        .await;
+    assert!(report.is_complete(), "{:?}", report.outcome);
+    let text = prometheus.render();
+    let job = r#"{job="skipping"}"#;
+    assert_eq!(
+        value(&text, &format!("spotbatch_chunks_skipped_total{job}")),
+        1.0
+    );
+    assert_eq!(value(&text, &format!("spotbatch_chunks_total{job}")), 19.0);
 }

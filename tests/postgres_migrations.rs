@@ -189,10 +189,11 @@ async fn saves_change_no_indexed_column() {
     );
 }
 
-/// A store at migration 0003 with rows in it (0004 undone by hand) takes
-/// 0004 at its next start: the rows stay as they are, a run's last
-/// checkpoint may be unknown (NULL) from then on, and the checkpoint row's
-/// `status` and `version` are still checked.
+/// A store at migration 0003 with rows in it (0004 and 0005 undone by hand)
+/// takes them at its next start: the rows stay as they are, a run's last
+/// checkpoint may be unknown (NULL) from then on, the checkpoint row's
+/// `status` and `version` are still checked, and runs recorded before count
+/// no skipped chunks.
 #[tokio::test]
 async fn a_store_at_0003_upgrades_with_its_rows() {
     let schema = fresh_name("upgrade");
@@ -207,6 +208,7 @@ async fn a_store_at_0003_upgrades_with_its_rows() {
     let pool = store.pool().clone();
     for sql in [
         format!("DELETE FROM {s}._spotbatch_migrations WHERE version >= 4"),
+        format!("ALTER TABLE {s}.spotbatch_runs DROP COLUMN skipped"),
         format!(
             "ALTER TABLE {s}.spotbatch_runs ALTER COLUMN last_saved_at SET NOT NULL, \
              ALTER COLUMN last_version SET NOT NULL"
@@ -242,13 +244,13 @@ async fn a_store_at_0003_upgrades_with_its_rows() {
         applied(&pg_url(), &schema).await.len() as i64,
         migration_files()
     );
-    let row: (String, i64, Option<i64>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT job_key, chunks, last_version FROM {s}.spotbatch_runs"
+    let row: (String, i64, Option<i64>, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT job_key, chunks, last_version, skipped FROM {s}.spotbatch_runs"
     )))
     .fetch_one(&pool)
     .await
     .expect("the row");
-    assert_eq!(row, ("old-job".into(), 7, Some(3)));
+    assert_eq!(row, ("old-job".into(), 7, Some(3), 0));
     let nullable: Vec<String> = sqlx::query_scalar(
         "SELECT column_name::text FROM information_schema.columns \
          WHERE table_schema = $1 AND table_name = 'spotbatch_runs' AND is_nullable = 'YES' \

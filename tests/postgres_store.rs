@@ -207,12 +207,13 @@ async fn a_corrupt_envelope_is_named_and_left_untouched() {
     assert!(err.to_string().contains("disagree"), "{err}");
 }
 
-/// A run's row as the test reads it: id, outcome, source, chunks, still
-/// open (no end), last checkpoint's version and time (ms).
+/// A run's row as the test reads it: id, outcome, source, chunks, chunks
+/// skipped, still open (no end), last checkpoint's version and time (ms).
 type RunRow = (
     uuid::Uuid,
     String,
     Option<String>,
+    i64,
     i64,
     bool,
     Option<i64>,
@@ -221,7 +222,7 @@ type RunRow = (
 
 async fn run_rows(pool: &sqlx::PgPool, schema: &str, job: &JobKey) -> Vec<RunRow> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT run_id, outcome, interruption_source, chunks, ended_at IS NULL, last_version, \
+        "SELECT run_id, outcome, interruption_source, chunks, skipped, ended_at IS NULL, last_version, \
                 (extract(epoch from last_saved_at) * 1000)::bigint \
          FROM \"{schema}\".spotbatch_runs WHERE job_key = $1 ORDER BY started_at"
     )))
@@ -243,6 +244,7 @@ fn run_row(run: &RunRecord, outcome: &str, last: Option<(i64, i64)>) -> RunRow {
         outcome.to_owned(),
         source,
         run.chunks as i64,
+        run.skipped as i64,
         run.ended_ms == 0,
         last.map(|l| l.0),
         last.map(|l| l.1),
@@ -266,6 +268,7 @@ async fn run_history_rows_keep_what_their_run_recorded() {
     c.history = vec![run1.clone()];
     store.save(&c, None).await.expect("create");
     run1.chunks = 40;
+    run1.skipped = 1;
     c.version = 2;
     c.updated_ms = T0 + 10_000;
     c.history = vec![run1.clone()];
@@ -273,6 +276,7 @@ async fn run_history_rows_keep_what_their_run_recorded() {
     // Progress is on the checkpoint row; the run's row keeps its start.
     let mut at_start = run1.clone();
     at_start.chunks = 0;
+    at_start.skipped = 0;
     let started = run_row(&at_start, "running", Some((1, T0 as i64)));
     assert_eq!(run_rows(&pool, &schema, &job).await, [started]);
     c.version = 3;
@@ -330,6 +334,7 @@ async fn run_history_rows_keep_what_their_run_recorded() {
     run2.ended_ms = T0 + 160_000;
     run2.outcome = "interrupted (SIGTERM)".into();
     run2.chunks = 30;
+    run2.skipped = 2;
     next.version = 6;
     next.updated_ms = T0 + 160_000;
     next.status = Status::Interrupted {

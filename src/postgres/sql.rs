@@ -35,7 +35,7 @@ fn ms(col: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
     /// None (a run's progress, most saves): the table holds every record
-    /// but the writer's chunk count, which is on the checkpoint row.
+    /// but the writer's chunk and skip counts, which are in the checkpoint row.
     NoRuns,
     /// One (a run's start or end, a renewal after progress): bound as plain values.
     OneRun,
@@ -63,13 +63,13 @@ impl Queries {
         let sql = |text: String| AssertSqlSafe(text).into_sql_str();
 
         // $1..$23: the checkpoint; then the run records to write (none;
-        // one, as $24..$32; or several, as arrays $24..$32) and the run the
-        // write is a checkpoint of ($33: the writer, or NULL for a lease
+        // one, as $24..$33; or several, as arrays $24..$33) and the run the
+        // write is a checkpoint of ($34: the writer, or NULL for a lease
         // renewal); last, the transaction mark ('' outside a SharedTransaction).
         //
         // One statement, one round trip. Most saves are a run's progress:
-        // they change no run record but the writer's chunk count, which
-        // lives on the checkpoint row until the run ends, so their statement
+        // they change no run record but the writer's chunk and skip counts,
+        // which live in the checkpoint row until the run ends, so their statement
         // is the compare-and-swap alone. The row is written from plain
         // parameters, and the `status` index leaves out `updated_at`
         // (migrations/0003), so a save is a heap-only (HOT) update that adds
@@ -130,13 +130,15 @@ impl Queries {
             "chunks",
             "writer_host",
             "writer_task",
+            "skipped",
         ];
         let prefixed =
             |alias: &str| list(run_cols.iter().map(|c| format!("{alias}.{c}")).collect());
-        // $24..$32 as the run's id, start, end, outcome word, outcome, source,
-        // chunks, host and task, each cast to its type (or array of it).
+        // $24..$33 as the run's id, start, end, outcome word, outcome, source,
+        // chunks, host, task and chunks skipped, each cast to its type (or
+        // array of it).
         let types = [
-            "uuid", "bigint", "bigint", "text", "text", "text", "bigint", "text", "text",
+            "uuid", "bigint", "bigint", "text", "text", "text", "bigint", "text", "text", "bigint",
         ];
         let run_values = |suffix: &str| {
             list(
@@ -147,14 +149,14 @@ impl Queries {
                     .collect(),
             )
         };
-        let h =
-            "h(run_id, started_ms, ended_ms, outcome, outcome_detail, source, chunks, host, task)";
+        let h = "h(run_id, started_ms, ended_ms, outcome, outcome_detail, source, chunks, host, \
+                 task, skipped)";
         // The checkpoint a record's `last_*` columns may take: this write
         // (`cas`) for the run it is a checkpoint of, the replaced row (`old`)
         // for the run that wrote it, else none.
         let last = |col: &str| {
             format!(
-                "CASE WHEN h.run_id = $33::uuid THEN cas.{col} \
+                "CASE WHEN h.run_id = $34::uuid THEN cas.{col} \
                  WHEN h.run_id = old.writer_run_id THEN old.{col} END"
             )
         };
@@ -168,7 +170,7 @@ impl Queries {
         );
         let takes = format!(
             "excluded.last_version IS NOT NULL AND (r.last_version IS NULL \
-             OR r.chunks <> excluded.chunks OR (excluded.run_id = $33::uuid AND {changed}))"
+             OR r.chunks <> excluded.chunks OR (excluded.run_id = $34::uuid AND {changed}))"
         );
         let runs_upsert = |source: String| {
             format!(
@@ -179,13 +181,14 @@ impl Queries {
 runs AS (
     INSERT INTO {runs} AS r (run_id, job_key, {run_cols}, last_saved_at, last_version)
     SELECT h.run_id, cas.key, {started}, {ended}, h.outcome, h.outcome_detail, h.source,
-           h.chunks, h.host, h.task, {last_saved}, {last_version}
+           h.chunks, h.host, h.task, h.skipped, {last_saved}, {last_version}
     FROM cas LEFT JOIN old ON true CROSS JOIN {source}
     ON CONFLICT (run_id) DO UPDATE SET
         started_at = excluded.started_at, ended_at = excluded.ended_at,
         outcome = excluded.outcome, outcome_detail = excluded.outcome_detail,
         interruption_source = excluded.interruption_source, chunks = excluded.chunks,
         writer_host = excluded.writer_host, writer_task = excluded.writer_task,
+        skipped = excluded.skipped,
         last_saved_at = CASE WHEN {takes} THEN excluded.last_saved_at ELSE r.last_saved_at END,
         last_version = CASE WHEN {takes} THEN excluded.last_version ELSE r.last_version END
     WHERE r.job_key = excluded.job_key AND ({changed} OR ({takes}))
@@ -202,11 +205,11 @@ runs AS (
             (None, 24),
             (
                 Some(runs_upsert(format!("(SELECT {}) AS {h}", run_values("")))),
-                34,
+                35,
             ),
             (
                 Some(runs_upsert(format!("unnest({}) AS {h}", run_values("[]")))),
-                34,
+                35,
             ),
         ];
         // `cas` is `{verb} … RETURNING …` when the runs upsert joins it.
@@ -293,6 +296,7 @@ struct History {
     chunks: Vec<i64>,
     host: Vec<String>,
     task: Vec<Option<String>>,
+    skipped: Vec<i64>,
 }
 
 /// `running`, `completed`, `interrupted` or `failed` from a run's recorded
@@ -339,11 +343,13 @@ pub(crate) enum Write {
     Renewal,
 }
 
-/// Whether `a` and `b` are the same run's record apart from the chunk count.
-fn same_but_chunks(a: &RunRecord, b: &RunRecord) -> bool {
+/// Whether `a` and `b` are the same run's record apart from its progress:
+/// the chunks it finished and skipped.
+fn same_but_progress(a: &RunRecord, b: &RunRecord) -> bool {
     a.run_id == b.run_id
         && RunRecord {
             chunks: b.chunks,
+            skipped: b.skipped,
             ..a.clone()
         } == *b
 }
@@ -352,7 +358,7 @@ impl SaveArgs {
     /// The values to save `checkpoint` over version `expected`. Left out of
     /// the runs upsert: records equal to one in `written` (the runs table
     /// holds them already), and the writer's own record when only its chunk
-    /// count changed since (a checkpoint of progress: the checkpoint row
+    /// and skip counts changed since (a checkpoint of progress: the checkpoint row
     /// holds it until the run ends, or a renewal or the next run records it).
     ///
     /// Fails only for versions beyond `i64::MAX`, which the `version` column
@@ -390,7 +396,7 @@ impl SaveArgs {
                 continue;
             }
             if write == Write::Checkpoint && run.run_id == writer {
-                if let Some(held) = written.iter().find(|w| same_but_chunks(w, run)) {
+                if let Some(held) = written.iter().find(|w| same_but_progress(w, run)) {
                     // Progress: the table keeps holding the record it has.
                     *run = held.clone();
                     continue;
@@ -408,6 +414,7 @@ impl SaveArgs {
             history.chunks.push(clamp(run.chunks));
             history.host.push(run.host.clone());
             history.task.push(non_empty(&run.task));
+            history.skipped.push(clamp(run.skipped));
         }
         Ok(Self {
             key: checkpoint.job.to_string(),
@@ -493,6 +500,7 @@ impl SaveArgs {
                 .bind(h.chunks[0])
                 .bind(&h.host[0])
                 .bind(&h.task[0])
+                .bind(h.skipped[0])
                 .bind(self.checkpoint_of),
             Shape::Runs => query
                 .bind(&h.run_id)
@@ -504,6 +512,7 @@ impl SaveArgs {
                 .bind(&h.chunks)
                 .bind(&h.host)
                 .bind(&h.task)
+                .bind(&h.skipped)
                 .bind(self.checkpoint_of),
         };
         query.bind(&self.mark)
@@ -529,12 +538,12 @@ mod tests {
             let [none, one, many] = statements.each_ref().map(|s| s.as_str());
             assert_eq!(last_parameter(none), 24, "{kind}: {none}");
             assert!(!none.contains("spotbatch_runs"), "{kind}: {none}");
-            assert_eq!(last_parameter(one), 34, "{kind}: {one}");
+            assert_eq!(last_parameter(one), 35, "{kind}: {one}");
             assert!(
                 one.contains("$24::uuid,") && !one.contains("[]"),
                 "{kind}: {one}"
             );
-            assert_eq!(last_parameter(many), 34, "{kind}: {many}");
+            assert_eq!(last_parameter(many), 35, "{kind}: {many}");
             assert!(many.contains("unnest($24::uuid[],"), "{kind}: {many}");
         }
     }

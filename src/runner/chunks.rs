@@ -9,13 +9,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{timeout, Instant};
-use tracing::{error, warn, Instrument};
+use tracing::{error, info, warn, Instrument};
 
 use super::finish::{failed, release};
 use super::interrupts::Interrupts;
 use super::run::Run;
 use super::session::Session;
-use crate::checkpoint::Status;
+use crate::checkpoint::{now_ms, SkippedChunk, Status};
+use crate::codec::CodecError;
 use crate::error::{BoxError, Error};
 use crate::job::{is_transient, Cancelled, Chunk, ChunkContext, ChunkPanicked, Job};
 use crate::store::StoreError;
@@ -44,10 +45,16 @@ impl<J: Job> Run<'_, J> {
     /// takes that, and releasing the lease).
     pub(super) async fn run_chunks(&mut self) -> Result<End, Error> {
         let stop = self.interrupts.stop_token();
-        let mut ctx = ChunkContext::new(self.interrupts.cancel_token(), stop.clone());
+        let mut ctx = ChunkContext::new(self.interrupts.cancel_token(), stop.clone())
+            .with_times(self.times.clone());
         let mut since_chunks = 0u64;
         let mut since = Instant::now();
         let mut last_end = self.timed.then_some(since);
+        if self.session.redrive {
+            if let Some(end) = self.redrive(&mut ctx).await? {
+                return Ok(end);
+            }
+        }
         loop {
             // After a stop request, only chunks the job already started
             // (a concurrent job's in-flight chunks) are still handed out.
@@ -75,28 +82,37 @@ impl<J: Job> Run<'_, J> {
             }
             ctx.set_seq(self.stats.chunks);
             let span = tracing::debug_span!("chunk", seq = self.stats.chunks);
-            match self
+            let items = chunk.items();
+            let finished = match self
                 .process_chunk(&chunk, &mut ctx)
                 .instrument(span)
                 .await?
             {
-                Processed::Done => {}
-                Processed::Failed(e) => return Ok(End::Failed(e)),
+                Processed::Done => {
+                    self.stats.chunks += 1;
+                    self.stats.items += items;
+                    self.session.record_chunk(items);
+                    self.progress.set(self.session.totals.items);
+                    true
+                }
+                Processed::Failed { error, attempts } => {
+                    if let Err(e) = self.skip(&chunk, error, attempts) {
+                        return Ok(End::Failed(e));
+                    }
+                    false
+                }
                 Processed::Interrupted => return Ok(End::Interrupted),
-            }
-            let items = chunk.items();
-            self.stats.chunks += 1;
-            self.stats.items += items;
-            self.session.record_chunk(items);
-            self.progress.set(self.session.totals.items);
+            };
             self.cursor = chunk.into_next();
             since_chunks += 1;
 
-            // One clock read per chunk, and none when nothing is timed.
-            let now = self.timed.then(Instant::now);
+            // The chunk's end, read once for its duration.
+            let now = self.timed.then_some(self.chunk_ended);
             let took = now.zip(last_end).map(|(now, last)| now - last);
             last_end = now;
-            self.metrics.chunk(items, took);
+            if finished {
+                self.metrics.chunk(items, took);
+            }
             let lease_due =
                 matches!((self.session.renew_at(), now), (Some(at), Some(now)) if now >= at);
             let elapsed = now.map_or(Duration::ZERO, |now| now - since);
@@ -106,6 +122,130 @@ impl<J: Job> Run<'_, J> {
                 since = Instant::now();
             }
         }
+    }
+
+    /// Processes the skipped chunks again, in the order they were skipped,
+    /// before the loop goes on from the cursor; a chunk that succeeds leaves
+    /// the list (and counts as finished), one that fails again stays in it
+    /// with its new error. Then checkpoints, with the redrive done.
+    ///
+    /// Returns the loop's end when a stop request or a failure to decode a
+    /// skipped chunk's cursors ends the run first.
+    ///
+    /// # Errors
+    ///
+    /// As [`run_chunks`](Self::run_chunks).
+    async fn redrive(&mut self, ctx: &mut ChunkContext) -> Result<Option<End>, Error> {
+        let skipped = self.session.skipped.clone();
+        info!(job = %self.session.key.short(), chunks = skipped.len(), "redriving the skipped chunks, then going on from the cursor");
+        ctx.set_redrive(true);
+        for skip in skipped {
+            if self.interrupts.stop_requested() {
+                return Ok(Some(End::Interrupted));
+            }
+            let chunk = match decode_skipped::<J>(&skip) {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    return Ok(Some(End::Failed(Error::BadCheckpoint {
+                        store: self.session.location.clone(),
+                        key: self.session.key.to_string(),
+                        reason: e.into(),
+                    })))
+                }
+            };
+            ctx.set_seq(self.stats.chunks);
+            let span = tracing::debug_span!("redrive", seq = self.stats.chunks);
+            let processed = self.process_chunk(&chunk, ctx).instrument(span).await?;
+            let at = self.session.skipped.iter().position(|s| *s == skip);
+            match processed {
+                Processed::Done => {
+                    if let Some(at) = at {
+                        self.session.skipped.remove(at);
+                    }
+                    let items = chunk.items();
+                    self.stats.chunks += 1;
+                    self.stats.items += items;
+                    self.stats.redriven += 1;
+                    self.session.record_chunk(items);
+                    self.progress.set(self.session.totals.items);
+                    self.metrics.chunk(items, None);
+                    info!(job = %self.session.key.short(), start = %skip.start_text, next = %skip.next_text, "redriven skipped chunk done");
+                }
+                Processed::Failed { error, attempts } => {
+                    warn!(job = %self.session.key.short(), start = %skip.start_text, next = %skip.next_text, attempts, error = %error, "redriven skipped chunk failed again: it stays skipped");
+                    if let Some(at) = at {
+                        let entry = &mut self.session.skipped[at];
+                        entry.error = SkippedChunk::cut(job_error_text(&error));
+                        entry.attempts = attempts;
+                        entry.skipped_ms = now_ms();
+                    }
+                }
+                Processed::Interrupted => return Ok(Some(End::Interrupted)),
+            }
+        }
+        ctx.set_redrive(false);
+        self.session.redrive = false;
+        self.checkpoint().await?;
+        Ok(None)
+    }
+
+    /// Skips `chunk`, which failed with `error` after `attempts` attempts,
+    /// if the skip policy allows: records it for the next checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// `error` when the policy does not allow the skip (past its limit, it
+    /// says so), or the chunk's cursors cannot be encoded.
+    fn skip(&mut self, chunk: &Chunk<J::Cursor>, error: Error, attempts: u32) -> Result<(), Error> {
+        let skipped = self.session.skipped.len() as u64 + 1;
+        let seen = self.session.totals.chunks + skipped;
+        if !self.skip.allows(skipped, seen) {
+            if !self.skip.skips_any() {
+                return Err(error);
+            }
+            return Err(match error {
+                Error::Job { during, source } => Error::Job {
+                    during: format!(
+                        "{during}, past the skip limit ({} chunks skipped and not redriven)",
+                        skipped - 1
+                    ),
+                    source,
+                },
+                other => other,
+            });
+        }
+        let codec = self.session.codec();
+        let encode = |cursor: &J::Cursor| {
+            codec.encode_checked(cursor).map_err(|e| Error::Job {
+                during: "encoding a skipped chunk's cursor".into(),
+                source: Box::new(e),
+            })
+        };
+        let record = SkippedChunk {
+            codec,
+            start: encode(chunk.start())?,
+            next: encode(chunk.next())?,
+            start_text: format!("{:?}", chunk.start()),
+            next_text: format!("{:?}", chunk.next()),
+            items: chunk.items(),
+            attempts,
+            skipped_ms: now_ms(),
+            run_id: self.session.run_id(),
+            error: SkippedChunk::cut(job_error_text(&error)),
+        };
+        warn!(
+            job = %self.session.key.short(),
+            start = %record.start_text,
+            next = %record.next_text,
+            attempts,
+            error = %record.error,
+            skipped,
+            "chunk failed after its retries: skipped it (recorded in the checkpoint; `spotbatch redrive` processes it again)"
+        );
+        self.session.record_skip(record);
+        self.stats.skipped += 1;
+        self.metrics.skipped();
+        Ok(())
     }
 
     /// Records `e` as the run's end on the last saved checkpoint and
@@ -150,12 +290,18 @@ impl<J: Job> Run<'_, J> {
         let rollback = self.state.clone();
         let mut backoff = None;
         loop {
+            let started = Instant::now();
             let result = run_chunk(
                 CatchUnwind(self.job.process(chunk, &mut self.state, &*ctx)),
                 &self.interrupts,
                 &mut self.session,
             )
             .await;
+            self.chunk_ended = Instant::now();
+            if !self.times.timed_by_job() {
+                self.times
+                    .note(&mut self.durations, self.chunk_ended - started);
+            }
             let source = match result {
                 ChunkResult::Done(Ok(())) => return Ok(Processed::Done),
                 ChunkResult::Done(Err(source)) if !abandoned(&self.interrupts, &*source) => source,
@@ -177,14 +323,15 @@ impl<J: Job> Run<'_, J> {
             let delay = (is_transient(&*source) && attempt < self.retry.max_attempts())
                 .then(|| backoff.next_delay())
                 .flatten();
-            let failed = |source| {
-                Processed::Failed(Error::Job {
+            let failed = |source| Processed::Failed {
+                error: Error::Job {
                     during: format!(
                         "process (chunk from cursor {:?}, attempt {attempt})",
                         chunk.start()
                     ),
                     source,
-                })
+                },
+                attempts: attempt,
             };
             let Some(delay) = delay else {
                 return Ok(failed(source));
@@ -260,10 +407,34 @@ impl<J: Job> Run<'_, J> {
 /// How [`Run::process_chunk`] ended.
 enum Processed {
     Done,
-    /// The chunk failed (after its retries); the state is rolled back.
-    Failed(Error),
+    /// The chunk failed after `attempts` attempts; the state is rolled back.
+    Failed {
+        error: Error,
+        attempts: u32,
+    },
     /// Abandoned at the drain deadline, or stopped while waiting to retry.
     Interrupted,
+}
+
+/// The chunk a skipped chunk's record describes.
+fn decode_skipped<J: Job>(skip: &SkippedChunk) -> Result<Chunk<J::Cursor>, CodecError> {
+    let start = skip
+        .codec
+        .decode(&skip.start)
+        .map_err(|e| e.of("skipped chunk's start"))?;
+    let next = skip
+        .codec
+        .decode(&skip.next)
+        .map_err(|e| e.of("skipped chunk's next"))?;
+    Ok(Chunk::new(start, next).with_items(skip.items))
+}
+
+/// What a chunk's error says, without the runner's context.
+fn job_error_text(error: &Error) -> String {
+    match error {
+        Error::Job { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// A future that turns a panic while it is polled into the chunk's error.

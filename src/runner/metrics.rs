@@ -18,6 +18,8 @@ pub(crate) const CHUNKS: &str = "spotbatch_chunks_total";
 pub(crate) const ITEMS: &str = "spotbatch_items_total";
 /// Chunk attempts retried after a transient error (counter).
 pub(crate) const RETRIES: &str = "spotbatch_chunk_retries_total";
+/// Chunks that failed after their retries and were skipped (counter).
+pub(crate) const SKIPPED: &str = "spotbatch_chunks_skipped_total";
 /// Checkpoints saved, by `kind` (`periodic`, `final`) (counter).
 pub(crate) const CHECKPOINTS: &str = "spotbatch_checkpoints_total";
 /// Runs ended by a stop request, by `source` (counter).
@@ -37,6 +39,7 @@ pub(crate) struct RunMetrics {
     chunks: Counter,
     items: Counter,
     retries: Counter,
+    skipped: Counter,
     periodic: Counter,
     finals: Counter,
     chunk_seconds: Histogram,
@@ -57,6 +60,7 @@ impl RunMetrics {
             chunks: counter!(CHUNKS, &label()),
             items: counter!(ITEMS, &label()),
             retries: counter!(RETRIES, &label()),
+            skipped: counter!(SKIPPED, &label()),
             periodic: counter!(
                 CHECKPOINTS,
                 &[("job", job.clone()), ("kind", "periodic".to_owned())]
@@ -84,6 +88,10 @@ impl RunMetrics {
 
     pub(crate) fn retry(&self) {
         self.retries.increment(1);
+    }
+
+    pub(crate) fn skipped(&self) {
+        self.skipped.increment(1);
     }
 
     /// A checkpoint saved in `took`; `last` for the final one.
@@ -117,6 +125,10 @@ fn describe() {
         describe_counter!(CHUNKS, "Chunks finished");
         describe_counter!(ITEMS, "Items in the chunks finished");
         describe_counter!(RETRIES, "Chunk attempts retried after a transient error");
+        describe_counter!(
+            SKIPPED,
+            "Chunks that failed after their retries and were skipped"
+        );
         describe_counter!(CHECKPOINTS, "Checkpoints saved, by kind (periodic, final)");
         describe_counter!(INTERRUPTIONS, "Runs ended by a stop request, by source");
         describe_histogram!(

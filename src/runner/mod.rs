@@ -7,6 +7,7 @@
 //! `identity` of the task.
 
 mod budget;
+pub(crate) mod chunk_times;
 mod chunks;
 mod finish;
 mod identity;
@@ -30,7 +31,7 @@ use crate::codec::Codec;
 use crate::error::Error;
 use crate::exit::{ExitCodes, Outcome, Report, RunStats};
 use crate::job::Job;
-use crate::policy::{CheckpointPolicy, RetryPolicy};
+use crate::policy::{CheckpointPolicy, RetryPolicy, SkipPolicy};
 use crate::shutdown::{FutureSource, Signal, StopSource};
 use crate::store::{check_store_url, CheckpointStore};
 
@@ -110,6 +111,7 @@ pub struct Runner<J: Job> {
     store: StoreSpec,
     policy: CheckpointPolicy,
     retry: RetryPolicy,
+    skip: SkipPolicy,
     grace: Duration,
     reserve: Option<Duration>,
     codes: ExitCodes,
@@ -150,6 +152,7 @@ impl<J: Job> Runner<J> {
             store: StoreSpec::Url(format!("file://{DEFAULT_STORE_DIR}")),
             policy: CheckpointPolicy::default(),
             retry: RetryPolicy::default(),
+            skip: SkipPolicy::none(),
             grace: Duration::from_secs(30),
             reserve: None,
             codes: ExitCodes::default(),
@@ -201,6 +204,20 @@ impl<J: Job> Runner<J> {
     /// error is retried (default: [`RetryPolicy::default`], 3 attempts in all).
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+
+    /// Which chunks that still fail after their retries are skipped
+    /// (default [`SkipPolicy::none`]: none, the first failure fails the
+    /// run). A skipped chunk is recorded in the checkpoint
+    /// ([`Checkpoint::skipped`](crate::Checkpoint::skipped)), counted in
+    /// [`RunStats::skipped`](crate::RunStats::skipped) and logged; the run
+    /// goes on past it. `spotbatch redrive` asks the next run to process
+    /// the skipped chunks again first: [skips and redrive][guide].
+    ///
+    /// [guide]: https://github.com/spotbatch/spotbatch/blob/main/docs/jobs.md#skips-and-redrive
+    pub fn skip(mut self, policy: SkipPolicy) -> Self {
+        self.skip = policy;
         self
     }
 
@@ -394,6 +411,10 @@ impl<J: Job> Runner<J> {
             items = report.stats.items,
             checkpoints = report.stats.checkpoints,
             retries = report.stats.retries,
+            skipped = report.stats.skipped,
+            redriven = report.stats.redriven,
+            slowest_chunk = ?report.stats.slowest_chunk,
+            chunks_over_drain_budget = report.stats.chunks_over_drain_budget,
             elapsed = ?report.stats.elapsed,
             exit_code = report.code(),
             "run ended"

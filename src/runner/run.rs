@@ -4,7 +4,12 @@
 //! lease) and [`finish`](Run::finish) (final flush and checkpoint, releasing
 //! the lease).
 
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
 use super::budget::Budget;
+use super::chunk_times::{ChunkTimes, Durations};
 use super::interrupts::Interrupts;
 use super::metrics::RunMetrics;
 use super::progress::Progress;
@@ -15,7 +20,7 @@ use super::Runner;
 use crate::error::Error;
 use crate::exit::{ExitCodes, Outcome, Position, RunStats};
 use crate::job::Job;
-use crate::policy::{CheckpointPolicy, RetryPolicy};
+use crate::policy::{CheckpointPolicy, RetryPolicy, SkipPolicy};
 
 /// What the phases of one run share, from the end of its start to its finish.
 pub(super) struct Run<'r, J: Job> {
@@ -32,10 +37,19 @@ pub(super) struct Run<'r, J: Job> {
     pub(super) policy: CheckpointPolicy,
     /// How a chunk's transient failures are retried.
     pub(super) retry: RetryPolicy,
+    /// Which chunks that fail after their retries may be skipped.
+    pub(super) skip: SkipPolicy,
     /// Whether anything in the loop depends on the clock (a lease, or a
-    /// time-based policy): without, the loop reads no clock.
+    /// time-based policy): without, the loop checks neither.
     pub(super) timed: bool,
     pub(super) progress: Progress,
+    /// The chunks' durations against the drain budget, and the drain
+    /// deadline their contexts read.
+    pub(super) times: Arc<ChunkTimes>,
+    /// The durations of the chunks the runner timed.
+    pub(super) durations: Durations,
+    /// When the last attempt at a chunk ended.
+    pub(super) chunk_ended: Instant,
     /// The run's metrics series.
     pub(super) metrics: RunMetrics,
     /// What this run did, for its report (kept when it fails).
@@ -58,8 +72,12 @@ impl<J: Job> Runner<J> {
             Started::Ready(run) => *run,
             Started::Ended(outcome) => return Ok(outcome),
         };
-        let end = run.run_chunks().await?;
-        run.finish(end, position).await
+        let end = run.run_chunks().await;
+        let times = run.times.summary(&run.durations);
+        run.stats.slowest_chunk = times.slowest;
+        run.stats.mean_chunk = times.mean;
+        run.stats.chunks_over_drain_budget = times.over_budget;
+        run.finish(end?, position).await
     }
 }
 

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::checkpoint::{
-    now_ms, Checkpoint, CheckpointError, Counters, Lease, RunRecord, Status, Writer,
+    now_ms, Checkpoint, CheckpointError, Counters, Lease, RunRecord, SkippedChunk, Status, Writer,
 };
 use crate::codec::Codec;
 use crate::error::Error;
@@ -32,6 +32,12 @@ struct Payload {
     totals: Counters,
     /// Chunks this run finished as of `cursor`.
     run_chunks: u64,
+    /// Chunks this run skipped as of `cursor`.
+    run_skipped: u64,
+    /// The chunks skipped as of `cursor`, not yet redriven.
+    skipped: Vec<SkippedChunk>,
+    /// Whether a redrive of `skipped` is still to be done.
+    redrive: bool,
 }
 
 /// How a write goes to the store.
@@ -65,6 +71,11 @@ pub(super) struct Session {
     created_ms: u64,
     pub(super) totals: Counters,
     run_chunks: u64,
+    run_skipped: u64,
+    /// The chunks skipped and not yet redriven, as the next save records them.
+    pub(super) skipped: Vec<SkippedChunk>,
+    /// Whether the skipped chunks are to be redriven, as the next save records it.
+    pub(super) redrive: bool,
     history: Vec<RunRecord>,
     /// What the last save wrote, for lease renewals and releases.
     last: Option<Payload>,
@@ -108,6 +119,9 @@ impl Session {
             created_ms: now_ms(),
             totals: Counters::default(),
             run_chunks: 0,
+            run_skipped: 0,
+            skipped: Vec::new(),
+            redrive: false,
             last: None,
             loaded: None,
             last_save: Instant::now(),
@@ -115,6 +129,16 @@ impl Session {
             _live: lease::LiveRun::register(writer_run_id),
             stops,
         }
+    }
+
+    /// How the run encodes cursors.
+    pub(super) fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// This run's id.
+    pub(super) fn run_id(&self) -> uuid::Uuid {
+        self.writer.run_id
     }
 
     /// Records the platform's name for this task as the writer's.
@@ -227,12 +251,17 @@ impl Session {
         if !start_over {
             self.created_ms = stored.created_ms;
             self.totals = stored.counters;
+            self.skipped.clone_from(&stored.skipped);
+            self.redrive = stored.redrive;
             self.loaded = Some(Payload {
                 cursor: stored.cursor.clone(),
                 state: stored.state.clone(),
                 status: stored.status.clone(),
                 totals: stored.counters,
                 run_chunks: 0,
+                run_skipped: 0,
+                skipped: stored.skipped.clone(),
+                redrive: stored.redrive,
             });
         }
         let mut history = stored.history.clone();
@@ -247,6 +276,12 @@ impl Session {
         }
         history.append(&mut self.history);
         self.history = history;
+    }
+
+    /// Records a skipped chunk, for the next save.
+    pub(super) fn record_skip(&mut self, skipped: SkippedChunk) {
+        self.skipped.push(skipped);
+        self.run_skipped += 1;
     }
 
     /// Counts a finished chunk.
@@ -311,6 +346,9 @@ impl Session {
             status,
             totals: self.totals,
             run_chunks: self.run_chunks,
+            run_skipped: self.run_skipped,
+            skipped: self.skipped.clone(),
+            redrive: self.redrive,
         };
         self.write(payload, if end { Write::End } else { Write::Save })
             .await
@@ -402,12 +440,15 @@ impl Session {
         };
         if let Some(run) = self.history.last_mut() {
             run.chunks = payload.run_chunks;
+            run.skipped = payload.run_skipped;
             if end {
                 run.ended_ms = now;
                 run.outcome = payload.status.to_string();
             }
         }
         checkpoint.history = self.history.clone();
+        checkpoint.skipped.clone_from(&payload.skipped);
+        checkpoint.redrive = payload.redrive;
         self.unsure = true;
         match self.put(&checkpoint, how).await {
             Ok(()) => {}
@@ -490,11 +531,11 @@ impl Session {
             return false;
         }
         info!(job = %self.key.short(), version = stored.version, "a save of this run reached the store although it was not confirmed");
-        let run_chunks = stored
+        let (run_chunks, run_skipped) = stored
             .history
             .iter()
             .find(|run| run.run_id == self.writer.run_id)
-            .map_or(0, |run| run.chunks);
+            .map_or((0, 0), |run| (run.chunks, run.skipped));
         self.stored = Some(stored.version);
         self.stops.stored(&self.store, stored.clone());
         self.totals.checkpoints = self.totals.checkpoints.max(stored.counters.checkpoints);
@@ -505,6 +546,9 @@ impl Session {
             status: stored.status.clone(),
             totals: stored.counters,
             run_chunks,
+            run_skipped,
+            skipped: stored.skipped.clone(),
+            redrive: stored.redrive,
         });
         true
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::budget::Budget;
+use super::chunk_times::{ChunkTimes, Durations};
 use super::finish::{failed, release};
 use super::identity;
 use super::interrupts::Interrupts;
@@ -64,6 +65,7 @@ impl<'r, J: Job> Run<'r, J> {
             store,
             policy,
             retry,
+            skip,
             grace,
             reserve,
             signals,
@@ -147,8 +149,20 @@ impl<'r, J: Job> Run<'r, J> {
             total,
             progress_every,
         );
+        let stops = interrupts.stops().clone();
+        let times = Arc::new(ChunkTimes::new(
+            session.key.short().to_string(),
+            budget.grace - budget.reserve,
+            move || {
+                let s = stops.lock();
+                s.drain_deadline(&stops.budget).map(|at| at.tokio)
+            },
+        ));
         Ok(Started::Ready(Box::new(Run {
             job,
+            times,
+            durations: Durations::default(),
+            chunk_ended: tokio::time::Instant::now(),
             cursor,
             state,
             session,
@@ -157,11 +171,17 @@ impl<'r, J: Job> Run<'r, J> {
             timed: lease.is_some() || policy.interval().is_some(),
             policy,
             retry,
+            skip,
             progress,
             metrics,
             stats,
         })))
     }
+}
+
+/// Whether the checkpoint asks for a redrive of skipped chunks.
+fn redrives(stored: &Checkpoint) -> bool {
+    stored.redrive && !stored.skipped.is_empty()
 }
 
 /// A cursor and the state as of it.
@@ -258,7 +278,9 @@ fn where_to_start<J: Job>(
         },
     };
     stats.resumed_from = Some(stored.version);
-    if stored.status == Status::Completed && !restart {
+    // A redrive of a completed job's skipped chunks runs: the job then
+    // completes again.
+    if stored.status == Status::Completed && !restart && !redrives(&stored) {
         info!(
             job = %key.short(),
             store = %session.location,

@@ -32,7 +32,7 @@ pub(crate) enum MarkStatus {
 }
 
 /// Marks `c` as the next version, written by this CLI, lease released.
-fn stamp(c: &mut Checkpoint, version: u64, command: &str) {
+pub(crate) fn stamp(c: &mut Checkpoint, version: u64, command: &str) {
     let mut writer = Writer::this_process();
     writer.task = format!("spotbatch {command} (CLI)");
     c.version = version;
@@ -42,7 +42,7 @@ fn stamp(c: &mut Checkpoint, version: u64, command: &str) {
 }
 
 /// Saves by compare-and-swap, explaining a lost race.
-async fn save(
+pub(crate) async fn save(
     target: &Target,
     c: &Checkpoint,
     expected: Option<u64>,
@@ -58,7 +58,7 @@ async fn save(
 }
 
 /// A corrupt checkpoint cannot be compared, so it cannot be replaced or removed by CAS.
-fn corrupt_hint(e: CliError) -> CliError {
+pub(crate) fn corrupt_hint(e: CliError) -> CliError {
     if let CliError::Store(StoreError::Corrupt { path, .. }) = &e {
         return CliError::BadCheckpoint(format!(
             "{e}. An unreadable checkpoint cannot be changed by compare-and-swap: \

@@ -423,6 +423,17 @@ pub(crate) fn render(c: &Checkpoint, location: &str, now: u64) -> String {
     field("types", types(c));
     field("cursor", payload(c, &c.cursor));
     field("state", payload(c, &c.state));
+    if !c.skipped.is_empty() {
+        field(
+            "skipped",
+            format!(
+                "{} chunk{} (spotbatch skipped){}",
+                c.skipped.len(),
+                if c.skipped.len() == 1 { "" } else { "s" },
+                if c.redrive { "; redrive requested" } else { "" }
+            ),
+        );
+    }
 
     s.push_str(&format!(
         "history      {} recent run{}, oldest first\n",

@@ -9,6 +9,7 @@ mod fmt;
 mod inspect;
 mod partitions;
 mod simulate;
+mod skips;
 mod stores;
 mod target;
 mod view;
@@ -104,6 +105,31 @@ enum Command {
         /// Accept a value of another JSON shape than the stored one (another kind, other keys).
         #[arg(long)]
         allow_shape_change: bool,
+        /// Change it even while a live runner holds the job (it is fenced off at its next save).
+        #[arg(long)]
+        force: bool,
+    },
+    /// List a job's skipped chunks: start and next cursor, items, attempts, when, the error.
+    Skipped {
+        /// Store URL.
+        url: String,
+        /// Job key.
+        job: String,
+        /// JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a job's next run to process its skipped chunks again first, then go on from its cursor.
+    ///
+    /// Sets the checkpoint's redrive flag (compare-and-swap, like every change). The
+    /// next run of the job processes each skipped chunk in the order they were
+    /// skipped: one that succeeds leaves the list, one that fails again stays in it
+    /// with its new error. A completed job runs again for its redrive, and completes.
+    Redrive {
+        /// Store URL.
+        url: String,
+        /// Job key.
+        job: String,
         /// Change it even while a live runner holds the job (it is fenced off at its next save).
         #[arg(long)]
         force: bool,
@@ -206,6 +232,8 @@ async fn run(command: Command) -> Result<ExitCode, CliError> {
             )
             .await?
         }
+        Command::Skipped { url, job, json } => skips::skipped(&url, &job, json).await?,
+        Command::Redrive { url, job, force } => skips::redrive(&url, &job, force).await?,
         Command::Export { url, job, output } => {
             inspect::export(&url, &job, output.as_deref()).await?
         }

@@ -30,6 +30,10 @@ pub(crate) struct CheckpointView {
     pub(crate) writer: WriterView,
     pub(crate) lease: Option<LeaseView>,
     pub(crate) history: Vec<RunView>,
+    /// How many chunks are skipped and not yet redriven (`spotbatch skipped` lists them).
+    pub(crate) skipped_chunks: usize,
+    /// Whether the next run redrives them.
+    pub(crate) redrive_requested: bool,
 }
 
 /// The shape of the cursor and state types: as text, as stored (JSON), and
@@ -133,6 +137,7 @@ pub(crate) struct RunView {
     pub(crate) ended_ms: u64,
     pub(crate) outcome: String,
     pub(crate) chunks: u64,
+    pub(crate) skipped: u64,
     pub(crate) host: String,
     pub(crate) task: String,
 }
@@ -145,6 +150,7 @@ impl From<&RunRecord> for RunView {
             ended_ms: r.ended_ms,
             outcome: r.outcome.clone(),
             chunks: r.chunks,
+            skipped: r.skipped,
             host: r.host.clone(),
             task: r.task.clone(),
         }
@@ -189,6 +195,8 @@ impl CheckpointView {
             writer: (&c.writer).into(),
             lease: c.lease.as_ref().map(|l| LeaseView::of(c, l, now)),
             history: c.history.iter().map(RunView::from).collect(),
+            skipped_chunks: c.skipped.len(),
+            redrive_requested: c.redrive,
         }
     }
 }
