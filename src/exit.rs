@@ -120,9 +120,14 @@ pub struct RunStats {
     pub redriven: u64,
     /// Whether a chunk was abandoned at the drain deadline.
     pub abandoned_chunk: bool,
-    /// The longest attempt at a chunk in this run (zero when none ran): for
-    /// a [`Concurrent`](crate::concurrent::Concurrent) job, a chunk's
-    /// `process` on its task.
+    /// The longest attempt at a chunk in this run (zero when none ran), from
+    /// the previous attempt's end to its own (planning and processing;
+    /// checkpoints and retry waits left out): for a
+    /// [`Concurrent`](crate::concurrent::Concurrent) job, a chunk's `process`
+    /// on its task. While chunks take well under a millisecond the runner
+    /// reads the clock once per batch of them and counts a batch as one
+    /// attempt of its whole duration, so a figure under a millisecond may be
+    /// a batch's.
     pub slowest_chunk: Duration,
     /// The mean duration of the run's attempts at chunks (zero when none ran).
     pub mean_chunk: Duration,

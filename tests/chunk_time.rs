@@ -180,6 +180,27 @@ async fn a_chunk_longer_than_the_drain_budget_is_warned_of_once_and_summed_up() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_long_chunk_among_thousands_of_short_ones_is_counted() {
+    // The runner reads the clock once per batch of short chunks: the long
+    // one, in the middle of a batch, still counts, once.
+    let mut durations = vec![0; 5000];
+    durations.push(9);
+    durations.extend([0; 10]);
+    let report = runner(Timed::new(&durations), &MemoryStore::new())
+        .run()
+        .await;
+    assert!(report.is_complete(), "{:?}", report.outcome);
+    assert_eq!(report.stats.chunks, 5011);
+    assert_eq!(report.stats.chunks_over_drain_budget, 1);
+    assert!(
+        report.stats.slowest_chunk >= secs(9)
+            && report.stats.slowest_chunk < secs(9) + Duration::from_millis(10),
+        "{:?}",
+        report.stats.slowest_chunk
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_context_gives_the_drain_deadline_once_a_stop_is_requested() {
     let job = Timed::new(&[2, 2, 2]);
     let seen = job.seen.clone();

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 use tracing::{error, info, warn, Instrument};
 
+use super::clock::Reading;
 use super::finish::{failed, release};
 use super::interrupts::Interrupts;
 use super::run::Run;
@@ -49,7 +50,7 @@ impl<J: Job> Run<'_, J> {
             .with_times(self.times.clone());
         let mut since_chunks = 0u64;
         let mut since = Instant::now();
-        let mut last_end = self.timed.then_some(since);
+        self.clock.restart(since);
         if self.session.redrive {
             if let Some(end) = self.redrive(&mut ctx).await? {
                 return Ok(end);
@@ -62,10 +63,16 @@ impl<J: Job> Run<'_, J> {
                 return Ok(End::Interrupted);
             }
             // No chunk starts after a stop request: what it plans is of no use.
-            let planned = tokio::select! {
-                biased;
-                planned = self.job.next_chunk(&self.cursor) => planned,
-                () = stop.cancelled() => return Ok(End::Interrupted),
+            let planned = {
+                let mut plan = self.job.next_chunk(&self.cursor);
+                match ready_now(&mut plan).await {
+                    Some(planned) => planned,
+                    None => tokio::select! {
+                        biased;
+                        planned = plan => planned,
+                        () = stop.cancelled() => return Ok(End::Interrupted),
+                    },
+                }
             };
             let chunk = match planned {
                 Ok(Some(chunk)) => chunk,
@@ -83,7 +90,7 @@ impl<J: Job> Run<'_, J> {
             ctx.set_seq(self.stats.chunks);
             let span = tracing::debug_span!("chunk", seq = self.stats.chunks);
             let items = chunk.items();
-            let finished = match self
+            let now = match self
                 .process_chunk(&chunk, &mut ctx)
                 .instrument(span)
                 .await?
@@ -93,35 +100,64 @@ impl<J: Job> Run<'_, J> {
                     self.stats.items += items;
                     self.session.record_chunk(items);
                     self.progress.set(self.session.totals.items);
-                    true
+                    self.metrics.chunk(items);
+                    self.attempt_ended(false)
                 }
                 Processed::Failed { error, attempts } => {
                     if let Err(e) = self.skip(&chunk, error, attempts) {
                         return Ok(End::Failed(e));
                     }
-                    false
+                    None
                 }
                 Processed::Interrupted => return Ok(End::Interrupted),
             };
             self.cursor = chunk.into_next();
             since_chunks += 1;
 
-            // The chunk's end, read once for its duration.
-            let now = self.timed.then_some(self.chunk_ended);
-            let took = now.zip(last_end).map(|(now, last)| now - last);
-            last_end = now;
-            if finished {
-                self.metrics.chunk(items, took);
-            }
+            // The lease and a time-based policy are checked when the clock
+            // is read: at most about a millisecond late (`ChunkClock`).
             let lease_due =
                 matches!((self.session.renew_at(), now), (Some(at), Some(now)) if now >= at);
             let elapsed = now.map_or(Duration::ZERO, |now| now - since);
             if lease_due || self.policy.is_due(since_chunks, elapsed) {
+                self.close_batch();
                 self.checkpoint().await?;
                 since_chunks = 0;
                 since = Instant::now();
+                self.clock.restart(since);
             }
         }
+    }
+
+    /// An attempt at a chunk ended: times it, at once when `now` (a failed
+    /// or abandoned attempt), else with the batch it ends, if it ends one.
+    /// Returns when the clock was read, if it was.
+    fn attempt_ended(&mut self, now: bool) -> Option<Instant> {
+        let reading = if now {
+            Some(self.clock.chunk_ended_now())
+        } else {
+            self.clock.chunk_ended()
+        }?;
+        self.note(reading);
+        Some(reading.now)
+    }
+
+    /// Times the chunks ended since the clock was last read (at the loop's
+    /// end: a batch of short chunks may hold a long one).
+    pub(super) fn close_batch(&mut self) {
+        if self.clock.pending() {
+            let reading = self.clock.read();
+            self.note(reading);
+        }
+    }
+
+    /// Adds a reading of the clock to the chunks' durations and metrics.
+    fn note(&mut self, reading: Reading) {
+        if !self.times.timed_by_job() {
+            self.times
+                .note_batch(&mut self.durations, reading.chunks, reading.took);
+        }
+        self.metrics.chunks_took(reading.chunks, reading.took);
     }
 
     /// Processes the skipped chunks again, in the order they were skipped,
@@ -168,7 +204,8 @@ impl<J: Job> Run<'_, J> {
                     self.stats.redriven += 1;
                     self.session.record_chunk(items);
                     self.progress.set(self.session.totals.items);
-                    self.metrics.chunk(items, None);
+                    self.metrics.chunk(items);
+                    self.attempt_ended(false);
                     info!(job = %self.session.key.short(), start = %skip.start_text, next = %skip.next_text, "redriven skipped chunk done");
                 }
                 Processed::Failed { error, attempts } => {
@@ -290,22 +327,20 @@ impl<J: Job> Run<'_, J> {
         let rollback = self.state.clone();
         let mut backoff = None;
         loop {
-            let started = Instant::now();
             let result = run_chunk(
                 CatchUnwind(self.job.process(chunk, &mut self.state, &*ctx)),
                 &self.interrupts,
                 &mut self.session,
             )
             .await;
-            self.chunk_ended = Instant::now();
-            if !self.times.timed_by_job() {
-                self.times
-                    .note(&mut self.durations, self.chunk_ended - started);
-            }
             let source = match result {
                 ChunkResult::Done(Ok(())) => return Ok(Processed::Done),
-                ChunkResult::Done(Err(source)) if !abandoned(&self.interrupts, &*source) => source,
+                ChunkResult::Done(Err(source)) if !abandoned(&self.interrupts, &*source) => {
+                    self.attempt_ended(true);
+                    source
+                }
                 ChunkResult::Done(Err(_)) | ChunkResult::Dropped => {
+                    self.attempt_ended(true);
                     self.state = rollback;
                     self.stats.abandoned_chunk = true;
                     warn!(job = %self.session.key.short(), cursor = ?chunk.start(), "chunk abandoned; the checkpoint stays at the last finished chunk");
@@ -353,6 +388,8 @@ impl<J: Job> Run<'_, J> {
                 () = tokio::time::sleep(delay) => {}
                 () = stop.cancelled() => return Ok(Processed::Interrupted),
             }
+            // The wait is no chunk's time.
+            self.clock.restart(Instant::now());
         }
     }
 
@@ -540,6 +577,18 @@ async fn run_chunk(
             ChunkResult::Dropped
         }
     }
+}
+
+/// `future`'s output if it is ready at its first poll: a job that plans its
+/// chunks without waiting costs no `select!` against the stop.
+async fn ready_now<F: Future + Unpin>(future: &mut F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match Pin::new(&mut *future).poll(cx) {
+            Poll::Ready(output) => Some(output),
+            Poll::Pending => None,
+        })
+    })
+    .await
 }
 
 async fn sleep_until_some(at: Option<Instant>) {

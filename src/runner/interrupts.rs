@@ -7,6 +7,7 @@
 //! is kept under a `std` mutex and timed on both clocks ([`Moment`]), so that
 //! none of them needs the run's runtime to be free.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -144,6 +145,9 @@ impl State {
 #[derive(Debug)]
 pub(super) struct Stops {
     stop: CancellationToken,
+    /// Set just before `stop` is cancelled: read on every chunk, without
+    /// the token's lock.
+    stopped: AtomicBool,
     hard: CancellationToken,
     /// Wakes the run's timers when the drain deadline moves.
     changed: Notify,
@@ -177,6 +181,7 @@ impl Stops {
     pub(super) fn new(budget: Budget) -> Self {
         Self {
             stop: CancellationToken::new(),
+            stopped: AtomicBool::new(false),
             hard: CancellationToken::new(),
             changed: Notify::new(),
             state: Mutex::new(State {
@@ -258,7 +263,10 @@ impl Stops {
             }
         };
         match fired {
-            Fired::First { .. } => self.stop.cancel(),
+            Fired::First { .. } => {
+                self.stopped.store(true, Ordering::Release);
+                self.stop.cancel();
+            }
             Fired::Hard => self.hard.cancel(),
             Fired::Sooner { .. } | Fired::Same { .. } | Fired::Seen => {}
         }
@@ -372,8 +380,9 @@ impl Interrupts {
         self.cancel.clone()
     }
 
+    #[inline]
     pub(super) fn stop_requested(&self) -> bool {
-        self.stops.stop.is_cancelled()
+        self.stops.stopped.load(Ordering::Acquire)
     }
 
     pub(super) fn chunk_cancelled(&self) -> bool {

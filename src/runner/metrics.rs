@@ -24,9 +24,10 @@ pub(crate) const SKIPPED: &str = "spotbatch_chunks_skipped_total";
 pub(crate) const CHECKPOINTS: &str = "spotbatch_checkpoints_total";
 /// Runs ended by a stop request, by `source` (counter).
 pub(crate) const INTERRUPTIONS: &str = "spotbatch_interruptions_total";
-/// Time from one chunk's end to the next's: the chunk and the runner's
-/// work around it (histogram, seconds; recorded when the run reads the clock
-/// per chunk: with a lease or a time-based checkpoint policy).
+/// Attempts at chunks, each from the previous one's end to its own: the
+/// chunk's planning and processing, checkpoints and retry waits left out
+/// (histogram, seconds). Chunks under a millisecond are timed in batches,
+/// each recorded as its batch's mean.
 pub(crate) const CHUNK_SECONDS: &str = "spotbatch_chunk_duration_seconds";
 /// Checkpoint save latency, flush excluded (histogram, seconds).
 pub(crate) const SAVE_SECONDS: &str = "spotbatch_checkpoint_save_duration_seconds";
@@ -77,12 +78,18 @@ impl RunMetrics {
         }
     }
 
-    /// A chunk of `items` finished, `took` after the previous one (when timed).
-    pub(crate) fn chunk(&self, items: u64, took: Option<Duration>) {
+    /// A chunk of `items` finished.
+    pub(crate) fn chunk(&self, items: u64) {
         self.chunks.increment(1);
         self.items.increment(items);
-        if let Some(took) = took {
-            self.chunk_seconds.record(took.as_secs_f64());
+    }
+
+    /// `chunks` attempts at chunks took `took` together: each is recorded
+    /// as their mean.
+    pub(crate) fn chunks_took(&self, chunks: u32, took: Duration) {
+        if chunks > 0 {
+            self.chunk_seconds
+                .record_many(took.as_secs_f64() / f64::from(chunks), chunks as usize);
         }
     }
 

@@ -9,6 +9,7 @@
 mod budget;
 pub(crate) mod chunk_times;
 mod chunks;
+mod clock;
 mod finish;
 mod identity;
 mod interrupts;

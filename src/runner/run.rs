@@ -6,10 +6,9 @@
 
 use std::sync::Arc;
 
-use tokio::time::Instant;
-
 use super::budget::Budget;
 use super::chunk_times::{ChunkTimes, Durations};
+use super::clock::ChunkClock;
 use super::interrupts::Interrupts;
 use super::metrics::RunMetrics;
 use super::progress::Progress;
@@ -39,17 +38,14 @@ pub(super) struct Run<'r, J: Job> {
     pub(super) retry: RetryPolicy,
     /// Which chunks that fail after their retries may be skipped.
     pub(super) skip: SkipPolicy,
-    /// Whether anything in the loop depends on the clock (a lease, or a
-    /// time-based policy): without, the loop checks neither.
-    pub(super) timed: bool,
     pub(super) progress: Progress,
     /// The chunks' durations against the drain budget, and the drain
     /// deadline their contexts read.
     pub(super) times: Arc<ChunkTimes>,
     /// The durations of the chunks the runner timed.
     pub(super) durations: Durations,
-    /// When the last attempt at a chunk ended.
-    pub(super) chunk_ended: Instant,
+    /// The loop's clock, read at chunk ends.
+    pub(super) clock: ChunkClock,
     /// The run's metrics series.
     pub(super) metrics: RunMetrics,
     /// What this run did, for its report (kept when it fails).
@@ -73,6 +69,7 @@ impl<J: Job> Runner<J> {
             Started::Ended(outcome) => return Ok(outcome),
         };
         let end = run.run_chunks().await;
+        run.close_batch();
         let times = run.times.summary(&run.durations);
         run.stats.slowest_chunk = times.slowest;
         run.stats.mean_chunk = times.mean;

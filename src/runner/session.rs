@@ -387,6 +387,7 @@ impl Session {
     }
 
     /// When the lease must be renewed by, if the run holds one.
+    #[inline]
     pub(super) fn renew_at(&self) -> Option<Instant> {
         self.lease_ttl.map(|ttl| self.last_save + ttl / 3)
     }

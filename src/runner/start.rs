@@ -10,6 +10,7 @@ use tracing::{info, warn};
 
 use super::budget::Budget;
 use super::chunk_times::{ChunkTimes, Durations};
+use super::clock::ChunkClock;
 use super::finish::{failed, release};
 use super::identity;
 use super::interrupts::Interrupts;
@@ -162,13 +163,12 @@ impl<'r, J: Job> Run<'r, J> {
             job,
             times,
             durations: Durations::default(),
-            chunk_ended: tokio::time::Instant::now(),
+            clock: ChunkClock::new(tokio::time::Instant::now()),
             cursor,
             state,
             session,
             interrupts,
             budget,
-            timed: lease.is_some() || policy.interval().is_some(),
             policy,
             retry,
             skip,
