@@ -11,6 +11,7 @@ use spotbatch::concurrent::{Concurrent, ConcurrentJob};
 use spotbatch::{
     async_trait, BoxError, CheckpointPolicy, Chunk, ChunkContext, Job, MemoryStore, Outcome, Runner,
 };
+use spotbatch_test_support::logs::LogBuffer;
 use tokio::time::{sleep, Instant};
 
 /// grace 10 s → reserve 2.5 s: the drain budget is 7.5 s.
@@ -110,9 +111,6 @@ fn named<J: Job>(key: &str, job: J, store: &MemoryStore) -> Runner<J> {
 
 /// Every log line of this test binary: a global subscriber (a thread's own
 /// would race with the other tests' threads over tracing's interest cache).
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
 fn logs() -> &'static LogBuffer {
     static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
     LOGS.get_or_init(|| {
@@ -124,16 +122,6 @@ fn logs() -> &'static LogBuffer {
             .init();
         logs
     })
-}
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -148,7 +136,7 @@ async fn a_chunk_longer_than_the_drain_budget_is_warned_of_once_and_summed_up() 
     assert_eq!(report.stats.mean_chunk, secs(5));
     assert_eq!(report.stats.chunks_over_drain_budget, 2);
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     let warnings: Vec<_> = text
         .lines()
         .filter(|l| l.contains("longer than the drain budget") && l.contains("job=timed-logs"))
@@ -170,7 +158,7 @@ async fn a_chunk_longer_than_the_drain_budget_is_warned_of_once_and_summed_up() 
         .await;
     assert_eq!(report.stats.slowest_chunk, secs(7));
     assert_eq!(report.stats.chunks_over_drain_budget, 0);
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(
         !text
             .lines()

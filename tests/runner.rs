@@ -16,6 +16,7 @@ use spotbatch::{
     ChunkContext, Codec, Error, Every, FailureKind, InterruptSource, Job, JobKey, MemoryStore,
     Outcome, Report, Runner, Status, StoreError, TypeDescription, Writer,
 };
+use spotbatch_test_support::logs::LogBuffer;
 use tokio::sync::Notify;
 use tokio::time::{sleep, Instant};
 
@@ -1368,19 +1369,6 @@ async fn an_unreachable_store_fails_the_run_after_30_seconds_of_retries() {
 // Progress lines
 // ---------------------------------------------------------------------------
 
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn progress_is_logged_between_checkpoints() {
     let logs = LogBuffer::default();
@@ -1397,7 +1385,7 @@ async fn progress_is_logged_between_checkpoints() {
         .run()
         .await;
     assert!(report.is_complete(), "{:?}", report.outcome);
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     let lines: Vec<_> = text.lines().filter(|l| l.contains(" progress ")).collect();
     assert!((4..=5).contains(&lines.len()), "{text}");
     assert!(lines[0].contains("rate=\"10/s\""), "{}", lines[0]);

@@ -2,6 +2,7 @@
 //! binary, send real signals to real processes, wait for them with a limit.
 //! Not published.
 
+pub mod logs;
 pub mod table;
 
 use std::path::{Path, PathBuf};
