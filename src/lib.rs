@@ -153,7 +153,7 @@ pub use types::{TraceError, TypeDescription};
 pub mod prelude {
     pub use crate::{
         async_trait, transient, BoxError, Chunk, ChunkContext, Codec, Every, ExitCodes, FileSink,
-        Job, Outcome, RetryPolicy, Runner, Signal,
+        Job, Outcome, RetryPolicy, Runner, Signal, SkipPolicy,
     };
 
     /// `Result` with [`BoxError`] as the default error: any error converts with `?`.
