@@ -329,7 +329,10 @@ mod tests {
             );
             assert_eq!(err.kind(), crate::FailureKind::BadConfig, "{url}");
             let text = err.to_string();
-            assert!(text.contains(says) && !text.contains(":pw@"), "{url}: {text}");
+            assert!(
+                text.contains(says) && !text.contains(":pw@"),
+                "{url}: {text}"
+            );
         }
         for (url, says) in cases {
             let err = open_store(url).await.expect_err(url);

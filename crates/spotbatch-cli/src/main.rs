@@ -270,11 +270,9 @@ mod tests {
     /// command error can have is in that table.
     #[test]
     fn the_help_and_the_guide_give_the_same_exit_codes() {
-        let guide = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../docs/cli.md"
-        ))
-        .expect("docs/cli.md");
+        let guide =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/cli.md"))
+                .expect("docs/cli.md");
         let table = &guide[guide.find("## Exit codes").expect("an Exit codes section")..];
         let documented: Vec<u8> = table
             .lines()

@@ -36,7 +36,7 @@ pub(crate) async fn open(url: &str) -> Result<Arc<dyn CheckpointStore>, CliError
             Error::StoreNotBuilt { url, feature, .. } => {
                 return CliError::Config(format!(
                     "store URL {url:?}: this spotbatch command was built without the `{feature}` \
-                     feature; reinstall it with it: \
+                     feature; to add it: \
                      cargo install --path crates/spotbatch-cli --features {feature}"
                 ))
             }
