@@ -65,11 +65,27 @@ pub enum Error {
         /// Until the lease expires, unless renewed.
         expires_in: std::time::Duration,
     },
-    /// The runner was set up wrongly: a bad job key; a store URL that is
-    /// malformed or whose scheme's feature is off; a bad `SPOTBATCH_S3_*`
-    /// value; bad durations; signal handlers that cannot be installed.
+    /// The runner was set up wrongly: a bad job key; a malformed store URL;
+    /// a bad `SPOTBATCH_S3_*` value; bad durations; signal handlers that
+    /// cannot be installed.
     #[error("bad configuration: {0}")]
     Config(String),
+    /// A store URL names a store whose feature this build of spotbatch
+    /// leaves out (`s3://` without the `s3` feature, `postgres://` without
+    /// `postgres`). The same exit code as [`Error::Config`].
+    #[error(
+        "bad store URL {url:?}: the {store} store is not in this build: enable the `{feature}` \
+         feature of spotbatch (spotbatch = {{ version = \"{}\", features = [\"{feature}\"] }})",
+        env!("CARGO_PKG_VERSION")
+    )]
+    StoreNotBuilt {
+        /// The store's URL, any password shown as `***`.
+        url: String,
+        /// The store's name: `S3`, `Postgres`.
+        store: &'static str,
+        /// The feature of spotbatch that builds it: `s3`, `postgres`.
+        feature: &'static str,
+    },
     /// The store a URL names could not be opened although the URL is well
     /// formed: its server cannot be reached, or its migrations failed. (A
     /// store that refuses for good, such as a failed login, is
@@ -113,7 +129,7 @@ impl Error {
             Error::Store(StoreError::Refused { .. }) => FailureKind::StoreRefused,
             Error::Store(_) | Error::Open { .. } => FailureKind::Failed,
             Error::CheckpointNotSaved { .. } => FailureKind::CheckpointNotSaved,
-            Error::Config(_) => FailureKind::BadConfig,
+            Error::Config(_) | Error::StoreNotBuilt { .. } => FailureKind::BadConfig,
         }
     }
 }

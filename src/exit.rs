@@ -39,7 +39,7 @@ pub struct ExitCodes {
     /// The stored checkpoint is corrupt, truncated, another job's or of a
     /// changed type. Default 65.
     pub bad_checkpoint: u8,
-    /// Bad configuration ([`Error::Config`]). Default 78.
+    /// Bad configuration ([`Error::Config`], [`Error::StoreNotBuilt`]). Default 78.
     pub bad_config: u8,
     /// The final checkpoint could not be saved in time. Default 69.
     pub checkpoint_not_saved: u8,

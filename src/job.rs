@@ -435,8 +435,9 @@ fn signal_group(pgid: i32, signal: i32) {
 }
 
 /// A chunk's `process` panicked: the runner caught the panic and counts it
-/// as the chunk's failure (retried, skipped or failing the run by the same
-/// rules as an error).
+/// as the chunk's failure. A panic is never retried: the chunk is skipped
+/// if the [`SkipPolicy`](crate::SkipPolicy) allows, and otherwise fails the
+/// run, whose final checkpoint is saved all the same.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the chunk panicked: {message}")]
 pub struct ChunkPanicked {

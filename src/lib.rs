@@ -84,7 +84,8 @@
 //! The [README][readme] states the guarantees; the guide, in reading order:
 //! [writing a job][jobs], [shutdown and exit codes][shutdown],
 //! [stores][stores], [deploying][deploying], [sources, sinks and steps][sources],
-//! [the `spotbatch` command][cli].
+//! [scaling out][scaling-out], [the `spotbatch` command][cli],
+//! [benchmarks][benchmarks].
 //!
 //! [readme]: https://github.com/spotbatch/spotbatch/blob/main/README.md
 //! [jobs]: https://github.com/spotbatch/spotbatch/blob/main/docs/jobs.md
@@ -92,7 +93,9 @@
 //! [stores]: https://github.com/spotbatch/spotbatch/blob/main/docs/stores.md
 //! [deploying]: https://github.com/spotbatch/spotbatch/blob/main/docs/deploying.md
 //! [sources]: https://github.com/spotbatch/spotbatch/blob/main/docs/sources.md
+//! [scaling-out]: https://github.com/spotbatch/spotbatch/blob/main/docs/scaling-out.md
 //! [cli]: https://github.com/spotbatch/spotbatch/blob/main/docs/cli.md
+//! [benchmarks]: https://github.com/spotbatch/spotbatch/blob/main/docs/benchmarks.md
 
 pub mod checkpoint;
 mod codec;
@@ -153,7 +156,7 @@ pub use types::{TraceError, TypeDescription};
 pub mod prelude {
     pub use crate::{
         async_trait, transient, BoxError, Chunk, ChunkContext, Codec, Every, ExitCodes, FileSink,
-        Job, Outcome, RetryPolicy, Runner, Signal,
+        Job, Outcome, RetryPolicy, Runner, Signal, SkipPolicy,
     };
 
     /// `Result` with [`BoxError`] as the default error: any error converts with `?`.

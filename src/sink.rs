@@ -156,7 +156,8 @@ impl FileSink {
     /// # Errors
     ///
     /// [`io::ErrorKind::InvalidData`] when the file is shorter than `len`:
-    /// output the checkpoint covers is missing, so resuming would leave a hole.
+    /// output the checkpoint covers is missing, so resuming would leave a hole
+    /// (the message says to restore the file or start the job over).
     pub async fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.buffer.clear();
         let file = self.file.clone();
@@ -167,7 +168,9 @@ impl FileSink {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
-                        "{} is {found} bytes but the checkpoint covers {len}: output was lost",
+                        "{} is {found} bytes but the checkpoint covers {len}: output was lost; \
+                         restore the file, or start the job over \
+                         (`spotbatch reset STORE_URL JOB`, or `Runner::restart()`)",
                         path.display()
                     ),
                 ));
@@ -274,7 +277,9 @@ mod tests {
         let err = sink.truncate(10).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(
-            err.to_string().contains("short") && err.to_string().contains("covers 10"),
+            err.to_string().contains("short")
+                && err.to_string().contains("covers 10")
+                && err.to_string().contains("spotbatch reset"),
             "{err}"
         );
         assert_eq!(std::fs::read(&path).unwrap(), b"abc");

@@ -277,7 +277,7 @@ impl<J: Job> Run<'_, J> {
             attempts,
             error = %record.error,
             skipped,
-            "chunk failed after its retries: skipped it (recorded in the checkpoint; `spotbatch redrive` processes it again)"
+            "chunk failed: skipped it (recorded in the checkpoint; `spotbatch redrive` processes it again)"
         );
         self.session.record_skip(record);
         self.stats.skipped += 1;

@@ -18,7 +18,7 @@ pub(crate) const CHUNKS: &str = "spotbatch_chunks_total";
 pub(crate) const ITEMS: &str = "spotbatch_items_total";
 /// Chunk attempts retried after a transient error (counter).
 pub(crate) const RETRIES: &str = "spotbatch_chunk_retries_total";
-/// Chunks that failed after their retries and were skipped (counter).
+/// Chunks that failed (after any retries) and were skipped (counter).
 pub(crate) const SKIPPED: &str = "spotbatch_chunks_skipped_total";
 /// Checkpoints saved, by `kind` (`periodic`, `final`) (counter).
 pub(crate) const CHECKPOINTS: &str = "spotbatch_checkpoints_total";
@@ -134,7 +134,7 @@ fn describe() {
         describe_counter!(RETRIES, "Chunk attempts retried after a transient error");
         describe_counter!(
             SKIPPED,
-            "Chunks that failed after their retries and were skipped"
+            "Chunks that failed (after any retries) and were skipped"
         );
         describe_counter!(CHECKPOINTS, "Checkpoints saved, by kind (periodic, final)");
         describe_counter!(INTERRUPTIONS, "Runs ended by a stop request, by source");

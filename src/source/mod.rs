@@ -35,10 +35,14 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<std::process::ExitCode> {
-//!     spotbatch::shutdown::listen(); // first: from here on SIGTERM is a stop request
+//!     let shutdown = spotbatch::shutdown::listen(); // first: from here on SIGTERM is a stop request
+//!     tracing_subscriber::fmt().init(); // the runner's log lines
+//!     let out = match shutdown.interruptible(JsonLinesSink::open("orders.jsonl")).await {
+//!         Ok(out) => out?,
+//!         Err(stopped) => return Ok(stopped.exit_code()), // stopped before the run
+//!     };
 //!     let source = CsvSource::file("orders.csv"); // a header, then records
-//!     let handler = ToJson { out: JsonLinesSink::open("orders.jsonl").await? };
-//!     let job = SourceJob::new(source, handler).limit(Limit::records(1000).or_bytes(1 << 20));
+//!     let job = SourceJob::new(source, ToJson { out }).limit(Limit::records(1000).or_bytes(1 << 20));
 //!     Ok(Runner::new("orders-to-json", job).run().await.exit_code())
 //! }
 //! ```

@@ -41,9 +41,10 @@ use crate::error::Error;
 /// # Errors
 ///
 /// - [`Error::Config`] naming the URL (any password shown as `***`) and what
-///   is wrong with it: no scheme, an unknown scheme, a scheme whose feature
-///   is off (the message names the feature), a `file://` URL naming another
-///   host, a malformed S3 bucket or prefix, a malformed Postgres URL.
+///   is wrong with it: no scheme, an unknown scheme, a `file://` URL naming
+///   another host, a malformed S3 bucket or prefix, a malformed Postgres URL.
+/// - [`Error::StoreNotBuilt`] when the URL's scheme names a store whose
+///   feature this build leaves out (`s3`, `postgres`).
 /// - [`Error::Store`] with [`StoreError::Refused`](crate::StoreError::Refused)
 ///   when the store refuses for a reason that retrying cannot fix: a
 ///   Postgres login that fails, a database that does not exist, migrations
@@ -128,9 +129,9 @@ impl Scheme {
             "memory" if rest.is_empty() => Ok(Scheme::Memory),
             "memory" => Err(bad(url, "memory:// takes nothing after the scheme")),
             "s3" if cfg!(feature = "s3") => Ok(Scheme::S3),
-            "s3" => Err(bad(url, missing_feature("S3", "s3"))),
+            "s3" => Err(not_built(url, "S3", "s3")),
             "postgres" | "postgresql" if cfg!(feature = "postgres") => Ok(Scheme::Postgres),
-            "postgres" | "postgresql" => Err(bad(url, missing_feature("Postgres", "postgres"))),
+            "postgres" | "postgresql" => Err(not_built(url, "Postgres", "postgres")),
             other => Err(bad(
                 url,
                 format!("unknown scheme {other:?}; expected file, s3, postgres or memory"),
@@ -139,12 +140,12 @@ impl Scheme {
     }
 }
 
-fn missing_feature(store: &str, feature: &str) -> String {
-    format!(
-        "the {store} store is not in this build: enable the `{feature}` feature of spotbatch \
-         (spotbatch = {{ version = \"{}\", features = [\"{feature}\"] }})",
-        env!("CARGO_PKG_VERSION")
-    )
+fn not_built(url: &str, store: &'static str, feature: &'static str) -> Error {
+    Error::StoreNotBuilt {
+        url: redact_url(url),
+        store,
+        feature,
+    }
 }
 
 /// The directory a `file://` URL names.
@@ -226,7 +227,7 @@ async fn open_s3(url: &str) -> Result<Arc<dyn CheckpointStore>, Error> {
 
 #[cfg(not(feature = "s3"))]
 async fn open_s3(url: &str) -> Result<Arc<dyn CheckpointStore>, Error> {
-    Err(bad(url, missing_feature("S3", "s3")))
+    Err(not_built(url, "S3", "s3"))
 }
 
 #[cfg(feature = "postgres")]
@@ -250,7 +251,7 @@ async fn open_postgres(url: &str) -> Result<Arc<dyn CheckpointStore>, Error> {
 
 #[cfg(not(feature = "postgres"))]
 async fn open_postgres(url: &str) -> Result<Arc<dyn CheckpointStore>, Error> {
-    Err(bad(url, missing_feature("Postgres", "postgres")))
+    Err(not_built(url, "Postgres", "postgres"))
 }
 
 #[cfg(test)]
@@ -308,16 +309,30 @@ mod tests {
             ("ftp://host/x", "unknown scheme \"ftp\""),
             ("memory://x", "takes nothing"),
         ];
+        let mut not_built = vec![];
         if cfg!(not(feature = "s3")) {
-            cases.push(("s3://bucket/prefix", "enable the `s3` feature"));
+            not_built.push(("s3://bucket/prefix", "enable the `s3` feature"));
         } else {
             cases.push(("s3://Bad_Bucket/x", "not a valid bucket name"));
         }
         if cfg!(not(feature = "postgres")) {
-            cases.push(("postgres://localhost/db", "enable the `postgres` feature"));
-            cases.push(("postgresql://localhost/db", "enable the `postgres` feature"));
+            not_built.push(("postgres://u:pw@h/db", "enable the `postgres` feature"));
+            not_built.push(("postgresql://localhost/db", "enable the `postgres` feature"));
         } else {
             cases.push(("postgres://u:pw@h/db?schema=", "empty"));
+        }
+        for (url, says) in not_built {
+            let err = open_store(url).await.expect_err(url);
+            assert!(
+                matches!(&err, Error::StoreNotBuilt { url: shown, .. } if *shown == redact_url(url)),
+                "{url}: {err:?}"
+            );
+            assert_eq!(err.kind(), crate::FailureKind::BadConfig, "{url}");
+            let text = err.to_string();
+            assert!(
+                text.contains(says) && !text.contains(":pw@"),
+                "{url}: {text}"
+            );
         }
         for (url, says) in cases {
             let err = open_store(url).await.expect_err(url);

@@ -28,11 +28,13 @@ s3://bucket/prefix (AWS environment; SPOTBATCH_S3_FORCE_PATH_STYLE=true and
 AWS_ENDPOINT_URL_S3 for S3-compatible servers),
 postgres://user:pass@host:port/db?schema=name.
 
-Exit codes: 0 ok; 1 error (not found, refused, I/O; simulate: the job failed);
-2 bad command line; 65 the checkpoint is corrupt, truncated or another job's;
-73 a live runner holds the job, or it changed during the edit; 78 bad store
-URL or job key, or a store that cannot be opened (a bad SPOTBATCH_S3_*
-setting; a Postgres server unreachable or refusing the login).";
+Exit codes: 0 ok; 1 error (no such checkpoint, I/O, a store that does not
+answer; simulate: the job failed); 2 bad command line; 65 the checkpoint is
+corrupt, truncated or another job's; 73 a live runner holds the job, or it
+changed during the edit; 74 the store refused for good (no such bucket or
+database, access denied, a failed login, read-only, full); 78 bad store URL
+or job key, a store this build leaves out, a bad SPOTBATCH_S3_* setting, a
+Postgres server that cannot be reached.";
 
 /// Inspect and edit spotbatch checkpoints; test a job against Spot interruptions.
 #[derive(Debug, Parser)]
@@ -262,5 +264,43 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    /// `--help` lists the exit codes of docs/cli.md's table, and every code a
+    /// command error can have is in that table.
+    #[test]
+    fn the_help_and_the_guide_give_the_same_exit_codes() {
+        let guide =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/cli.md"))
+                .expect("docs/cli.md");
+        let table = &guide[guide.find("## Exit codes").expect("an Exit codes section")..];
+        let documented: Vec<u8> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| ")?.split(' ').next()?.parse().ok())
+            .collect();
+        let help = Cli::command().render_long_help().to_string();
+        let listed = &help[help.find("Exit codes:").expect("exit codes in --help")..];
+        let in_help: Vec<u8> = listed
+            .split(['(', ')', ';', ':'])
+            .filter_map(|part| part.split_whitespace().next()?.parse().ok())
+            .collect();
+        assert_eq!(in_help, documented, "--help: {listed}");
+        let errors = [
+            CliError::Config(String::new()),
+            CliError::Usage(String::new()),
+            CliError::BadCheckpoint(String::new()),
+            CliError::Held(String::new()),
+            CliError::Failed(String::new()),
+            CliError::Store(spotbatch::StoreError::Refused {
+                store: String::new(),
+                key: String::new(),
+                operation: "connect",
+                cause: spotbatch::Refusal::Permission,
+                source: "denied".into(),
+            }),
+        ];
+        for e in errors {
+            assert!(documented.contains(&e.code()), "{e:?}: {}", e.code());
+        }
     }
 }

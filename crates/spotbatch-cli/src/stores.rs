@@ -21,7 +21,8 @@ use crate::error::CliError;
 /// # Errors
 ///
 /// [`CliError::Config`] naming the URL (a Postgres password shown as `***`)
-/// and what is wrong: a malformed URL, a scheme this build leaves out, a bad
+/// and what is wrong: a malformed URL, a scheme this build leaves out (the
+/// message says how to install a command with it), a bad
 /// `SPOTBATCH_S3_*` variable, a Postgres server that cannot be reached, a
 /// failed migration; [`CliError::Store`] for a store that refuses for good
 /// (a refused login, a database that does not exist).
@@ -31,6 +32,14 @@ pub(crate) async fn open(url: &str) -> Result<Arc<dyn CheckpointStore>, CliError
             // Names the URL (password hidden) and what to fix: exit 74.
             Error::Store(refused @ StoreError::Refused { .. }) => return CliError::Store(refused),
             Error::Config(message) => message,
+            // The library's advice names a dependency; here it is this binary's feature.
+            Error::StoreNotBuilt { url, feature, .. } => {
+                return CliError::Config(format!(
+                    "store URL {url:?}: this spotbatch command was built without the `{feature}` \
+                     feature; to add it: \
+                     cargo install --path crates/spotbatch-cli --features {feature}"
+                ))
+            }
             other => other.to_string(),
         };
         CliError::Config(naming(url, message))
@@ -79,6 +88,33 @@ mod tests {
             let e = err(url);
             assert_eq!(e.code(), 78, "{e}");
             assert!(e.to_string().contains(url), "{e}");
+        }
+    }
+
+    /// A scheme whose feature this build leaves out: the advice is to
+    /// reinstall the command with that feature, not to change a dependency.
+    #[test]
+    fn schemes_this_build_leaves_out_say_how_to_install_them() {
+        let mut left_out = vec![];
+        if cfg!(not(feature = "s3")) {
+            left_out.push(("s3://b/x", "s3"));
+        }
+        if cfg!(not(feature = "postgres")) {
+            left_out.push(("postgres://u:pw1@h/db", "postgres"));
+        }
+        for (url, feature) in left_out {
+            let e = err(url);
+            assert_eq!(e.code(), 78, "{e}");
+            let text = e.to_string();
+            assert!(
+                text.contains(&redacted(url))
+                    && text.contains(&format!(
+                        "cargo install --path crates/spotbatch-cli --features {feature}"
+                    ))
+                    && !text.contains("spotbatch = {")
+                    && !text.contains("pw1"),
+                "{url}: {text}"
+            );
         }
     }
 
