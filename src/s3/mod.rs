@@ -46,12 +46,16 @@ mod error;
 mod list;
 mod metadata;
 mod names;
+mod object_error;
+mod sink;
 mod store;
 mod url;
 
 pub use builder::{
     S3StoreBuilder, ServerSideEncryption, ENV_FORCE_PATH_STYLE, ENV_SSE, ENV_SSE_KMS_KEY_ID,
 };
+pub use object_error::ObjectError;
+pub use sink::{MultipartSink, MultipartState, Part};
 pub use store::S3Store;
 
 /// The AWS SDK crates this store is built on, so callers can build a client
