@@ -44,6 +44,7 @@
 mod builder;
 mod error;
 mod list;
+mod listing;
 mod metadata;
 mod names;
 mod object_error;
@@ -54,6 +55,7 @@ mod url;
 pub use builder::{
     S3StoreBuilder, ServerSideEncryption, ENV_FORCE_PATH_STYLE, ENV_SSE, ENV_SSE_KMS_KEY_ID,
 };
+pub use listing::{ListedObject, ListingCursor, ListingSource};
 pub use object_error::ObjectError;
 pub use sink::{MultipartSink, MultipartState, Part};
 pub use store::S3Store;

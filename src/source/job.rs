@@ -56,6 +56,17 @@ pub trait Handler<S: Source + ?Sized>: Send {
     async fn flush(&mut self) -> Result<(), BoxError> {
         Ok(())
     }
+
+    /// Called when the source has no record left, before the job's final
+    /// flush and checkpoint: finish the outputs that need it (complete an
+    /// S3 multipart upload: `MultipartSink::complete`, feature `s3`).
+    /// A run stopped or killed before the job's completion was saved calls
+    /// it again in a later run, so it must do nothing the second time.
+    ///
+    /// An error fails the job, as one from [`handle`](Self::handle) does.
+    async fn finish(&mut self) -> Result<(), BoxError> {
+        Ok(())
+    }
 }
 
 /// A [`Job`] whose chunks are a [`Source`]'s batches, handled by a
@@ -145,6 +156,7 @@ impl<S: Source, H: Handler<S>> Job for SourceJob<S, H> {
     ) -> Result<Option<Chunk<S::Cursor>>, BoxError> {
         self.pending = None;
         let Some(batch) = self.source.next_batch(cursor, self.limit).await? else {
+            self.handler.finish().await?;
             return Ok(None);
         };
         let chunk = Chunk::new(cursor.clone(), batch.next().clone()).with_items(batch.items());
@@ -203,6 +215,12 @@ mod tests {
             }
             Ok(())
         }
+
+        async fn finish(&mut self) -> Result<(), BoxError> {
+            // The end, marked after the last record.
+            self.0.lock().unwrap().push(u64::MAX);
+            Ok(())
+        }
     }
 
     #[tokio::test]
@@ -217,7 +235,8 @@ mod tests {
             .run()
             .await;
         assert_eq!(report.code(), 0, "{report:?}");
-        assert_eq!(*seen.lock().unwrap(), (0..2500).collect::<Vec<_>>());
+        let expected: Vec<u64> = (0..2500).chain([u64::MAX]).collect();
+        assert_eq!(*seen.lock().unwrap(), expected, "every record, then finish");
         assert_eq!(report.stats.items, 2500);
         assert_eq!(report.stats.chunks, 9);
     }
