@@ -1,12 +1,13 @@
 //! JSON Lines from S3 to one S3 object, exactly once across SIGTERM and SIGKILL.
 //!
 //! Every object under `--input` is listed in key order
-//! ([`ListingSource`]: the cursor is the last key done), read line by line,
-//! and each JSON value is written to `--output`, wrapped with where it came
-//! from:
+//! ([`ListingSource`]: the cursor is the last key done, one object per chunk
+//! by default), its JSON values read ([`JsonLinesSource`] over an
+//! [`S3Object`]), and each value written to `--output`, wrapped with where it
+//! came from (its object's key, and its number in the object from 0):
 //!
 //! ```text
-//! {"source":"in/2024-06-01.jsonl","line":7,"record":{…the input value…}}
+//! {"record":7,"source":"in/2024-06-01.jsonl","value":{…the input value…}}
 //! ```
 //!
 //! (blank lines are skipped; a line that is not JSON fails the job, naming
@@ -34,7 +35,9 @@ use spotbatch::prelude::*;
 use spotbatch::s3::aws_sdk_s3::primitives::ByteStream;
 use spotbatch::s3::aws_sdk_s3::Client;
 use spotbatch::s3::{ListedObject, ListingCursor, ListingSource, MultipartSink, MultipartState};
-use spotbatch::source::{Batch, Handler, Limit, SourceJob};
+use spotbatch::source::{
+    Batch, FilePosition, Handler, JsonLinesSource, Limit, S3Object, Source, SourceJob,
+};
 
 #[derive(Parser)]
 #[command(about = "Copies every JSON Lines object under a prefix into one object, exactly once")]
@@ -139,55 +142,21 @@ impl Handler<ListingSource> for Wrap {
 impl Wrap {
     /// Copies one object's values to the output; returns how many.
     async fn copy(&mut self, object: &ListedObject) -> Result<u64> {
-        let url = format!("s3://{}/{}", self.bucket, object.key);
-        let mut body = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&object.key)
-            .set_if_match(object.e_tag.clone()) // the object as listed, or an error
-            .send()
-            .await
-            .map_err(|e| {
-                format!(
-                    "GetObject {url}: {}",
-                    spotbatch::s3::aws_sdk_s3::error::DisplayErrorContext(e)
-                )
-            })?
-            .body;
-        let (mut pending, mut line, mut records) = (Vec::new(), 0u64, 0u64);
-        while let Some(bytes) = body
-            .try_next()
-            .await
-            .map_err(|e| format!("reading {url}: {e}"))?
-        {
-            let mut rest = &bytes[..];
-            while let Some(end) = memchr::memchr(b'\n', rest) {
-                pending.extend_from_slice(&rest[..end]);
-                rest = &rest[end + 1..];
-                line += 1;
-                records += self.wrap(&object.key, line, &pending).await?;
-                pending.clear();
+        // The object's values, read by ranged GETs pinned to its ETag.
+        let input = S3Object::new(self.client.clone(), &self.bucket, &object.key);
+        let mut values = JsonLinesSource::<serde_json::Value>::new(input);
+        let mut at = FilePosition::default();
+        while let Some(batch) = values.next_batch(&at, Limit::bytes(4 << 20)).await? {
+            let first = at.record;
+            let (records, next) = batch.into_parts();
+            for (i, value) in (first..).zip(records) {
+                let wrapped =
+                    serde_json::json!({ "source": object.key, "record": i, "value": value });
+                self.out.write_line(&wrapped.to_string()).await?;
             }
-            pending.extend_from_slice(rest);
+            at = next;
         }
-        if !pending.is_empty() {
-            records += self.wrap(&object.key, line + 1, &pending).await?;
-        }
-        Ok(records)
-    }
-
-    /// Writes one input line's value, wrapped; 0 for a blank line.
-    async fn wrap(&mut self, key: &str, line: u64, text: &[u8]) -> Result<u64> {
-        let text = text.strip_suffix(b"\r").unwrap_or(text);
-        if text.trim_ascii().is_empty() {
-            return Ok(0);
-        }
-        let record: serde_json::Value = serde_json::from_slice(text)
-            .map_err(|e| format!("s3://{}/{key}: line {line}: not JSON: {e}", self.bucket))?;
-        let wrapped = serde_json::json!({ "source": key, "line": line, "record": record });
-        self.out.write_line(&wrapped.to_string()).await?;
-        Ok(1)
+        Ok(at.record)
     }
 }
 

@@ -199,12 +199,13 @@ fn check_reference(out: &[u8]) {
     let text = std::str::from_utf8(out).unwrap();
     let mut seen = HashSet::new();
     for line in text.lines() {
-        let value: serde_json::Value = serde_json::from_str(line).unwrap();
-        let record = &value["record"];
-        let id = (record["n"].as_u64().unwrap(), record["i"].as_u64().unwrap());
+        let wrapped: serde_json::Value = serde_json::from_str(line).unwrap();
+        let value = &wrapped["value"];
+        let id = (value["n"].as_u64().unwrap(), value["i"].as_u64().unwrap());
         assert!(seen.insert(id), "{id:?} twice");
         let n = usize::try_from(id.0).unwrap();
-        assert_eq!(value["source"], input_key(n));
+        assert_eq!(wrapped["source"], input_key(n));
+        assert_eq!(wrapped["record"], id.1, "{line}");
     }
     assert_eq!(seen.len(), OBJECTS * LINES);
 }

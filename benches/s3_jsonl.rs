@@ -1,0 +1,338 @@
+//! Reading JSON Lines from S3 through the sources ([`ListingSource`] for
+//! the objects under a prefix, [`JsonLinesSource`] over an [`S3Object`] for
+//! each object's values) against plain requests through the same
+//! `aws_sdk_s3` client, in the same run.
+//!
+//! # Running
+//!
+//! ```text
+//! scripts/bench                                           # starts SeaweedFS (and PostgreSQL), runs every benchmark
+//! cargo bench --features s3 --bench s3_jsonl              # with SPOTBATCH_TEST_S3_ENDPOINT etc. exported
+//! cargo bench --features s3 --bench s3_jsonl -- --quick   # a fraction of the work
+//! ```
+//!
+//! It reads `SPOTBATCH_TEST_S3_ENDPOINT`, `AWS_ACCESS_KEY_ID` and
+//! `AWS_SECRET_ACCESS_KEY` (as `scripts/services/s3.sh` exports them) and
+//! panics when they are missing. Run without `--bench` (as `cargo test
+//! --benches` does), it only runs a tiny smoke pass, whose figures mean
+//! nothing.
+//!
+//! # The figures
+//!
+//! The input is objects of JSON Lines (about 110-byte records) under a
+//! prefix of a bucket created for the run. Each way of reading it parses
+//! every line into a `serde_json::Value` and counts the values:
+//!
+//! - **baseline**: ListObjectsV2 (pages of 1,000), then for each object one
+//!   `GetObject`, the body collected, split at `\n` (memchr), each line
+//!   parsed;
+//! - **sources**: [`ListingSource`] one object per batch, and for each
+//!   object a [`JsonLinesSource`] over an [`S3Object`] (a `HeadObject`, then
+//!   ranged `GetObject`s of 1 MiB pinned to the ETag), batches of 4 MiB;
+//! - **job**: the same sources as a [`SourceJob`] run by a [`Runner`] with a
+//!   memory store, a checkpoint every 10 objects.
+//!
+//! Throughput is input megabytes per second, the median of the rounds;
+//! the three ways alternate in each round (their order rotating) after a
+//! warm-up round, on one current-thread tokio runtime, so they see the same
+//! server and machine load.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+use spotbatch::prelude::*;
+use spotbatch::s3::{aws_sdk_s3, ListingCursor, ListingSource, S3StoreBuilder};
+use spotbatch::source::{
+    Batch, FilePosition, Handler, JsonLinesSource, Limit, S3Object, Source, SourceJob,
+};
+use spotbatch::MemoryStore;
+use spotbatch_test_support::table::{print_table, Mode, Row};
+
+/// How much work the benchmark does.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    objects: usize,
+    object_bytes: usize,
+    rounds: usize,
+}
+
+impl Sizes {
+    const FULL: Self = Self {
+        objects: 32,
+        object_bytes: 4 << 20,
+        rounds: 7,
+    };
+    const QUICK: Self = Self {
+        objects: 8,
+        object_bytes: 2 << 20,
+        rounds: 3,
+    };
+    const SMOKE: Self = Self {
+        objects: 2,
+        object_bytes: 64 << 10,
+        rounds: 1,
+    };
+}
+
+fn main() {
+    let mode = Mode::from_args();
+    let sizes = mode.pick(Sizes::SMOKE, Sizes::QUICK, Sizes::FULL);
+    let endpoint = std::env::var("SPOTBATCH_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+        panic!("SPOTBATCH_TEST_S3_ENDPOINT is not set: run scripts/bench, which starts SeaweedFS")
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(bench(&endpoint, sizes, mode));
+}
+
+async fn bench(endpoint: &str, sizes: Sizes, mode: Mode) {
+    let bucket = format!(
+        "bench-jsonl-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let client = S3StoreBuilder::new(&bucket, "")
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .region("us-east-1")
+        .client()
+        .await
+        .expect("client");
+    client
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create bucket");
+    let (bytes, values) = write_inputs(&client, &bucket, sizes).await;
+
+    let mut baseline = Vec::new();
+    let mut sources = Vec::new();
+    let mut job = Vec::new();
+    for round in 0..=sizes.rounds {
+        for way in 0..3 {
+            let (which, took) = match (round + way) % 3 {
+                0 => (&mut baseline, timed(plain(&client, &bucket)).await),
+                1 => (&mut sources, timed(through_sources(&client, &bucket)).await),
+                _ => (&mut job, timed(through_job(&client, &bucket)).await),
+            };
+            assert_eq!(took.0, values, "every value read");
+            if round > 0 {
+                which.push(bytes as f64 / 1e6 / took.1.as_secs_f64());
+            }
+        }
+    }
+    let (base, src, run) = (median(baseline), median(sources), median(job));
+    println!(
+        "\nJSON Lines from S3 ({}): {} objects of {} KiB, {values} values, {:.1} MB; median of {} rounds\n",
+        mode.describe(),
+        sizes.objects,
+        sizes.object_bytes >> 10,
+        bytes as f64 / 1e6,
+        sizes.rounds
+    );
+    print_table(&[
+        Row::section("input MB/s (higher is better)"),
+        Row::text(
+            "sources: ListingSource + JsonLinesSource<S3Object>",
+            format!("{src:.1}"),
+            format!("{base:.1}"),
+            format!("{:+.1}", src - base),
+            format!("{:.2}×", src / base),
+        ),
+        Row::text(
+            "job: the same as a SourceJob, memory store",
+            format!("{run:.1}"),
+            format!("{base:.1}"),
+            format!("{:+.1}", run - base),
+            format!("{:.2}×", run / base),
+        ),
+    ]);
+}
+
+/// Writes the objects; returns their total bytes and values.
+async fn write_inputs(client: &Client, bucket: &str, sizes: Sizes) -> (usize, u64) {
+    let (mut bytes, mut values) = (0, 0u64);
+    for n in 0..sizes.objects {
+        let mut body = String::with_capacity(sizes.object_bytes + 200);
+        let mut i = 0u64;
+        while body.len() < sizes.object_bytes {
+            body.push_str(&format!(
+                "{{\"id\":{i},\"user\":\"user-{}\",\"event\":\"click\",\"ts\":\"2024-06-01T12:{:02}:{:02}Z\",\"amount\":{}.{:02},\"tags\":[\"a\",\"b\"]}}\n",
+                (i * 7919) % 100_000,
+                i % 60,
+                (i * 13) % 60,
+                i % 1000,
+                i % 100
+            ));
+            i += 1;
+        }
+        bytes += body.len();
+        values += i;
+        client
+            .put_object()
+            .bucket(bucket)
+            .key(format!("in/{n:05}.jsonl"))
+            .body(ByteStream::from(body.into_bytes()))
+            .send()
+            .await
+            .expect("put input");
+    }
+    (bytes, values)
+}
+
+async fn timed(work: impl std::future::Future<Output = u64>) -> (u64, Duration) {
+    let started = Instant::now();
+    let values = work.await;
+    (values, started.elapsed())
+}
+
+fn median(mut figures: Vec<f64>) -> f64 {
+    figures.sort_by(f64::total_cmp);
+    figures[figures.len() / 2]
+}
+
+/// The baseline: list, get, split, parse.
+async fn plain(client: &Client, bucket: &str) -> u64 {
+    let mut values = 0;
+    let mut token = None;
+    loop {
+        let page = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix("in/")
+            .set_continuation_token(token.take())
+            .send()
+            .await
+            .expect("list");
+        for object in page.contents() {
+            let body = client
+                .get_object()
+                .bucket(bucket)
+                .key(object.key().expect("key"))
+                .send()
+                .await
+                .expect("get")
+                .body
+                .collect()
+                .await
+                .expect("body")
+                .into_bytes();
+            let mut start = 0;
+            for end in memchr::memchr_iter(b'\n', &body).chain([body.len()]) {
+                let line = &body[start..end];
+                start = end + 1;
+                if line.trim_ascii().is_empty() {
+                    continue;
+                }
+                let value: serde_json::Value = serde_json::from_slice(line).expect("JSON");
+                std::hint::black_box(value);
+                values += 1;
+            }
+        }
+        match page.next_continuation_token() {
+            Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_owned()),
+            _ => return values,
+        }
+    }
+}
+
+/// Counts one object's values through a JSON Lines source over it.
+async fn count_values(client: &Client, bucket: &str, key: &str) -> u64 {
+    let input = S3Object::new(client.clone(), bucket, key);
+    let mut source = JsonLinesSource::<serde_json::Value>::new(input);
+    let mut at = FilePosition::default();
+    while let Some(batch) = source
+        .next_batch(&at, Limit::bytes(4 << 20))
+        .await
+        .expect("batch")
+    {
+        let (records, next) = batch.into_parts();
+        std::hint::black_box(records);
+        at = next;
+    }
+    at.record
+}
+
+/// The sources, driven by hand.
+async fn through_sources(client: &Client, bucket: &str) -> u64 {
+    let mut listing = ListingSource::new(client.clone(), bucket, "in/");
+    let mut cursor = ListingCursor::default();
+    let mut values = 0;
+    while let Some(batch) = listing
+        .next_batch(&cursor, Limit::records(1))
+        .await
+        .expect("listing")
+    {
+        let (objects, next) = batch.into_parts();
+        for object in objects {
+            values += count_values(client, bucket, &object.key).await;
+        }
+        cursor = next;
+    }
+    values
+}
+
+/// The handler of the job: counts values.
+struct Count {
+    client: Client,
+    bucket: String,
+}
+
+#[async_trait]
+impl Handler<ListingSource> for Count {
+    type State = u64;
+
+    async fn handle(
+        &mut self,
+        batch: Batch<ListingSource>,
+        values: &mut u64,
+        _: &ChunkContext,
+    ) -> Result<()> {
+        for object in batch.records() {
+            *values += count_values(&self.client, &self.bucket, &object.key).await;
+        }
+        Ok(())
+    }
+}
+
+/// The sources as a job under a runner.
+async fn through_job(client: &Client, bucket: &str) -> u64 {
+    let source = ListingSource::new(client.clone(), bucket, "in/");
+    let handler = Count {
+        client: client.clone(),
+        bucket: bucket.to_owned(),
+    };
+    let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let job = SourceJob::new(source, Tally(handler, counted.clone())).limit(Limit::records(1));
+    let report = Runner::new("bench", job)
+        .store(MemoryStore::new())
+        .signals(&[])
+        .checkpoint(Every::chunks(10))
+        .progress_every(None)
+        .run()
+        .await;
+    assert_eq!(report.code(), 0, "{report:?}");
+    counted.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A handler that also publishes its count, for the benchmark to check.
+struct Tally(Count, std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+#[async_trait]
+impl Handler<ListingSource> for Tally {
+    type State = u64;
+
+    async fn handle(
+        &mut self,
+        batch: Batch<ListingSource>,
+        values: &mut u64,
+        ctx: &ChunkContext,
+    ) -> Result<()> {
+        self.0.handle(batch, values, ctx).await?;
+        self.1.store(*values, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
