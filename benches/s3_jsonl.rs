@@ -19,28 +19,32 @@
 //!
 //! # The figures
 //!
-//! The input is objects of JSON Lines (about 110-byte records) under a
-//! prefix of a bucket created for the run. Each way of reading it parses
-//! every line into a `serde_json::Value` and counts the values:
+//! The input is objects of JSON Lines (110-byte events) under a prefix of
+//! a bucket created for the run. Each way of reading it parses every line,
+//! into a `serde_json::Value` or into a struct of the event's six fields,
+//! and counts the records:
 //!
 //! - **baseline**: ListObjectsV2 (pages of 1,000), then for each object one
 //!   `GetObject`, the body collected, split at `\n` (memchr), each line
-//!   parsed;
+//!   parsed and dropped;
+//! - **baseline, batched**: the same, the records kept in batches of 1,000
+//!   before they are dropped, as a source hands them over;
 //! - **sources**: [`ListingSource`] one object per batch, and for each
-//!   object a [`JsonLinesSource`] over an [`S3Object`] (a `HeadObject`, then
-//!   ranged `GetObject`s of 1 MiB pinned to the ETag), batches of 4 MiB;
+//!   object a [`JsonLinesSource`] over an [`S3Object`] (8 MiB ranged GETs
+//!   pinned to the ETag), batches of 1,000 records;
 //! - **job**: the same sources as a [`SourceJob`] run by a [`Runner`] with a
 //!   memory store, a checkpoint every 10 objects.
 //!
 //! Throughput is input megabytes per second, the median of the rounds;
-//! the three ways alternate in each round (their order rotating) after a
-//! warm-up round, on one current-thread tokio runtime, so they see the same
-//! server and machine load.
+//! the ways alternate in each round (their order rotating) after a warm-up
+//! round, on one current-thread tokio runtime, so they see the same server
+//! and machine load.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
+use serde::de::DeserializeOwned;
 use spotbatch::prelude::*;
 use spotbatch::s3::{aws_sdk_s3, ListingCursor, ListingSource, S3StoreBuilder};
 use spotbatch::source::{
@@ -108,48 +112,113 @@ async fn bench(endpoint: &str, sizes: Sizes, mode: Mode) {
         .expect("create bucket");
     let (bytes, values) = write_inputs(&client, &bucket, sizes).await;
 
-    let mut baseline = Vec::new();
-    let mut sources = Vec::new();
-    let mut job = Vec::new();
+    let ways = Way::ALL;
+    let mut figures: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
     for round in 0..=sizes.rounds {
-        for way in 0..3 {
-            let (which, took) = match (round + way) % 3 {
-                0 => (&mut baseline, timed(plain(&client, &bucket)).await),
-                1 => (&mut sources, timed(through_sources(&client, &bucket)).await),
-                _ => (&mut job, timed(through_job(&client, &bucket)).await),
-            };
-            assert_eq!(took.0, values, "every value read");
+        for i in 0..ways.len() {
+            let which = (round + i) % ways.len();
+            let started = Instant::now();
+            let read = ways[which].run(&client, &bucket).await;
+            let took = started.elapsed();
+            assert_eq!(read, values, "{:?}: every record read", ways[which]);
             if round > 0 {
-                which.push(bytes as f64 / 1e6 / took.1.as_secs_f64());
+                figures[which].push(bytes as f64 / 1e6 / took.as_secs_f64());
             }
         }
     }
-    let (base, src, run) = (median(baseline), median(sources), median(job));
+    let mb_s: Vec<f64> = figures.into_iter().map(median).collect();
     println!(
-        "\nJSON Lines from S3 ({}): {} objects of {} KiB, {values} values, {:.1} MB; median of {} rounds\n",
+        "\nJSON Lines from S3 ({}): {} objects of {} KiB, {values} records, {:.1} MB; median of {} rounds\n",
         mode.describe(),
         sizes.objects,
         sizes.object_bytes >> 10,
         bytes as f64 / 1e6,
         sizes.rounds
     );
+    let row = |way: Way, against: Way| {
+        let (ours, base) = (mb_s[way as usize], mb_s[against as usize]);
+        Row::text(
+            way.describe(),
+            format!("{ours:.1}"),
+            format!("{base:.1}"),
+            format!("{:+.1}", ours - base),
+            format!("{:.2}×", ours / base),
+        )
+    };
     print_table(&[
-        Row::section("input MB/s (higher is better)"),
-        Row::text(
-            "sources: ListingSource + JsonLinesSource<S3Object>",
-            format!("{src:.1}"),
-            format!("{base:.1}"),
-            format!("{:+.1}", src - base),
-            format!("{:.2}×", src / base),
-        ),
-        Row::text(
-            "job: the same as a SourceJob, memory store",
-            format!("{run:.1}"),
-            format!("{base:.1}"),
-            format!("{:+.1}", run - base),
-            format!("{:.2}×", run / base),
-        ),
+        Row::section("serde_json::Value records: input MB/s (higher is better)"),
+        row(Way::ValueSources, Way::ValuePlain),
+        row(Way::ValueJob, Way::ValuePlain),
+        row(Way::ValueBatched, Way::ValuePlain),
+        row(Way::ValueSources, Way::ValueBatched),
+        Row::section("typed records (a struct of 6 fields): input MB/s"),
+        row(Way::TypedSources, Way::TypedPlain),
+        row(Way::TypedBatched, Way::TypedPlain),
+        row(Way::TypedSources, Way::TypedBatched),
     ]);
+}
+
+/// One way of reading the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    ValuePlain,
+    ValueBatched,
+    ValueSources,
+    ValueJob,
+    TypedPlain,
+    TypedBatched,
+    TypedSources,
+}
+
+impl Way {
+    const ALL: [Way; 7] = [
+        Way::ValuePlain,
+        Way::ValueBatched,
+        Way::ValueSources,
+        Way::ValueJob,
+        Way::TypedPlain,
+        Way::TypedBatched,
+        Way::TypedSources,
+    ];
+
+    fn describe(self) -> &'static str {
+        match self {
+            Way::ValuePlain | Way::TypedPlain => "baseline: GetObject, split, parse",
+            Way::ValueBatched | Way::TypedBatched => "baseline, batched (records kept by 1,000)",
+            Way::ValueSources | Way::TypedSources => {
+                "sources: ListingSource, JsonLinesSource<S3Object>"
+            }
+            Way::ValueJob => "job: the sources as a SourceJob, memory store",
+        }
+    }
+
+    /// Reads everything; returns the records read.
+    async fn run(self, client: &Client, bucket: &str) -> u64 {
+        match self {
+            Way::ValuePlain => plain::<serde_json::Value>(client, bucket, 1).await,
+            Way::ValueBatched => plain::<serde_json::Value>(client, bucket, BATCH).await,
+            Way::ValueSources => through_sources::<serde_json::Value>(client, bucket).await,
+            Way::ValueJob => through_job(client, bucket).await,
+            Way::TypedPlain => plain::<Event>(client, bucket, 1).await,
+            Way::TypedBatched => plain::<Event>(client, bucket, BATCH).await,
+            Way::TypedSources => through_sources::<Event>(client, bucket).await,
+        }
+    }
+}
+
+/// Records per batch, for the sources and the batched baseline.
+const BATCH: usize = 1000;
+
+/// An input record, typed.
+#[derive(serde::Deserialize)]
+#[allow(dead_code)] // parsed, not read
+struct Event {
+    id: u64,
+    user: String,
+    event: String,
+    ts: String,
+    amount: f64,
+    tags: Vec<String>,
 }
 
 /// Writes the objects; returns their total bytes and values.
@@ -183,20 +252,16 @@ async fn write_inputs(client: &Client, bucket: &str, sizes: Sizes) -> (usize, u6
     (bytes, values)
 }
 
-async fn timed(work: impl std::future::Future<Output = u64>) -> (u64, Duration) {
-    let started = Instant::now();
-    let values = work.await;
-    (values, started.elapsed())
-}
-
 fn median(mut figures: Vec<f64>) -> f64 {
     figures.sort_by(f64::total_cmp);
     figures[figures.len() / 2]
 }
 
-/// The baseline: list, get, split, parse.
-async fn plain(client: &Client, bucket: &str) -> u64 {
+/// The baseline: list, get, split, parse; records kept by `batch` before
+/// they are dropped.
+async fn plain<T: DeserializeOwned>(client: &Client, bucket: &str, batch: usize) -> u64 {
     let mut values = 0;
+    let mut kept: Vec<T> = Vec::with_capacity(batch);
     let mut token = None;
     loop {
         let page = client
@@ -227,9 +292,12 @@ async fn plain(client: &Client, bucket: &str) -> u64 {
                 if line.trim_ascii().is_empty() {
                     continue;
                 }
-                let value: serde_json::Value = serde_json::from_slice(line).expect("JSON");
-                std::hint::black_box(value);
+                kept.push(serde_json::from_slice(line).expect("JSON"));
                 values += 1;
+                if kept.len() >= batch {
+                    std::hint::black_box(&kept);
+                    kept.clear();
+                }
             }
         }
         match page.next_continuation_token() {
@@ -240,12 +308,16 @@ async fn plain(client: &Client, bucket: &str) -> u64 {
 }
 
 /// Counts one object's values through a JSON Lines source over it.
-async fn count_values(client: &Client, bucket: &str, key: &str) -> u64 {
+async fn count_values<T: DeserializeOwned + Send + 'static>(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+) -> u64 {
     let input = S3Object::new(client.clone(), bucket, key);
-    let mut source = JsonLinesSource::<serde_json::Value>::new(input);
+    let mut source = JsonLinesSource::<T>::new(input);
     let mut at = FilePosition::default();
     while let Some(batch) = source
-        .next_batch(&at, Limit::bytes(4 << 20))
+        .next_batch(&at, Limit::records(BATCH as u64))
         .await
         .expect("batch")
     {
@@ -257,7 +329,10 @@ async fn count_values(client: &Client, bucket: &str, key: &str) -> u64 {
 }
 
 /// The sources, driven by hand.
-async fn through_sources(client: &Client, bucket: &str) -> u64 {
+async fn through_sources<T: DeserializeOwned + Send + 'static>(
+    client: &Client,
+    bucket: &str,
+) -> u64 {
     let mut listing = ListingSource::new(client.clone(), bucket, "in/");
     let mut cursor = ListingCursor::default();
     let mut values = 0;
@@ -268,7 +343,7 @@ async fn through_sources(client: &Client, bucket: &str) -> u64 {
     {
         let (objects, next) = batch.into_parts();
         for object in objects {
-            values += count_values(client, bucket, &object.key).await;
+            values += count_values::<T>(client, bucket, &object.key).await;
         }
         cursor = next;
     }
@@ -292,7 +367,8 @@ impl Handler<ListingSource> for Count {
         _: &ChunkContext,
     ) -> Result<()> {
         for object in batch.records() {
-            *values += count_values(&self.client, &self.bucket, &object.key).await;
+            *values +=
+                count_values::<serde_json::Value>(&self.client, &self.bucket, &object.key).await;
         }
         Ok(())
     }

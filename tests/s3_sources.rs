@@ -98,7 +98,8 @@ async fn an_s3_object_reads_as_the_local_file_does() {
 #[tokio::test]
 async fn an_object_replaced_during_the_run_is_an_error() {
     let bucket = s3_common::fresh_bucket_on(&s3_common::endpoint()).await;
-    let client = put(&bucket, "in/big.csv", big_csv()).await;
+    // Three blocks of 8 MiB: the third is read after the object is replaced.
+    let client = put(&bucket, "in/big.csv", big_csv().repeat(6)).await;
     let mut source = CsvSource::new(S3Object::new(client.clone(), &bucket, "in/big.csv"));
     let first = source
         .next_batch(&FilePosition::default(), Limit::records(10))
@@ -107,7 +108,7 @@ async fn an_object_replaced_during_the_run_is_an_error() {
         .unwrap();
     put(&bucket, "in/big.csv", big_csv().repeat(2)).await;
     let far = FilePosition {
-        offset: 2 << 20,
+        offset: 17 << 20,
         ..*first.next()
     };
     let err = source

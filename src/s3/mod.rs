@@ -35,6 +35,21 @@
 //!
 //! [guide]: https://github.com/spotbatch/spotbatch/blob/main/docs/stores.md#s3-feature-s3
 //!
+//! # Sources and sinks
+//!
+//! - [`ListingSource`]: every object under a prefix, as a
+//!   [`Source`](crate::source::Source) whose cursor is the last key done.
+//! - [`MultipartSink`]: one object written by a multipart upload that
+//!   survives the process, its state ([`MultipartState`]) in the job's.
+//! - [`S3Object`](crate::source::S3Object): one object as the input of a
+//!   CSV or JSON Lines source.
+//!
+//! They take an [`aws_sdk_s3::Client`]; [`S3StoreBuilder::client`] builds
+//! one as the store's. The guide's [S3 section][s3-guide] says what each
+//! guarantees across SIGTERM and SIGKILL.
+//!
+//! [s3-guide]: https://github.com/spotbatch/spotbatch/blob/main/docs/sources.md#s3-listings-and-multipart-output
+//!
 //! # Features
 //!
 //! - `sso`: credentials from AWS IAM Identity Center (SSO) profiles, for

@@ -1,21 +1,32 @@
 //! An S3 object as a file source's input, read by ranged GETs (feature `s3`).
 
 use std::io;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::Client;
+use bytes::Bytes;
+use tokio::sync::OnceCell;
 
 use super::file::ReadAt;
+
+/// Bytes per GetObject: the reads of a file source (1 MiB windows) are
+/// served from blocks this large, the next one read ahead.
+const BLOCK: u64 = 8 << 20;
 
 /// An S3 object read by byte ranges: the input of a [`CsvSource`](super::CsvSource)
 /// or [`JsonLinesSource`](super::JsonLinesSource) that lives in S3.
 ///
-/// The first read asks `HeadObject` for the object's size and ETag; each
-/// read is then a `GetObject` with `Range: bytes=…` and `If-Match: <ETag>`,
-/// so an object replaced during the run fails the read instead of mixing two
-/// versions ([conditional requests](https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-requests.html)).
-/// Permissions: `s3:GetObject` on the object (`HeadObject` needs no other).
+/// The object is read in blocks of 8 MiB, each a `GetObject` with `Range:
+/// bytes=…`; while the source parses one block, the next is read ahead (one
+/// request in flight at most), and the source's reads are served from them.
+/// The first block's answer gives the object's size and ETag, and every
+/// later block asks `If-Match: <ETag>`, so an object replaced during the run
+/// fails the read instead of mixing two versions
+/// ([conditional requests](https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-requests.html)).
+/// An object of up to 8 MiB is one request. It holds up to two blocks in
+/// memory. Permissions: `s3:GetObject` on the object.
 ///
 /// ```no_run
 /// use spotbatch::s3::{aws_config, aws_sdk_s3};
@@ -34,7 +45,28 @@ pub struct S3Object {
     key: String,
     name: String,
     /// The size and ETag of the version read, from the first read on.
-    version: std::sync::Arc<tokio::sync::OnceCell<(u64, Option<String>)>>,
+    version: Arc<OnceCell<(u64, Option<String>)>>,
+    /// The block read last, and the next one, read ahead.
+    blocks: Arc<tokio::sync::Mutex<Blocks>>,
+}
+
+/// Blocks of the object, as read.
+#[derive(Debug, Default)]
+struct Blocks {
+    /// The block read last: its offset and bytes.
+    current: Option<(u64, Bytes)>,
+    /// The block after it, being read: its offset and the read.
+    ahead: Option<(u64, ReadAhead)>,
+}
+
+/// A block read in a task of its own, aborted when dropped.
+#[derive(Debug)]
+struct ReadAhead(tokio::task::JoinHandle<io::Result<Bytes>>);
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl S3Object {
@@ -46,29 +78,77 @@ impl S3Object {
             client,
             bucket,
             key,
-            version: std::sync::Arc::default(),
+            version: Arc::default(),
+            blocks: Arc::default(),
         }
     }
 
+    /// The size and ETag, from the first block's answer (which is kept).
     async fn version(&self) -> io::Result<&(u64, Option<String>)> {
         self.version
             .get_or_try_init(|| async {
-                let head = self
+                let first = self
                     .client
-                    .head_object()
+                    .get_object()
                     .bucket(&self.bucket)
                     .key(&self.key)
+                    .range(format!("bytes=0-{}", BLOCK - 1))
                     .send()
-                    .await
-                    .map_err(|e| failed("HeadObject", e))?;
-                let size = head
-                    .content_length()
-                    .and_then(|n| u64::try_from(n).ok())
-                    .ok_or_else(|| io::Error::other("HeadObject gave no Content-Length"))?;
-                Ok((size, head.e_tag().map(str::to_owned)))
+                    .await;
+                let first = match first {
+                    Ok(first) => first,
+                    // 416: a range of an empty object.
+                    Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(416) => {
+                        return Ok((0, None));
+                    }
+                    Err(e) => return Err(failed("GetObject", e)),
+                };
+                let etag = first.e_tag().map(str::to_owned);
+                // `bytes 0-N/TOTAL`; without it the server sent the whole object.
+                let total = first
+                    .content_range()
+                    .and_then(|r| r.rsplit_once('/'))
+                    .and_then(|(_, total)| total.parse::<u64>().ok());
+                let length = first.content_length().and_then(|n| u64::try_from(n).ok());
+                let bytes = collect(first.body).await?;
+                let size = total.or(length).unwrap_or(bytes.len() as u64);
+                self.blocks.lock().await.current = Some((0, bytes));
+                Ok((size, etag))
             })
             .await
     }
+
+    /// Reads `start..` (a block, or less at the end) of the version `etag`.
+    fn read_block(&self, start: u64, size: u64, etag: Option<String>) -> ReadAhead {
+        let get = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .range(format!("bytes={start}-{}", (start + BLOCK).min(size) - 1))
+            .set_if_match(etag.clone());
+        ReadAhead(tokio::spawn(async move {
+            let object = get.send().await.map_err(|e| {
+                if e.raw_response().map(|r| r.status().as_u16()) == Some(412) {
+                    io::Error::other(format!(
+                        "the object was replaced during the run (its ETag is no longer {})",
+                        etag.as_deref().unwrap_or("?")
+                    ))
+                } else {
+                    failed("GetObject", e)
+                }
+            })?;
+            collect(object.body).await
+        }))
+    }
+}
+
+async fn collect(body: aws_sdk_s3::primitives::ByteStream) -> io::Result<Bytes> {
+    Ok(body
+        .collect()
+        .await
+        .map_err(|e| io::Error::other(format!("GetObject body: {e}")))?
+        .into_bytes())
 }
 
 /// An SDK error as an I/O error: its code and message, or its chain.
@@ -100,34 +180,39 @@ impl ReadAt for S3Object {
 
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let (size, etag) = self.version().await?;
-        if len == 0 || offset >= *size {
+        let end = (offset + len as u64).min(*size);
+        if offset >= end {
             return Ok(Vec::new());
         }
-        let last = (offset + len as u64).min(*size) - 1;
-        let mut get = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .range(format!("bytes={offset}-{last}"));
-        if let Some(etag) = etag {
-            get = get.if_match(etag);
-        }
-        let object = get.send().await.map_err(|e| {
-            if e.raw_response().map(|r| r.status().as_u16()) == Some(412) {
-                io::Error::other(format!(
-                    "the object was replaced during the run (its ETag is no longer {})",
-                    etag.as_deref().unwrap_or("?")
-                ))
-            } else {
-                failed("GetObject", e)
+        let mut out = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
+        let mut blocks = self.blocks.lock().await;
+        let mut at = offset;
+        while at < end {
+            if let Some((start, bytes)) = &blocks.current {
+                let block_end = start + bytes.len() as u64;
+                if *start <= at && at < block_end {
+                    let (from, to) = (at - start, end.min(block_end) - start);
+                    out.extend_from_slice(&bytes[from as usize..to as usize]);
+                    at = end.min(block_end);
+                    continue;
+                }
             }
-        })?;
-        let bytes = object
-            .body
-            .collect()
-            .await
-            .map_err(|e| io::Error::other(format!("GetObject body: {e}")))?;
-        Ok(bytes.into_bytes().to_vec())
+            let mut read = match blocks.ahead.take() {
+                Some((start, read)) if start == at => read,
+                _ => self.read_block(at, *size, etag.clone()),
+            };
+            let bytes = (&mut read.0)
+                .await
+                .map_err(|e| io::Error::other(format!("GetObject: {e}")))??;
+            if bytes.is_empty() {
+                break; // shorter than its size said: the window reports it
+            }
+            let next = at + bytes.len() as u64;
+            blocks.current = Some((at, bytes));
+            if next < *size {
+                blocks.ahead = Some((next, self.read_block(next, *size, etag.clone())));
+            }
+        }
+        Ok(out)
     }
 }

@@ -112,8 +112,9 @@ const MARKER: &str = "spotbatch-upload";
 /// [`complete`](Self::complete) uploads the last part and completes the
 /// upload (CompleteMultipartUpload) with `If-None-Match: *`, so the object
 /// is created only where none is: two writers of the same key cannot both
-/// win. AWS honours the header on completions since August 2024, and so do
-/// SeaweedFS and MinIO; on a server that ignores it the completion
+/// win. AWS honours the header on completions since August 2024
+/// ([conditional writes](https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html)),
+/// and so does SeaweedFS; on a server that ignores it the completion
 /// overwrites an object another writer created meanwhile (the sink's own
 /// check at a fresh start still refuses an object already there). The
 /// upload carries a random token in `x-amz-meta-spotbatch-upload`, so a run
