@@ -134,7 +134,7 @@ impl Handler<ListingSource> for Wrap {
         Ok(self.out.flush().await?)
     }
 
-    async fn finish(&mut self) -> Result<()> {
+    async fn complete(&mut self, _: &ListingCursor, _: &mut Progress) -> Result<()> {
         Ok(self.out.complete().await?) // the output object appears
     }
 }
@@ -189,6 +189,8 @@ async fn make_inputs(source: &ListingSource, count: u32, lines: u32) -> anyhow::
 
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
+    // First: from here on SIGTERM and SIGINT are stop requests.
+    let shutdown = spotbatch::shutdown::listen();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -197,18 +199,28 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let source = ListingSource::from_url(&args.input).await?;
+    // The exit code of a stop, before the run or during it.
+    let shutdown = shutdown.interrupted_exit_code(args.interrupted_exit_code);
+    let grace = Duration::try_from_secs_f64(args.grace)
+        .map_err(|e| anyhow::anyhow!("bad --grace {}: {e}", args.grace))?;
+    // Finding the credentials and region can take a while: a stop gives it up.
+    let preparing = async {
+        let source = ListingSource::from_url(&args.input).await?;
+        let out = MultipartSink::from_url(&args.output).await?;
+        anyhow::Ok((source, out))
+    };
+    let (source, out) = match shutdown.interruptible(preparing).await {
+        Ok(ready) => ready?,
+        Err(stopped) => return Ok(stopped.exit_code()),
+    };
     if let Some(count) = args.make_inputs {
         make_inputs(&source, count, args.lines).await?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    let grace = Duration::try_from_secs_f64(args.grace)
-        .map_err(|e| anyhow::anyhow!("bad --grace {}: {e}", args.grace))?;
     let handler = Wrap {
         client: source.client().clone(),
         bucket: source.bucket().to_owned(),
-        out: MultipartSink::from_url(&args.output)
-            .await?
+        out: out
             .part_size(args.part_size_mib << 20)
             .overwrite(args.overwrite)
             .content_type("application/jsonl"),
@@ -218,8 +230,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     let mut runner = Runner::new(args.job, job)
         .store_url(&args.store)
         .checkpoint(Every::chunks(args.every_chunks).or_seconds(args.every_secs))
-        .grace(grace)
-        .interrupted_exit_code(args.interrupted_exit_code);
+        .grace(grace);
     if args.restart {
         runner = runner.restart();
     }

@@ -121,6 +121,7 @@ where
             bucket: bucket.to_owned(),
             object: object.to_owned(),
             detail: "HTTP 409: a conflicting request on the same key was in progress".into(),
+            refusal: None,
         }))),
         Failure::Other(e) => Refusal::Failed(ObjectError::Request(Box::new(e))),
     }
@@ -150,6 +151,7 @@ where
                     (Some(status), None) => format!("HTTP {status}"),
                     (None, code) => code.unwrap_or_else(|| "refused".into()),
                 },
+                refusal: None,
             }))
         }
     }
@@ -176,5 +178,6 @@ pub(crate) fn request_failed(
         bucket: bucket.to_owned(),
         object: object.to_owned(),
         detail: detail.into(),
+        refusal: None,
     }))
 }

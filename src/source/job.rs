@@ -57,14 +57,21 @@ pub trait Handler<S: Source + ?Sized>: Send {
         Ok(())
     }
 
-    /// Called when the source has no record left, before the job's final
-    /// flush and checkpoint: finish the outputs that need it (complete an
-    /// S3 multipart upload: `MultipartSink::complete`, feature `s3`).
-    /// A run stopped or killed before the job's completion was saved calls
-    /// it again in a later run, so it must do nothing the second time.
+    /// Called once the source has no record left, with the final cursor
+    /// and state, before the final [`flush`](Self::flush) and the checkpoint
+    /// that marks the job completed: finish the outputs that need it (complete
+    /// an S3 multipart upload: `MultipartSink::complete`, feature `s3`).
+    /// As [`Job::complete`]: changes to `state` are saved in that checkpoint;
+    /// a stop request does not interrupt it; a run that fails in it or dies
+    /// before the completion checkpoint is saved leaves it to be called
+    /// again by the next run, so it must be idempotent.
     ///
     /// An error fails the job, as one from [`handle`](Self::handle) does.
-    async fn finish(&mut self) -> Result<(), BoxError> {
+    async fn complete(
+        &mut self,
+        _cursor: &S::Cursor,
+        _state: &mut Self::State,
+    ) -> Result<(), BoxError> {
         Ok(())
     }
 }
@@ -156,7 +163,6 @@ impl<S: Source, H: Handler<S>> Job for SourceJob<S, H> {
     ) -> Result<Option<Chunk<S::Cursor>>, BoxError> {
         self.pending = None;
         let Some(batch) = self.source.next_batch(cursor, self.limit).await? else {
-            self.handler.finish().await?;
             return Ok(None);
         };
         let chunk = Chunk::new(cursor.clone(), batch.next().clone()).with_items(batch.items());
@@ -175,6 +181,14 @@ impl<S: Source, H: Handler<S>> Job for SourceJob<S, H> {
             .take()
             .ok_or("SourceJob::process was called without next_chunk before it")?;
         self.handler.handle(batch, state, ctx).await
+    }
+
+    async fn complete(
+        &mut self,
+        cursor: &S::Cursor,
+        state: &mut H::State,
+    ) -> Result<(), BoxError> {
+        self.handler.complete(cursor, state).await
     }
 
     async fn flush(&mut self) -> Result<(), BoxError> {
@@ -216,9 +230,10 @@ mod tests {
             Ok(())
         }
 
-        async fn finish(&mut self) -> Result<(), BoxError> {
-            // The end, marked after the last record.
+        async fn complete(&mut self, _: &Option<u64>, count: &mut u64) -> Result<(), BoxError> {
+            // The end, marked after the last record, and in the final state.
             self.0.lock().unwrap().push(u64::MAX);
+            *count += 1_000_000;
             Ok(())
         }
     }
@@ -236,7 +251,8 @@ mod tests {
             .await;
         assert_eq!(report.code(), 0, "{report:?}");
         let expected: Vec<u64> = (0..2500).chain([u64::MAX]).collect();
-        assert_eq!(*seen.lock().unwrap(), expected, "every record, then finish");
+        assert_eq!(*seen.lock().unwrap(), expected, "every record, then complete");
+        assert_eq!(report.state::<u64>(), Some(&1_002_500), "complete's state is saved");
         assert_eq!(report.stats.items, 2500);
         assert_eq!(report.stats.chunks, 9);
     }

@@ -44,8 +44,10 @@ const MARKER: &str = "spotbatch-upload";
 ///    chunk's output, then put [`mark`](Self::mark) in the state, as the
 ///    chunk's last step;
 /// 3. in [`Job::flush`](crate::Job::flush), call [`flush`](Self::flush);
-/// 4. when the input is exhausted (where `next_chunk` returns `None`), call
-///    [`complete`](Self::complete): the object appears, whole.
+/// 4. in [`Job::complete`](crate::Job::complete) (or
+///    [`Handler::complete`](crate::source::Handler::complete)), once the
+///    input is exhausted, call [`complete`](Self::complete): the object
+///    appears, whole.
 ///
 /// ```no_run
 /// use spotbatch::prelude::*;
@@ -63,7 +65,6 @@ const MARKER: &str = "spotbatch-upload";
 ///     }
 ///     async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>> {
 ///         if *at >= self.records {
-///             self.out.complete().await?; // the object appears
 ///             return Ok(None);
 ///         }
 ///         Ok(Some(Chunk::between(*at, (*at + 1000).min(self.records))))
@@ -78,10 +79,14 @@ const MARKER: &str = "spotbatch-upload";
 ///     async fn flush(&mut self) -> Result<()> {
 ///         Ok(self.out.flush().await?)
 ///     }
+///     async fn complete(&mut self, _: &u64, _: &mut MultipartState) -> Result<()> {
+///         Ok(self.out.complete().await?) // the object appears
+///     }
 /// }
 ///
 /// #[tokio::main]
 /// async fn main() -> Result<std::process::ExitCode> {
+///     spotbatch::shutdown::listen(); // first: from here on SIGTERM is a stop request
 ///     let out = MultipartSink::from_url("s3://my-bucket/squares.txt").await?;
 ///     let job = Squares { records: 10_000_000, out };
 ///     Ok(Runner::new("squares", job).run().await.exit_code())
@@ -494,9 +499,10 @@ impl MultipartSink {
 
     /// Uploads the last part and completes the upload: the object appears
     /// at the key, whole, with everything written. Call it once the input
-    /// is exhausted, before the job's final checkpoint (in `next_chunk`,
-    /// where it returns `None`). Calling it again, in this run or a later
-    /// one, does nothing.
+    /// is exhausted, before the job's final checkpoint: in
+    /// [`Job::complete`](crate::Job::complete), which a stop request does
+    /// not interrupt (not in `next_chunk`, which a stop drops at its next
+    /// `.await`). Calling it again, in this run or a later one, does nothing.
     ///
     /// No output at all gives an empty object (PutObject; S3 completes no
     /// upload without a part).
