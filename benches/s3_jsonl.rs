@@ -31,7 +31,7 @@
 //!   before they are dropped, as a source hands them over;
 //! - **sources**: [`ListingSource`] one object per batch, and for each
 //!   object a [`JsonLinesSource`] over an [`S3Object`] (8 MiB ranged GETs
-//!   pinned to the ETag), batches of 1,000 records;
+//!   pinned to the listed ETag), batches of 1,000 records;
 //! - **job**: the same sources as a [`SourceJob`] run by a [`Runner`] with a
 //!   memory store, a checkpoint every 10 objects.
 //!
@@ -46,7 +46,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use serde::de::DeserializeOwned;
 use spotbatch::prelude::*;
-use spotbatch::s3::{aws_sdk_s3, ListingCursor, ListingSource, S3StoreBuilder};
+use spotbatch::s3::{aws_sdk_s3, ListedObject, ListingCursor, ListingSource, S3StoreBuilder};
 use spotbatch::source::{
     Batch, FilePosition, Handler, JsonLinesSource, Limit, S3Object, Source, SourceJob,
 };
@@ -307,13 +307,17 @@ async fn plain<T: DeserializeOwned>(client: &Client, bucket: &str, batch: usize)
     }
 }
 
-/// Counts one object's values through a JSON Lines source over it.
+/// Counts one object's values through a JSON Lines source over it, pinned
+/// to its listed ETag (as `examples/s3_jsonl.rs` reads).
 async fn count_values<T: DeserializeOwned + Send + 'static>(
     client: &Client,
     bucket: &str,
-    key: &str,
+    object: &ListedObject,
 ) -> u64 {
-    let input = S3Object::new(client.clone(), bucket, key);
+    let mut input = S3Object::new(client.clone(), bucket, &object.key);
+    if let Some(e_tag) = &object.e_tag {
+        input = input.if_match(e_tag);
+    }
     let mut source = JsonLinesSource::<T>::new(input);
     let mut at = FilePosition::default();
     while let Some(batch) = source
@@ -343,7 +347,7 @@ async fn through_sources<T: DeserializeOwned + Send + 'static>(
     {
         let (objects, next) = batch.into_parts();
         for object in objects {
-            values += count_values::<T>(client, bucket, &object.key).await;
+            values += count_values::<T>(client, bucket, &object).await;
         }
         cursor = next;
     }
@@ -367,8 +371,7 @@ impl Handler<ListingSource> for Count {
         _: &ChunkContext,
     ) -> Result<()> {
         for object in batch.records() {
-            *values +=
-                count_values::<serde_json::Value>(&self.client, &self.bucket, &object.key).await;
+            *values += count_values::<serde_json::Value>(&self.client, &self.bucket, object).await;
         }
         Ok(())
     }

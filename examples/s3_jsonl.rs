@@ -142,8 +142,12 @@ impl Handler<ListingSource> for Wrap {
 impl Wrap {
     /// Copies one object's values to the output; returns how many.
     async fn copy(&mut self, object: &ListedObject) -> Result<u64> {
-        // The object's values, read by ranged GETs pinned to its ETag.
-        let input = S3Object::new(self.client.clone(), &self.bucket, &object.key);
+        // The object's values, read by ranged GETs pinned to its listed ETag:
+        // an object replaced since it was listed fails the job, naming it.
+        let mut input = S3Object::new(self.client.clone(), &self.bucket, &object.key);
+        if let Some(e_tag) = &object.e_tag {
+            input = input.if_match(e_tag);
+        }
         let mut values = JsonLinesSource::<serde_json::Value>::new(input);
         let mut at = FilePosition::default();
         while let Some(batch) = values.next_batch(&at, Limit::bytes(4 << 20)).await? {

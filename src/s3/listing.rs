@@ -78,7 +78,9 @@ const PAGE: i32 = 1000;
 ///   GetObject then finds it missing (404);
 /// - an object replaced after it was listed is handed with the old ETag
 ///   and size: a handler that reads it with `If-Match` on
-///   [`e_tag`](ListedObject::e_tag) gets a 412 instead of the new bytes.
+///   [`e_tag`](ListedObject::e_tag) (an [`S3Object`](crate::source::S3Object)
+///   with [`if_match`](crate::source::S3Object::if_match)) gets an error
+///   naming it instead of the new bytes.
 ///
 /// For a fixed set of inputs, write them under a prefix of their own before
 /// the job starts.

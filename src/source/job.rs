@@ -183,11 +183,7 @@ impl<S: Source, H: Handler<S>> Job for SourceJob<S, H> {
         self.handler.handle(batch, state, ctx).await
     }
 
-    async fn complete(
-        &mut self,
-        cursor: &S::Cursor,
-        state: &mut H::State,
-    ) -> Result<(), BoxError> {
+    async fn complete(&mut self, cursor: &S::Cursor, state: &mut H::State) -> Result<(), BoxError> {
         self.handler.complete(cursor, state).await
     }
 
@@ -251,8 +247,16 @@ mod tests {
             .await;
         assert_eq!(report.code(), 0, "{report:?}");
         let expected: Vec<u64> = (0..2500).chain([u64::MAX]).collect();
-        assert_eq!(*seen.lock().unwrap(), expected, "every record, then complete");
-        assert_eq!(report.state::<u64>(), Some(&1_002_500), "complete's state is saved");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            expected,
+            "every record, then complete"
+        );
+        assert_eq!(
+            report.state::<u64>(),
+            Some(&1_002_500),
+            "complete's state is saved"
+        );
         assert_eq!(report.stats.items, 2500);
         assert_eq!(report.stats.chunks, 9);
     }
