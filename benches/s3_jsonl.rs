@@ -24,10 +24,10 @@
 //! into a `serde_json::Value` or into a struct of the event's six fields,
 //! and counts the records:
 //!
-//! - **baseline**: ListObjectsV2 (pages of 1,000), then for each object one
+//! - **plain**: ListObjectsV2 (pages of 1,000), then for each object one
 //!   `GetObject`, the body collected, split at `\n` (memchr), each line
 //!   parsed and dropped;
-//! - **baseline, batched**: the same, the records kept in batches of 1,000
+//! - **batched**: the same, the records kept in batches of 1,000
 //!   before they are dropped, as a source hands them over;
 //! - **sources**: [`ListingSource`] one object per batch, and for each
 //!   object a [`JsonLinesSource`] over an [`S3Object`] (8 MiB ranged GETs
@@ -35,10 +35,13 @@
 //! - **job**: the same sources as a [`SourceJob`] run by a [`Runner`] with a
 //!   memory store, a checkpoint every 10 objects.
 //!
-//! Throughput is input megabytes per second, the median of the rounds;
-//! the ways alternate in each round (their order rotating) after a warm-up
-//! round, on one current-thread tokio runtime, so they see the same server
-//! and machine load.
+//! Each row compares two ways by the names in bold above (**plain**,
+//! **batched**, **sources**, **job**). Throughput is input megabytes per
+//! second of wall-clock time, and per second of CPU time of the client's
+//! thread (the client's work alone, which other processes on a loaded
+//! machine do not change), the median of the rounds; the ways alternate in each round
+//! (their order rotating) after a warm-up round, on one current-thread
+//! tokio runtime, so they see the same server and machine load.
 
 use std::time::Instant;
 
@@ -113,20 +116,25 @@ async fn bench(endpoint: &str, sizes: Sizes, mode: Mode) {
     let (bytes, values) = write_inputs(&client, &bucket, sizes).await;
 
     let ways = Way::ALL;
-    let mut figures: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
+    let mut wall: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
     for round in 0..=sizes.rounds {
         for i in 0..ways.len() {
             let which = (round + i) % ways.len();
-            let started = Instant::now();
+            let (started, cpu_started) = (Instant::now(), thread_cpu_ns());
             let read = ways[which].run(&client, &bucket).await;
             let took = started.elapsed();
+            let cpu_ns = thread_cpu_ns().saturating_sub(cpu_started).max(1);
             assert_eq!(read, values, "{:?}: every record read", ways[which]);
             if round > 0 {
-                figures[which].push(bytes as f64 / 1e6 / took.as_secs_f64());
+                let mb = bytes as f64 / 1e6;
+                wall[which].push(mb / took.as_secs_f64());
+                cpu[which].push(mb / (cpu_ns as f64 / 1e9));
             }
         }
     }
-    let mb_s: Vec<f64> = figures.into_iter().map(median).collect();
+    let wall: Vec<f64> = wall.into_iter().map(median).collect();
+    let cpu: Vec<f64> = cpu.into_iter().map(median).collect();
     println!(
         "\nJSON Lines from S3 ({}): {} objects of {} KiB, {values} records, {:.1} MB; median of {} rounds\n",
         mode.describe(),
@@ -135,27 +143,60 @@ async fn bench(endpoint: &str, sizes: Sizes, mode: Mode) {
         bytes as f64 / 1e6,
         sizes.rounds
     );
-    let row = |way: Way, against: Way| {
-        let (ours, base) = (mb_s[way as usize], mb_s[against as usize]);
+    let row = |figures: &[f64], way: Way, against: Way| {
+        let (ours, base) = (figures[way as usize], figures[against as usize]);
         Row::text(
-            way.describe(),
+            format!("{} vs {}", way.describe(), against.describe()),
             format!("{ours:.1}"),
             format!("{base:.1}"),
             format!("{:+.1}", ours - base),
             format!("{:.2}×", ours / base),
         )
     };
-    print_table(&[
-        Row::section("serde_json::Value records: input MB/s (higher is better)"),
-        row(Way::ValueSources, Way::ValuePlain),
-        row(Way::ValueJob, Way::ValuePlain),
-        row(Way::ValueBatched, Way::ValuePlain),
-        row(Way::ValueSources, Way::ValueBatched),
-        Row::section("typed records (a struct of 6 fields): input MB/s"),
-        row(Way::TypedSources, Way::TypedPlain),
-        row(Way::TypedBatched, Way::TypedPlain),
-        row(Way::TypedSources, Way::TypedBatched),
-    ]);
+    let rows = |figures: &[f64], typed: bool| {
+        if typed {
+            vec![
+                row(figures, Way::TypedSources, Way::TypedPlain),
+                row(figures, Way::TypedBatched, Way::TypedPlain),
+                row(figures, Way::TypedSources, Way::TypedBatched),
+            ]
+        } else {
+            vec![
+                row(figures, Way::ValueSources, Way::ValuePlain),
+                row(figures, Way::ValueJob, Way::ValuePlain),
+                row(figures, Way::ValueBatched, Way::ValuePlain),
+                row(figures, Way::ValueSources, Way::ValueBatched),
+            ]
+        }
+    };
+    let mut table = vec![Row::section(
+        "serde_json::Value records: input MB/s, wall clock (higher is better)",
+    )];
+    table.extend(rows(&wall, false));
+    table.push(Row::section(
+        "serde_json::Value records: input MB per CPU second of the client's thread",
+    ));
+    table.extend(rows(&cpu, false));
+    table.push(Row::section(
+        "typed records (a struct of 6 fields): input MB/s, wall clock",
+    ));
+    table.extend(rows(&wall, true));
+    table.push(Row::section(
+        "typed records: input MB per CPU second of the client's thread",
+    ));
+    table.extend(rows(&cpu, true));
+    print_table(&table);
+}
+
+/// The CPU time of this thread so far, in nanoseconds (the first field of
+/// `/proc/thread-self/schedstat`): the runtime is current-thread, so this
+/// is the client's whole work, its read-ahead tasks included, without the
+/// server's.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// One way of reading the input.
@@ -183,12 +224,10 @@ impl Way {
 
     fn describe(self) -> &'static str {
         match self {
-            Way::ValuePlain | Way::TypedPlain => "baseline: GetObject, split, parse",
-            Way::ValueBatched | Way::TypedBatched => "baseline, batched (records kept by 1,000)",
-            Way::ValueSources | Way::TypedSources => {
-                "sources: ListingSource, JsonLinesSource<S3Object>"
-            }
-            Way::ValueJob => "job: the sources as a SourceJob, memory store",
+            Way::ValuePlain | Way::TypedPlain => "plain",
+            Way::ValueBatched | Way::TypedBatched => "batched",
+            Way::ValueSources | Way::TypedSources => "sources",
+            Way::ValueJob => "job",
         }
     }
 

@@ -330,6 +330,12 @@ impl Limit {
         }
     }
 
+    /// Records to make room for in a batch: the record limit, at most 4096.
+    pub(crate) fn capacity_hint(&self) -> usize {
+        self.max_records()
+            .map_or(0, |n| usize::try_from(n.min(4096)).unwrap_or(0))
+    }
+
     /// The most records a batch may hold, for a source that cannot measure
     /// bytes: the record limit, or 1000 when the limit is in bytes only.
     pub const fn max_records_or_default(&self) -> u64 {
