@@ -27,8 +27,8 @@
 //! - **plain**: ListObjectsV2 (pages of 1,000), then for each object one
 //!   `GetObject`, the body collected, split at `\n` (memchr), each line
 //!   parsed and dropped;
-//! - **batched**: the same, the records kept in batches of 1,000
-//!   before they are dropped, as a source hands them over;
+//! - **batched**: the same, the records kept in batches of 1,000, each
+//!   batch's `Vec` handed over and dropped as a source's is;
 //! - **sources**: [`ListingSource`] one object per batch, and for each
 //!   object a [`JsonLinesSource`] over an [`S3Object`] (8 MiB ranged GETs
 //!   pinned to the listed ETag), batches of 1,000 records;
@@ -334,8 +334,15 @@ async fn plain<T: DeserializeOwned>(client: &Client, bucket: &str, batch: usize)
                 kept.push(serde_json::from_slice(line).expect("JSON"));
                 values += 1;
                 if kept.len() >= batch {
-                    std::hint::black_box(&kept);
-                    kept.clear();
+                    if batch == 1 {
+                        // A line at a time: the one buffer is reused.
+                        std::hint::black_box(&kept);
+                        kept.clear();
+                    } else {
+                        // Handed over and dropped, as a source's batch is.
+                        let handed = std::mem::replace(&mut kept, Vec::with_capacity(batch));
+                        drop(std::hint::black_box(handed));
+                    }
                 }
             }
         }
