@@ -42,7 +42,7 @@ fn input_key(n: usize) -> String {
 fn input_body(n: usize) -> String {
     let mut body = String::new();
     for i in 0..LINES {
-        let end = if n % 5 == 0 { "\r\n" } else { "\n" };
+        let end = if n.is_multiple_of(5) { "\r\n" } else { "\n" };
         body.push_str(&format!(
             "{{\"n\":{n},\"i\":{i},\"text\":\"{}\"}}{end}",
             "lorem ipsum ".repeat(1 + (i * 7 + n) % 13)
@@ -51,7 +51,7 @@ fn input_body(n: usize) -> String {
             body.push('\n');
         }
     }
-    if n % 3 == 0 {
+    if n.is_multiple_of(3) {
         body.pop();
     }
     body
