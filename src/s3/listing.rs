@@ -49,7 +49,12 @@ const PAGE: i32 = 1000;
 ///
 /// #[tokio::main]
 /// async fn main() -> Result<std::process::ExitCode> {
-///     let source = ListingSource::from_url("s3://my-bucket/logs/2024/").await?;
+///     let shutdown = spotbatch::shutdown::listen(); // first: from here on SIGTERM is a stop request
+///     tracing_subscriber::fmt().init(); // the runner's log lines
+///     let source = match shutdown.interruptible(ListingSource::from_url("s3://my-bucket/logs/2024/")).await {
+///         Ok(source) => source?,
+///         Err(stopped) => return Ok(stopped.exit_code()), // stopped before the run
+///     };
 ///     let job = SourceJob::new(source, Sizes).limit(Limit::records(100));
 ///     Ok(Runner::new("log-sizes", job).run().await.exit_code())
 /// }

@@ -86,8 +86,12 @@ const MARKER: &str = "spotbatch-upload";
 ///
 /// #[tokio::main]
 /// async fn main() -> Result<std::process::ExitCode> {
-///     spotbatch::shutdown::listen(); // first: from here on SIGTERM is a stop request
-///     let out = MultipartSink::from_url("s3://my-bucket/squares.txt").await?;
+///     let shutdown = spotbatch::shutdown::listen(); // first: from here on SIGTERM is a stop request
+///     tracing_subscriber::fmt().init(); // the runner's and the sink's log lines
+///     let out = match shutdown.interruptible(MultipartSink::from_url("s3://my-bucket/squares.txt")).await {
+///         Ok(out) => out?,
+///         Err(stopped) => return Ok(stopped.exit_code()), // stopped before the run
+///     };
 ///     let job = Squares { records: 10_000_000, out };
 ///     Ok(Runner::new("squares", job).run().await.exit_code())
 /// }
