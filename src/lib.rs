@@ -73,7 +73,7 @@
 //!
 //! | feature | adds |
 //! |---|---|
-//! | `s3` | `spotbatch::s3`: the S3 store (aws-sdk-s3, aws-config); `s3://` URLs |
+//! | `s3` | `spotbatch::s3`: the S3 store (aws-sdk-s3, aws-config); `s3://` URLs; the listing source and the multipart sink |
 //! | `sso` | with `s3`: AWS IAM Identity Center profiles, for jobs run from a laptop |
 //! | `postgres` | `spotbatch::postgres`: the PostgreSQL store and shared transactions (sqlx); `postgres://` URLs |
 //! | `aws` | `spotbatch::aws`: EC2 Spot notices through the AWS SDK's IMDS client, the ECS task ARN recorded as the checkpoints' writer (aws-config, hyper) |

@@ -190,22 +190,38 @@ impl S3StoreBuilder {
     /// is invalid, or naming the variable when one of the `SPOTBATCH_S3_*`
     /// variables has a bad value.
     pub async fn build(self) -> Result<S3Store, Error> {
-        let place = self
-            .url
-            .clone()
-            .unwrap_or_else(|| format!("s3://{}/{}", self.bucket, self.prefix));
+        let place = self.place();
         let bad = |reason: String| Error::Config(format!("bad S3 store {place:?}: {reason}"));
         check_bucket(&self.bucket).map_err(bad)?;
         let prefix = normalize_prefix(&self.prefix).map_err(bad)?;
+        let sse = match &self.sse {
+            Some(sse) => Some(sse.clone()),
+            None => env_sse()?,
+        };
+        let client = self.client().await?;
+        let mut store = S3Store::new(client, self.bucket, prefix);
+        if let Some(sse) = sse {
+            store = store.with_server_side_encryption(sse);
+        }
+        debug!(store = %crate::CheckpointStore::location(&store), "S3 store ready");
+        Ok(store)
+    }
+
+    /// Loads the AWS configuration (default provider chain) and builds only
+    /// the S3 client, with this builder's endpoint, addressing, region,
+    /// timeouts and retries: the client the [`MultipartSink`](crate::s3::MultipartSink)
+    /// and [`ListingSource`](crate::s3::ListingSource) of this module take.
+    /// The bucket and prefix are not used.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the variable when
+    /// [`ENV_FORCE_PATH_STYLE`] has a bad value.
+    pub async fn client(&self) -> Result<aws_sdk_s3::Client, Error> {
         let force_path_style = match self.force_path_style {
             Some(force) => Some(force),
             None => env_bool(ENV_FORCE_PATH_STYLE)?,
         };
-        let sse = match self.sse {
-            Some(sse) => Some(sse),
-            None => env_sse()?,
-        };
-
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .timeout_config(
                 TimeoutConfig::builder()
@@ -241,13 +257,15 @@ impl S3StoreBuilder {
             );
             config = config.region(Region::new(FALLBACK_REGION));
         }
-        let client = aws_sdk_s3::Client::from_conf(config.build());
-        let mut store = S3Store::new(client, self.bucket, prefix);
-        if let Some(sse) = sse {
-            store = store.with_server_side_encryption(sse);
-        }
-        debug!(store = %crate::CheckpointStore::location(&store), ?force_path_style, "S3 store ready");
-        Ok(store)
+        debug!(place = %self.place(), ?force_path_style, "S3 client ready");
+        Ok(aws_sdk_s3::Client::from_conf(config.build()))
+    }
+
+    /// The URL the builder was made from, or `s3://bucket/prefix`.
+    fn place(&self) -> String {
+        self.url
+            .clone()
+            .unwrap_or_else(|| format!("s3://{}/{}", self.bucket, self.prefix))
     }
 }
 

@@ -35,6 +35,21 @@
 //!
 //! [guide]: https://github.com/spotbatch/spotbatch/blob/main/docs/stores.md#s3-feature-s3
 //!
+//! # Sources and sinks
+//!
+//! - [`ListingSource`]: every object under a prefix, as a
+//!   [`Source`](crate::source::Source) whose cursor is the last key done.
+//! - [`MultipartSink`]: one object written by a multipart upload that
+//!   survives the process, its state ([`MultipartState`]) in the job's.
+//! - [`S3Object`](crate::source::S3Object): one object as the input of a
+//!   CSV or JSON Lines source.
+//!
+//! They take an [`aws_sdk_s3::Client`]; [`S3StoreBuilder::client`] builds
+//! one as the store's. The guide's [S3 section][s3-guide] says what each
+//! guarantees across SIGTERM and SIGKILL.
+//!
+//! [s3-guide]: https://github.com/spotbatch/spotbatch/blob/main/docs/sources.md#s3-listings-and-multipart-output
+//!
 //! # Features
 //!
 //! - `sso`: credentials from AWS IAM Identity Center (SSO) profiles, for
@@ -44,14 +59,20 @@
 mod builder;
 mod error;
 mod list;
+mod listing;
 mod metadata;
 mod names;
+mod object_error;
+mod sink;
 mod store;
 mod url;
 
 pub use builder::{
     S3StoreBuilder, ServerSideEncryption, ENV_FORCE_PATH_STYLE, ENV_SSE, ENV_SSE_KMS_KEY_ID,
 };
+pub use listing::{ListedObject, ListingCursor, ListingSource};
+pub use object_error::ObjectError;
+pub use sink::{MultipartSink, MultipartState, Part};
 pub use store::S3Store;
 
 /// The AWS SDK crates this store is built on, so callers can build a client

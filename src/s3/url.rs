@@ -24,34 +24,76 @@ pub(crate) fn parse(url: &str) -> Result<S3Url, Error> {
             crate::store::redact_url(url)
         ))
     };
-    let rest = url
-        .get(..5)
-        .filter(|scheme| scheme.eq_ignore_ascii_case("s3://"))
-        .map(|_| &url[5..])
-        .ok_or_else(|| bad("expected s3://bucket or s3://bucket/prefix"))?;
-    if rest
-        .split('/')
-        .next()
-        .is_some_and(|authority| authority.contains('@'))
-    {
-        return Err(bad(
-            "s3:// URLs take no credentials; they come from the AWS environment \
-             (the task role, AWS_PROFILE, AWS_ACCESS_KEY_ID…)",
-        ));
-    }
-    if rest.contains(['?', '#']) {
-        return Err(bad(
-            "s3:// URLs take no query or fragment; set the endpoint, path style and \
-             encryption with S3StoreBuilder or the AWS_ENDPOINT_URL_S3 and SPOTBATCH_S3_* variables",
-        ));
-    }
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    check_bucket(bucket).map_err(|reason| bad(&reason))?;
+    let (bucket, prefix) = split(url, "s3://bucket or s3://bucket/prefix").map_err(|r| bad(&r))?;
     let prefix = normalize_prefix(prefix).map_err(|reason| bad(&reason))?;
     Ok(S3Url {
         bucket: bucket.to_owned(),
         prefix,
     })
+}
+
+/// Parses `s3://bucket/rest` into the bucket and `rest` as it is (an object
+/// key, or a listing's prefix), for the sinks and sources: `what` names the
+/// URL in errors (`"output"`), `expected` its form (`"s3://bucket/key"`).
+/// An empty `rest` is refused when `rest_required`.
+///
+/// # Errors
+///
+/// [`Error::Config`] naming the URL and what is wrong with it.
+pub(crate) fn parse_location(
+    url: &str,
+    what: &str,
+    expected: &str,
+    rest_required: bool,
+) -> Result<(String, String), Error> {
+    let bad = |reason: &str| {
+        Error::Config(format!(
+            "bad S3 {what} URL {:?}: {reason}",
+            crate::store::redact_url(url)
+        ))
+    };
+    let (bucket, rest) = split(url, expected).map_err(|r| bad(&r))?;
+    if rest_required && rest.is_empty() {
+        return Err(bad(&format!("the key is missing: expected {expected}")));
+    }
+    if rest.len() > 1024 {
+        return Err(bad(&format!(
+            "the key is {} bytes; S3 keys are at most 1024",
+            rest.len()
+        )));
+    }
+    Ok((bucket.to_owned(), rest.to_owned()))
+}
+
+/// Splits `s3://bucket/rest` after checking the scheme, that it carries no
+/// credentials, query or fragment, and the bucket name.
+fn split<'a>(url: &'a str, expected: &str) -> Result<(&'a str, &'a str), String> {
+    let rest = url
+        .get(..5)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("s3://"))
+        .map(|_| &url[5..])
+        .ok_or_else(|| format!("expected {expected}"))?;
+    if rest
+        .split('/')
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
+    {
+        return Err(
+            "s3:// URLs take no credentials; they come from the AWS environment \
+             (the task role, AWS_PROFILE, AWS_ACCESS_KEY_ID…)"
+                .into(),
+        );
+    }
+    if rest.contains(['?', '#']) {
+        return Err(
+            "s3:// URLs take no query or fragment; set the endpoint, path style and \
+             encryption with S3StoreBuilder or the AWS_ENDPOINT_URL_S3 and SPOTBATCH_S3_* variables"
+                .into(),
+        );
+    }
+    let (bucket, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    check_bucket(bucket)?;
+    Ok((bucket, rest))
 }
 
 /// Checks a bucket name against S3's rules for general purpose buckets.

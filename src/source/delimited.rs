@@ -280,7 +280,7 @@ impl Source for CsvSource {
         } else {
             *from
         };
-        let mut records = Vec::new();
+        let mut records = Vec::with_capacity(limit.capacity_hint());
         let next = self.read(from, limit, &mut records, fields).await?;
         if records.is_empty() && (next == from || self.window.at_end()) {
             return Ok(None); // nothing left but blank lines

@@ -170,7 +170,11 @@ pub(super) struct Window {
     /// The input's size, learnt at the first read.
     size: Option<u64>,
     start: u64,
+    /// The bytes read, from `bytes[head]` (at `start`) on; those before
+    /// `head` are consumed, dropped at the next read (one move of what is
+    /// left, not one per batch).
     bytes: Vec<u8>,
+    head: usize,
     /// How much the next read asks for.
     read_size: usize,
     /// How much the first read after a seek asks for.
@@ -184,6 +188,7 @@ impl Window {
             size: None,
             start: 0,
             bytes: Vec::new(),
+            head: 0,
             read_size: READ_SIZE,
             first_read: READ_SIZE,
         }
@@ -230,12 +235,13 @@ impl Window {
                 reason: format!("it is {size} bytes long, and the cursor is at byte {offset}"),
             });
         }
-        let end = self.start + self.bytes.len() as u64;
+        let end = self.start + self.held() as u64;
         if offset >= self.start && offset <= end {
-            let keep = usize::try_from(offset - self.start).unwrap_or(self.bytes.len());
-            self.bytes.drain(..keep);
+            let skip = usize::try_from(offset - self.start).unwrap_or(self.held());
+            self.head += skip;
         } else {
             self.bytes.clear();
+            self.head = 0;
         }
         self.start = offset;
         self.read_size = self.first_read;
@@ -244,18 +250,24 @@ impl Window {
 
     /// The bytes read from the window's start on.
     pub(super) fn bytes(&self) -> &[u8] {
-        &self.bytes
+        &self.bytes[self.head..]
+    }
+
+    /// How many bytes the window holds, from its start on.
+    fn held(&self) -> usize {
+        self.bytes.len() - self.head
     }
 
     /// Whether the window holds every byte up to the end of the input.
     pub(super) fn at_end(&self) -> bool {
         self.size
-            .is_some_and(|size| self.start + self.bytes.len() as u64 >= size)
+            .is_some_and(|size| self.start + self.held() as u64 >= size)
     }
 
     /// Drops the first `n` bytes: the window starts `n` bytes further.
     pub(super) fn consume(&mut self, n: usize) {
-        self.bytes.drain(..n);
+        let n = n.min(self.held());
+        self.head += n;
         self.start += n as u64;
     }
 
@@ -268,14 +280,14 @@ impl Window {
     /// would exceed 256 MiB.
     pub(super) async fn fill(&mut self, grow: bool) -> Result<bool, SourceError> {
         let size = self.size().await?;
-        let end = self.start + self.bytes.len() as u64;
+        let end = self.start + self.held() as u64;
         if end >= size {
             return Ok(false);
         }
-        if grow && self.bytes.len() >= self.read_size {
-            self.read_size = self.bytes.len().saturating_mul(2);
+        if grow && self.held() >= self.read_size {
+            self.read_size = self.held().saturating_mul(2);
         }
-        if self.bytes.len() >= MAX_RECORD {
+        if self.held() >= MAX_RECORD {
             return Err(SourceError::Parse {
                 input: self.name().to_owned(),
                 at: format!("byte {}", self.start),
@@ -297,7 +309,13 @@ impl Window {
                 reason: format!("it ended at byte {end}, not at {size}"),
             });
         }
-        self.bytes.extend_from_slice(&more);
+        if self.held() == 0 {
+            self.bytes = more; // at a record's end, as usual: no copy
+        } else {
+            self.bytes.drain(..self.head);
+            self.bytes.extend_from_slice(&more);
+        }
+        self.head = 0;
         Ok(true)
     }
 }

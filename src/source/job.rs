@@ -56,6 +56,24 @@ pub trait Handler<S: Source + ?Sized>: Send {
     async fn flush(&mut self) -> Result<(), BoxError> {
         Ok(())
     }
+
+    /// Called once the source has no record left, with the final cursor
+    /// and state, before the final [`flush`](Self::flush) and the checkpoint
+    /// that marks the job completed: finish the outputs that need it (complete
+    /// an S3 multipart upload: `MultipartSink::complete`, feature `s3`).
+    /// As [`Job::complete`]: changes to `state` are saved in that checkpoint;
+    /// a stop request does not interrupt it; a run that fails in it or dies
+    /// before the completion checkpoint is saved leaves it to be called
+    /// again by the next run, so it must be idempotent.
+    ///
+    /// An error fails the job, as one from [`handle`](Self::handle) does.
+    async fn complete(
+        &mut self,
+        _cursor: &S::Cursor,
+        _state: &mut Self::State,
+    ) -> Result<(), BoxError> {
+        Ok(())
+    }
 }
 
 /// A [`Job`] whose chunks are a [`Source`]'s batches, handled by a
@@ -165,6 +183,10 @@ impl<S: Source, H: Handler<S>> Job for SourceJob<S, H> {
         self.handler.handle(batch, state, ctx).await
     }
 
+    async fn complete(&mut self, cursor: &S::Cursor, state: &mut H::State) -> Result<(), BoxError> {
+        self.handler.complete(cursor, state).await
+    }
+
     async fn flush(&mut self) -> Result<(), BoxError> {
         self.handler.flush().await
     }
@@ -203,6 +225,13 @@ mod tests {
             }
             Ok(())
         }
+
+        async fn complete(&mut self, _: &Option<u64>, count: &mut u64) -> Result<(), BoxError> {
+            // The end, marked after the last record, and in the final state.
+            self.0.lock().unwrap().push(u64::MAX);
+            *count += 1_000_000;
+            Ok(())
+        }
     }
 
     #[tokio::test]
@@ -217,7 +246,17 @@ mod tests {
             .run()
             .await;
         assert_eq!(report.code(), 0, "{report:?}");
-        assert_eq!(*seen.lock().unwrap(), (0..2500).collect::<Vec<_>>());
+        let expected: Vec<u64> = (0..2500).chain([u64::MAX]).collect();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            expected,
+            "every record, then complete"
+        );
+        assert_eq!(
+            report.state::<u64>(),
+            Some(&1_002_500),
+            "complete's state is saved"
+        );
         assert_eq!(report.stats.items, 2500);
         assert_eq!(report.stats.chunks, 9);
     }

@@ -88,7 +88,7 @@ impl<T: DeserializeOwned + Send + 'static> Source for JsonLinesSource<T> {
         limit: Limit,
     ) -> Result<Option<Batch<Self>>, BoxError> {
         let mut pos = *from;
-        let mut records = Vec::new();
+        let mut records = Vec::with_capacity(limit.capacity_hint());
         let mut bytes = 0u64;
         self.window.seek(pos.offset).await?;
         loop {
@@ -127,7 +127,10 @@ impl<T: DeserializeOwned + Send + 'static> Source for JsonLinesSource<T> {
                     records.push(value);
                     bytes += end as u64; // blank lines are free: a batch is never blank only
                 }
-                pos.advance(&rest[..end], u64::from(is_record));
+                // One line: the bytes up to and with its line feed, if any.
+                pos.offset += end as u64;
+                pos.record += u64::from(is_record);
+                pos.line += u64::from(rest[end - 1] == b'\n');
                 consumed += end;
             }
             self.window.consume(consumed);

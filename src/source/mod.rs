@@ -58,6 +58,7 @@
 //! | [`JsonLinesSource`] | a JSON Lines file's values, typed or [`serde_json::Value`] | [`FilePosition`] |
 //! | [`Ranges`] | sub-ranges of numbers, dates or timestamps | the next start |
 //! | [`KeysetScan`](crate::source#sources) (feature `postgres`) | rows of a table or query, in the order of a unique key | the last key done |
+//! | `s3::ListingSource` (feature `s3`) | every object under an S3 prefix (key, size, ETag), in the listing's order | the last key done |
 //!
 //! Which to use when, and what each guarantees after SIGTERM and SIGKILL, is
 //! in the guide's [sources, sinks and steps][guide].
@@ -328,6 +329,12 @@ impl Limit {
             Some(n) => Some(n.get()),
             None => None,
         }
+    }
+
+    /// Records to make room for in a batch: the record limit, at most 4096.
+    pub(crate) fn capacity_hint(&self) -> usize {
+        self.max_records()
+            .map_or(0, |n| usize::try_from(n.min(4096)).unwrap_or(0))
     }
 
     /// The most records a batch may hold, for a source that cannot measure
