@@ -91,7 +91,10 @@ impl<J: Job> Run<'_, J> {
             let span = tracing::debug_span!(
                 "chunk",
                 seq = self.stats.chunks,
-                step = self.session.step_name(self.job.step(chunk.start()))
+                step = self
+                    .session
+                    .step_name(self.job.step(chunk.start()))
+                    .map(tracing::field::display)
             );
             let items = chunk.items();
             let now = match self
@@ -197,7 +200,10 @@ impl<J: Job> Run<'_, J> {
             let span = tracing::debug_span!(
                 "redrive",
                 seq = self.stats.chunks,
-                step = self.session.step_name(self.job.step(chunk.start()))
+                step = self
+                    .session
+                    .step_name(self.job.step(chunk.start()))
+                    .map(tracing::field::display)
             );
             let processed = self.process_chunk(&chunk, ctx).instrument(span).await?;
             let at = self.session.skipped.iter().position(|s| *s == skip);
@@ -283,7 +289,7 @@ impl<J: Job> Run<'_, J> {
         };
         warn!(
             job = %self.session.key.short(),
-            step = self.session.step_name(self.job.step(chunk.start())),
+            step = self.session.step_name(self.job.step(chunk.start())).map(tracing::field::display),
             start = %record.start_text,
             next = %record.next_text,
             attempts,

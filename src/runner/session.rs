@@ -143,6 +143,12 @@ impl Session {
         self.steps.get(step).map(|s| s.name.as_str())
     }
 
+    /// The name of the step the last saved checkpoint is in, for a job of steps.
+    pub(super) fn saved_step(&self) -> Option<&str> {
+        let step = self.last.as_ref()?.step;
+        self.step_name(usize::try_from(step).ok()?)
+    }
+
     /// How the run encodes cursors.
     pub(super) fn codec(&self) -> Codec {
         self.codec

@@ -307,7 +307,7 @@ fn where_to_start<J: Job>(
         store = %session.location,
         version = stored.version,
         status = %stored.status,
-        step = session.step_name(job.step(&cursor)),
+        step = session.step_name(job.step(&cursor)).map(tracing::field::display),
         ?cursor,
         chunks = stored.counters.chunks,
         "resuming from checkpoint"

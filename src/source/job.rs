@@ -51,6 +51,17 @@ pub trait Handler<S: Source + ?Sized>: Send {
         ctx: &ChunkContext,
     ) -> Result<(), BoxError>;
 
+    /// Called once the source has no more records, with the final cursor
+    /// and state, before the checkpoint that marks the job (or, in a job of
+    /// [steps](crate::steps), the step) completed: see [`Job::complete`].
+    async fn complete(
+        &mut self,
+        _cursor: &S::Cursor,
+        _state: &mut Self::State,
+    ) -> Result<(), BoxError> {
+        Ok(())
+    }
+
     /// Makes the outputs of every batch handled so far durable; called
     /// before each checkpoint (see [`Job::flush`]).
     async fn flush(&mut self) -> Result<(), BoxError> {
@@ -163,6 +174,10 @@ impl<S: Source, H: Handler<S>> Job for SourceJob<S, H> {
             .take()
             .ok_or("SourceJob::process was called without next_chunk before it")?;
         self.handler.handle(batch, state, ctx).await
+    }
+
+    async fn complete(&mut self, cursor: &S::Cursor, state: &mut H::State) -> Result<(), BoxError> {
+        self.handler.complete(cursor, state).await
     }
 
     async fn flush(&mut self) -> Result<(), BoxError> {

@@ -370,8 +370,9 @@ impl<B: StepList, J: Job + 'static> Then<B, J> {
     }
 
     /// The transition from the steps before (at `end`, where they are
-    /// done) to this one: the last step's [`Job::complete`], then this
-    /// step's hook and [`Job::resume`] at its start.
+    /// done) to this one: the last step's [`Job::complete`] and
+    /// [`Job::flush`] (this step may read its output), then this step's
+    /// hook and [`Job::resume`] at its start.
     async fn transition(
         &mut self,
         end: &B::Cursor,
@@ -393,11 +394,15 @@ impl<B: StepList, J: Job + 'static> Then<B, J> {
             .complete(end, &mut states.0)
             .await
             .map_err(failed("complete", &self.step.name))?;
+        self.before
+            .flush()
+            .await
+            .map_err(failed("flush", &self.step.name))?;
         let to = self.step.name.clone();
         self.enter(&J::Cursor::default(), states)
             .await
             .map_err(failed("resume", &to))?;
-        info!(step = %to, done = %from, "step {from:?} done; step {to:?} starts");
+        info!(done = %from, next = %to, "step done; the next starts");
         Ok(())
     }
 }

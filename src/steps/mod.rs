@@ -47,8 +47,9 @@
 //! from its cursor, its [`flush`](Job::flush) before each checkpoint that
 //! covers output of its own. When a step has no more chunks, one chunk of
 //! no items moves the job to the next: the step's
-//! [`complete`](Job::complete), then the next step's hook and `resume` at
-//! the start of its cursor. It is a chunk like the others, so a checkpoint
+//! [`complete`](Job::complete) and `flush` (the next step may read its
+//! output), then the next step's hook and `resume` at the start of its
+//! cursor. It is a chunk like the others, so a checkpoint
 //! can stand on either side of it: a stop there loses nothing, and a
 //! failure there is retried as any chunk's, but never skipped
 //! ([`TransitionError`]). The last step's `complete` is the job's.
@@ -255,7 +256,7 @@ impl<L: StepList> Steps<L> {
     /// The `step` span of a call into the step `cursor` is in.
     fn span(&self, cursor: &L::Cursor) -> tracing::Span {
         let name = self.info.get(L::index(cursor)).map(|s| s.name.as_str());
-        tracing::info_span!("step", name)
+        tracing::info_span!("step", name = name.map(tracing::field::display))
     }
 }
 
@@ -375,7 +376,7 @@ pub struct TransitionError {
     pub from: String,
     /// The step that was to start.
     pub to: String,
-    /// `complete` (of `from`) or `resume` (of `to`, its hook included).
+    /// `complete` or `flush` (of `from`), or `resume` (of `to`, its hook included).
     pub during: &'static str,
     /// The error.
     #[source]
