@@ -132,6 +132,7 @@ pub trait StepList: Send + 'static + sealed::Sealed {
     /// The cursor and states in step `step` from a stored checkpoint's
     /// parts, or `None` when they cannot be had.
     #[doc(hidden)]
+    #[allow(clippy::type_complexity)] // a cursor and a state, as `Job::migrate` returns them
     fn rebuild(
         &self,
         step: usize,

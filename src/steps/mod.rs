@@ -1,5 +1,6 @@
 //! Jobs made of named steps run in order (extract, transform, load), each
-//! with its own cursor and state: one job, one key, one checkpoint.
+//! with its own cursor and state: one job, one key, one checkpoint, and the
+//! checkpoint, the logs and `spotbatch show` name the step it is in.
 //!
 //! Each step is a [`Job`] as it would run alone: a hand-written one, a
 //! [`SourceJob`](crate::source::SourceJob), a
@@ -36,52 +37,50 @@
 //! }
 //! ```
 //!
-//! # How the steps run
+//! When to use steps, how data passes between them and what they guarantee
+//! after SIGTERM and SIGKILL: the guide's [steps][guide];
+//! `examples/steps.rs` runs extract, transform and load on local files.
 //!
-//! The job's cursor is the step it is in and that step's own cursor
-//! ([`StepCursor`]); its state holds every step's state ([`StepStates`]):
-//! a finished step's state is kept, for the steps after it to read
-//! ([`then_with`](Steps::then_with)) and for the run's
-//! [`Report`](crate::Report). A step runs as it would alone: its
-//! [`resume`](Job::resume) before its first chunk in a run, its chunks
-//! from its cursor, its [`flush`](Job::flush) before each checkpoint that
-//! covers output of its own. When a step has no more chunks, one chunk of
-//! no items moves the job to the next: the step's
-//! [`complete`](Job::complete) and `flush` (the next step may read its
-//! output), then the next step's hook and `resume` at the start of its
-//! cursor. It is a chunk like the others, so a checkpoint
-//! can stand on either side of it: a stop there loses nothing, and a
-//! failure there is retried as any chunk's, but never skipped
-//! ([`TransitionError`]). The last step's `complete` is the job's.
+//! # Contract
 //!
-//! A run resumes in the step the checkpoint is in: the steps before it are
-//! not run again (their outputs were flushed before the checkpoint that
-//! moved past them), and a step after it is resumed at its start when the
-//! job gets there, so that it undoes what a killed run wrote past the
-//! checkpoint (a [`FileSink`](crate::FileSink) truncated to the length of
-//! a state that starts at 0).
+//! - **Each step runs as it would alone**: its [`resume`](Job::resume)
+//!   once before its first chunk in a run (at the checkpoint's cursor in
+//!   the step the run resumes in; at its start, with its default state, in
+//!   a step the job reaches later), its chunks in order, its
+//!   [`flush`](Job::flush) before each checkpoint that covers output of its
+//!   own. The steps before the checkpoint's are not called, except to
+//!   process a redriven chunk of theirs (after their `resume`).
+//! - **Between two steps, one chunk of no items**: the ending step's
+//!   [`complete`](Job::complete) and `flush`, then the next step's hook
+//!   ([`then_with`](Steps::then_with)) and `resume` at its start. It counts
+//!   as a chunk; an error there is retried when it is
+//!   [transient](crate::transient) and never skipped ([`TransitionError`]).
+//!   The last step's `complete` is the job's.
+//! - **Cursor and state**: [`StepCursor`], the step and its cursor,
+//!   encoded as an enum of a variant per step (`{"step1": …}` in JSON);
+//!   [`StepStates`], every step's state, a finished step's kept, encoded as
+//!   a tuple (in bincode, each state after its length). The recorded type
+//!   description ([`Job::types`]) names each step's types after the step
+//!   (`transform::Totals`): steps may use types of the same name.
+//! - **Recorded in each checkpoint**: the steps' names and schema versions
+//!   ([`Job::steps`], [`Checkpoint::steps`]) and the step of the cursor
+//!   ([`Job::step`], [`Checkpoint::step`]); `spotbatch show` prints both.
+//!   `Steps`' own [`SCHEMA_VERSION`](Job::SCHEMA_VERSION) is that of this
+//!   layout.
+//! - **[`Job::migrate`]**, called for a checkpoint of other steps or types:
+//!   [`migrate_with`](Steps::migrate_with)'s conversion when given; else
+//!   `None` (refused, [`CheckpointError::StepsChanged`](crate::CheckpointError::StepsChanged))
+//!   for other step names, and otherwise the position rebuilt step by step:
+//!   the steps before the checkpoint's read as they are (a step of another
+//!   schema version or shape there: refused), the checkpoint's step read as
+//!   it is or converted by its own `migrate`, given the checkpoint as that
+//!   step alone would have had it (its cursor and state bytes, schema
+//!   version and part of the type description; no steps), and the steps
+//!   after it from their defaults.
+//! - **Limits**: at most [`MAX_STEPS`] steps. A step may itself be a
+//!   `Steps`: the checkpoint and logs then name the outer step only.
 //!
-//! # What the checkpoint, the logs and the CLI say
-//!
-//! Each checkpoint records the steps' names and schema versions and the
-//! step its cursor is in ([`Checkpoint::steps`], [`Checkpoint::step`]):
-//! `spotbatch show` names the step without the job's types. The run's log
-//! lines name it (`step=transform` on the start line, the summary, the
-//! lines of a skipped chunk), each chunk's `chunk` span carries it, and each
-//! call into a step runs in an `info` span `step` with its `name`.
-//!
-//! # Changing the steps
-//!
-//! A checkpoint written with other steps (one added, removed, renamed or
-//! moved, or a step's [`SCHEMA_VERSION`](Job::SCHEMA_VERSION) changed) is
-//! refused on load ([`CheckpointError::StepsChanged`](crate::CheckpointError::StepsChanged),
-//! exit 65), unless [`migrate_with`](Steps::migrate_with) converts it. When
-//! only the types or schema version of steps changed, the job's
-//! [`Job::migrate`] goes to the step the checkpoint is in, with the
-//! checkpoint as that step alone would have had it: its cursor and state
-//! bytes, its schema version and its part of the type description. The
-//! steps before it must be unchanged; the steps after it start from their
-//! defaults.
+//! [guide]: https://github.com/spotbatch/spotbatch/blob/main/docs/sources.md#steps
 
 mod encoding;
 mod list;
@@ -96,7 +95,6 @@ use async_trait::async_trait;
 use tracing::Instrument;
 
 pub use list::{First, StepList, Then, ThenCursor};
-pub use parts::Rebuild;
 
 use crate::checkpoint::{Checkpoint, StepInfo};
 use crate::error::BoxError;

@@ -116,6 +116,7 @@ impl Rebuild<'_> {
     /// The cursor and state of the step the checkpoint is in (`step`, of
     /// job `job`): decoded as they are when the step did not change, else
     /// converted by its [`Job::migrate`] from its own part of the checkpoint.
+    #[allow(clippy::type_complexity)] // a cursor and a state, as `Job::migrate` returns them
     pub(super) fn current<J: Job>(
         &self,
         job: &J,
@@ -155,6 +156,7 @@ impl Rebuild<'_> {
 ///
 /// The checkpoint cannot be cut into its steps' parts, a part does not
 /// decode, or the step's `migrate` fails.
+#[allow(clippy::type_complexity)] // a cursor and a state, as `Job::migrate` returns them
 pub(super) fn migrate<L: StepList>(
     list: &L,
     now: &[StepInfo],
