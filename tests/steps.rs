@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use spotbatch::concurrent::{Concurrent, ConcurrentJob};
 use spotbatch::steps::{First, Steps, Then};
 use spotbatch::{
     async_trait, BoxError, Checkpoint, CheckpointError, CheckpointStore, Chunk, ChunkContext,
@@ -666,5 +667,95 @@ async fn steps_must_have_distinct_names() {
             .to_string()
             .contains("two steps are named \"a\""),
         "{report:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Other kinds of steps
+// ---------------------------------------------------------------------------
+
+/// `Count` with its chunks processed concurrently and committed in order.
+struct Fetch {
+    n: u64,
+    out: Out,
+}
+
+#[async_trait]
+impl ConcurrentJob for Fetch {
+    type Cursor = u64;
+    type State = Tally;
+    type Output = Vec<u64>;
+
+    async fn resume(&self, _: &u64, state: &Tally) -> Result<(), BoxError> {
+        self.out.truncate(state.lines)
+    }
+
+    async fn next_chunk(&self, at: &u64) -> Result<Option<Chunk<u64>>, BoxError> {
+        Ok((*at < self.n).then(|| Chunk::between(*at, (*at + 3).min(self.n))))
+    }
+
+    async fn process(&self, chunk: &Chunk<u64>, _: &ChunkContext) -> Result<Vec<u64>, BoxError> {
+        // Later chunks finish first.
+        tokio::time::sleep(Duration::from_millis(100 - chunk.start())).await;
+        Ok(chunk.range().collect())
+    }
+
+    async fn commit(
+        &self,
+        _: &Chunk<u64>,
+        numbers: Vec<u64>,
+        state: &mut Tally,
+    ) -> Result<(), BoxError> {
+        for i in numbers {
+            state.lines = self.out.push(format!("fetch {i}"));
+            state.sum += i;
+        }
+        Ok(())
+    }
+}
+
+/// A concurrent step, stopped while its chunks are in flight, then resumed:
+/// its output is in order and whole, and the step after it runs.
+#[tokio::test(start_paused = true)]
+async fn a_concurrent_step_drains_and_resumes_like_a_job() {
+    let world = World::default();
+    let fetch = || {
+        Concurrent::new(
+            Fetch {
+                n: 30,
+                out: world.a.clone(),
+            },
+            4,
+        )
+    };
+    let store = MemoryStore::new();
+    let report = Runner::new(
+        KEY,
+        Steps::new("fetch", fetch()).then("b", world.count("b")),
+    )
+    .store(store.clone())
+    .signals(&[])
+    .max_runtime(Duration::from_millis(250))
+    .run()
+    .await;
+    assert!(
+        matches!(report.outcome, Outcome::Interrupted(_)),
+        "{report:?}"
+    );
+    let c = stored(&store);
+    assert_eq!(c.step_name(), Some("fetch"));
+    let report = run(
+        Steps::new("fetch", fetch()).then("b", world.count("b")),
+        store.clone(),
+        Codec::Bincode,
+    )
+    .await;
+    assert_eq!(report.code(), 0, "{report:?}");
+    let expected: Vec<String> = (0..30).map(|i| format!("fetch {i}")).collect();
+    assert_eq!(world.a.lines(), expected);
+    assert_eq!(
+        world.b.lines().len(),
+        8,
+        "b ran after it: 7 lines and its total"
     );
 }
