@@ -89,6 +89,8 @@ struct Count {
     before: Option<u64>,
     stop: Option<(StopAt, Arc<Notify>)>,
     fail_complete: bool,
+    /// The chunk (by its start) that fails.
+    fail_chunk: Option<u64>,
 }
 
 impl Count {
@@ -122,6 +124,9 @@ impl Job for Count {
         state: &mut Tally,
         _: &ChunkContext,
     ) -> Result<(), BoxError> {
+        if self.fail_chunk == Some(*chunk.start()) {
+            return Err(format!("{} {} is bad", self.name, chunk.start()).into());
+        }
         for i in chunk.range() {
             state.lines = self.out.push(format!("{} {i}", self.name));
             state.sum += i;
@@ -173,6 +178,7 @@ impl World {
             before: None,
             stop: None,
             fail_complete: false,
+            fail_chunk: None,
         }
     }
 
@@ -758,4 +764,44 @@ async fn a_concurrent_step_drains_and_resumes_like_a_job() {
         8,
         "b ran after it: 7 lines and its total"
     );
+}
+
+/// A chunk of a step skipped, and redriven by a later run in another step:
+/// the step is resumed for it, and the chunk done.
+#[tokio::test(start_paused = true)]
+async fn a_skipped_chunk_of_an_earlier_step_is_redriven() {
+    let world = World::default();
+    let mut b = world.count("b");
+    b.fail_chunk = Some(2);
+    let store = MemoryStore::new();
+    let report = Runner::new(KEY, three(world.count("a"), b, world.count("c")))
+        .store(store.clone())
+        .skip(SkipPolicy::at_most(1))
+        .signals(&[])
+        .run()
+        .await;
+    assert_eq!(report.code(), 0, "{report:?}");
+    assert_eq!(report.stats.skipped, 1);
+    let mut c = stored(&store);
+    assert_eq!(c.skipped[0].start_text, "step 1: 2");
+    c.redrive = true;
+    c.version += 1;
+    store.put_raw(&key(), c.encode());
+
+    let report = Runner::new(KEY, three_of(&world))
+        .store(store.clone())
+        .skip(SkipPolicy::at_most(1))
+        .signals(&[])
+        .run()
+        .await;
+    assert_eq!(report.code(), 0, "{report:?}");
+    assert_eq!(report.stats.redriven, 1);
+    assert_eq!(world.audit.lines().last().unwrap(), "c complete");
+    assert!(world.audit.lines().contains(&"b 2".to_owned()));
+    assert!(
+        world.b.lines().contains(&"b 3".to_owned()),
+        "{:?}",
+        world.b.lines()
+    );
+    assert!(stored(&store).skipped.is_empty());
 }
