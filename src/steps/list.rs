@@ -6,8 +6,8 @@
 //! flush. Calls go down the levels to the step the cursor is in.
 
 use std::fmt::{self, Debug};
+use std::future::Future;
 
-use async_trait::async_trait;
 use serde::de::{Error as _, SeqAccess, VariantAccess};
 use serde::ser::SerializeTuple;
 use serde::Serializer;
@@ -35,7 +35,6 @@ mod sealed {
 /// then each step added by [`then`](super::Steps::then) ([`Then`]).
 /// Built by [`Steps`](super::Steps) only; its methods are what `Steps`
 /// calls on them.
-#[async_trait]
 pub trait StepList: Send + 'static + sealed::Sealed {
     /// Where the job stands: in which step, and where in it.
     type Cursor: Clone + Debug + Default + Send + Sync + 'static;
@@ -85,11 +84,11 @@ pub trait StepList: Send + 'static + sealed::Sealed {
 
     /// Resumes the step `cursor` is in; the others are left (not entered).
     #[doc(hidden)]
-    async fn resume(
+    fn resume(
         &mut self,
         cursor: &Self::Cursor,
         states: &Self::States,
-    ) -> Result<(), BoxError>;
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
 
     /// Marks every step not entered in this run.
     #[doc(hidden)]
@@ -98,30 +97,30 @@ pub trait StepList: Send + 'static + sealed::Sealed {
     /// The chunk at `cursor`: a chunk of the step it is in, or, at the end
     /// of a step, the transition chunk to the next.
     #[doc(hidden)]
-    async fn next_chunk(
+    fn next_chunk(
         &mut self,
         cursor: &Self::Cursor,
-    ) -> Result<Option<Chunk<Self::Cursor>>, BoxError>;
+    ) -> impl Future<Output = Result<Option<Chunk<Self::Cursor>>, BoxError>> + Send;
 
     #[doc(hidden)]
-    async fn process(
+    fn process(
         &mut self,
         span: (&Self::Cursor, &Self::Cursor, u64),
         states: &mut Self::States,
         ctx: &ChunkContext,
-    ) -> Result<(), BoxError>;
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
 
     /// The [`Job::complete`] of the step `cursor` is in.
     #[doc(hidden)]
-    async fn complete(
+    fn complete(
         &mut self,
         cursor: &Self::Cursor,
         states: &mut Self::States,
-    ) -> Result<(), BoxError>;
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
 
     /// Flushes every step with output since its last flush.
     #[doc(hidden)]
-    async fn flush(&mut self) -> Result<(), BoxError>;
+    fn flush(&mut self) -> impl Future<Output = Result<(), BoxError>> + Send;
 
     #[doc(hidden)]
     fn total_items(&self) -> Option<u64>;
@@ -215,7 +214,6 @@ pub struct First<J> {
 
 impl<J> sealed::Sealed for First<J> {}
 
-#[async_trait]
 impl<J: Job + 'static> StepList for First<J> {
     type Cursor = J::Cursor;
     type States = J::State;
@@ -408,7 +406,6 @@ impl<B: StepList, J: Job + 'static> Then<B, J> {
     }
 }
 
-#[async_trait]
 impl<B: StepList, J: Job + 'static> StepList for Then<B, J> {
     type Cursor = ThenCursor<B::Cursor, J::Cursor>;
     type States = (B::States, J::State);
