@@ -74,11 +74,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use spotbatch::steps::{First, StepStates, Steps, Then};
 use spotbatch::{
     async_trait, BoxError, Checkpoint, CheckpointPolicy, CheckpointStore, Chunk, ChunkContext,
     Codec, FileStore, Job, JobKey, MemoryStore, Outcome, Runner, TypeDescription, Writer,
 };
-use spotbatch::steps::{First, StepStates, Steps, Then};
 use spotbatch_test_support::table::{print_table, Latencies, Mode, Row};
 
 /// How much work each figure does.

@@ -21,6 +21,7 @@ use spotbatch::{
     Codec, Error, Every, Job, JobKey, MemoryStore, Outcome, Report, Runner, SkipPolicy, Status,
     StoreError,
 };
+use spotbatch_test_support::logs::LogBuffer;
 use tokio::sync::Notify;
 
 const KEY: &str = "steps";
@@ -132,6 +133,7 @@ impl Job for Count {
             state.sum += i;
         }
         self.audit.push(format!("{} {}", self.name, chunk.start()));
+        tracing::info!(start = chunk.start(), "counted");
         self.stop_if(StopAt::Chunk(*chunk.start())).await;
         Ok(())
     }
@@ -804,4 +806,76 @@ async fn a_skipped_chunk_of_an_earlier_step_is_redriven() {
         world.b.lines()
     );
     assert!(stored(&store).skipped.is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Logs
+// ---------------------------------------------------------------------------
+
+/// Every log line of this test binary: a global subscriber (a thread's own
+/// would race with the other tests' threads over tracing's interest cache).
+fn logs() -> &'static LogBuffer {
+    static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = LogBuffer::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .init();
+        logs
+    })
+}
+
+/// The lines of the runs of job `key`.
+fn lines_of(key: &str) -> Vec<String> {
+    let tag = format!("job={key}");
+    logs()
+        .text()
+        .lines()
+        .filter(|l| l.contains(&tag))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The log lines name the step: a step's own lines (in its `step` span),
+/// the move from one step to the next, the start of a resumed run, its
+/// checkpoints and its summary.
+#[tokio::test(start_paused = true)]
+async fn the_log_lines_name_the_step() {
+    logs();
+    let world = World::default();
+    let stop = Arc::new(Notify::new());
+    let mut b = world.count("b");
+    b.stop = Some((StopAt::Chunk(2), stop.clone()));
+    let store = MemoryStore::new();
+    let report = Runner::new("logs", three(world.count("a"), b, world.count("c")))
+        .store(store.clone())
+        .signals(&[])
+        .stop_on("test", async move { stop.notified().await })
+        .run()
+        .await;
+    assert!(matches!(report.outcome, Outcome::Interrupted(_)), "{report:?}");
+    let report = Runner::new("logs", three_of(&world))
+        .store(store)
+        .checkpoint(Every::chunk())
+        .signals(&[])
+        .run()
+        .await;
+    assert_eq!(report.code(), 0, "{report:?}");
+
+    let lines = lines_of("logs");
+    let find = |what: &str| {
+        lines
+            .iter()
+            .find(|l| what.split('|').all(|part| l.contains(part)))
+            .unwrap_or_else(|| panic!("no line with {what:?} in\n{}", lines.join("\n")))
+    };
+    find("step{name=b}|counted start=2");
+    find("step{name=c}|counted start=0");
+    find("step done; the next starts done=a next=b");
+    find("run ended|interrupted|step=b ");
+    find("resuming from checkpoint|step=b cursor=step 1: 4");
+    find("checkpoint saved|step=c ");
+    find("run ended|outcome=completed step=c ");
 }
