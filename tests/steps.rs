@@ -855,7 +855,10 @@ async fn the_log_lines_name_the_step() {
         .stop_on("test", async move { stop.notified().await })
         .run()
         .await;
-    assert!(matches!(report.outcome, Outcome::Interrupted(_)), "{report:?}");
+    assert!(
+        matches!(report.outcome, Outcome::Interrupted(_)),
+        "{report:?}"
+    );
     let report = Runner::new("logs", three_of(&world))
         .store(store)
         .checkpoint(Every::chunk())
