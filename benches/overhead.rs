@@ -38,7 +38,10 @@
 //!    Section 1b gives the MemoryStore rows again in CPU time of the whole
 //!    process (`CLOCK_PROCESS_CPUTIME_ID`, every thread) per chunk: on a
 //!    machine busy with other work the wall clock counts the time the
-//!    benchmark waited for a core, the CPU time does not.
+//!    benchmark waited for a core, the CPU time does not. A last row in
+//!    each runs the same job as the second of two [`Steps`] (the first has
+//!    no chunks), against the same job alone: what a job of steps adds per
+//!    chunk (no tracing subscriber: the `step` spans are disabled).
 //! 2. **Checkpoint latency.** Median and p99 of [`CheckpointStore::save`] of
 //!    a realistic checkpoint (16-byte cursor, 256-byte state) on a
 //!    [`FileStore`], against a raw `std::fs` baseline writing the same bytes
@@ -71,6 +74,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use spotbatch::steps::{First, StepStates, Steps, Then};
 use spotbatch::{
     async_trait, BoxError, Checkpoint, CheckpointPolicy, CheckpointStore, Chunk, ChunkContext,
     Codec, FileStore, Job, JobKey, MemoryStore, Outcome, Runner, TypeDescription, Writer,
@@ -278,6 +282,27 @@ async fn run_sum(
     took
 }
 
+/// Runs [`Sum`] as the second of two steps (the first has no chunks), at
+/// exit only and without a lease, and checks its sum.
+async fn run_steps(chunks: u64) -> Took {
+    let job = Steps::new("empty", Sum { chunks: 0 }).then("sum", Sum { chunks });
+    let started = Took::start();
+    let report = Runner::new("bench", job)
+        .store(MemoryStore::new())
+        .checkpoint(CheckpointPolicy::at_exit_only())
+        .no_lease()
+        .signals(&[])
+        .run()
+        .await;
+    let took = started.end();
+    assert_eq!(report.stats.chunks, chunks + 1, "{:?}", report.outcome);
+    let states = report
+        .state::<StepStates<Then<First<Sum>, Sum>>>()
+        .map(|s| *s.get());
+    assert_eq!(states, Some((0, chunks * chunks.saturating_sub(1) / 2)));
+    took
+}
+
 /// Wall-clock and CPU time of one measured run.
 #[derive(Debug, Clone, Copy)]
 struct Took {
@@ -385,6 +410,7 @@ async fn per_chunk(sizes: Sizes, dir: &Path) -> Vec<Row> {
     let mut exit_only = PerChunk::new(n);
     let mut exit_only_no_lease = PerChunk::new(n);
     let mut default = PerChunk::new(n);
+    let mut steps = PerChunk::new(n);
     for _ in 0..sizes.reps {
         plain.add(timed_both(|| plain_loop(n)));
         let started = Took::start();
@@ -395,6 +421,7 @@ async fn per_chunk(sizes: Sizes, dir: &Path) -> Vec<Row> {
         exit_only.add(run_sum(Arc::new(MemoryStore::new()), n, policy, false).await);
         let policy = CheckpointPolicy::default();
         default.add(run_sum(Arc::new(MemoryStore::new()), n, policy, false).await);
+        steps.add(run_steps(n).await);
     }
 
     let n = sizes.file_chunks;
@@ -430,6 +457,11 @@ async fn per_chunk(sizes: Sizes, dir: &Path) -> Vec<Row> {
             default.median_cpu(),
             base_cpu,
         ),
+        Row::ns(
+            "Steps: the job as the 2nd of 2 steps, at_exit_only, no_lease() (baseline: the job alone)",
+            steps.median_cpu(),
+            exit_only_no_lease.median_cpu(),
+        ),
     ];
     let mut rows = vec![
         Row::section(format!(
@@ -457,6 +489,11 @@ async fn per_chunk(sizes: Sizes, dir: &Path) -> Vec<Row> {
             ),
             file.median(),
             file_plain.median(),
+        ),
+        Row::ns(
+            "Steps: the job as the 2nd of 2 steps, at_exit_only, no_lease() (baseline: the job alone)",
+            steps.median(),
+            exit_only_no_lease.median(),
         ),
     ];
     rows.extend(cpu_rows);

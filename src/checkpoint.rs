@@ -1,12 +1,12 @@
 //! The checkpoint envelope: what a store holds for one job, and its binary form.
 //!
-//! # Format (version 3)
+//! # Format (version 4)
 //!
 //! All integers little-endian; `str` and `bytes` are a `u32` length then the bytes.
 //!
 //! ```text
 //! magic        8 bytes  "SPOTBKPT"
-//! format       u16      2
+//! format       u16      4
 //! body length  u32      bytes between this field and the checksum
 //! body:
 //!   job key str, version u64,
@@ -25,7 +25,9 @@
 //!   skipped count u32, then per skipped chunk: codec u8, start bytes, next bytes,
 //!     start text str, next text str, items u64, attempts u32, skipped ms u64,
 //!     run id 16 bytes, error str,
-//!   redrive requested u8 (0 no, 1 yes)
+//!   redrive requested u8 (0 no, 1 yes),
+//!   steps count u32, then per step: name str, schema u32,
+//!   current step u32
 //! checksum     u32      CRC-32 (IEEE) of every byte before it
 //! ```
 //!
@@ -35,7 +37,9 @@
 //! that field; it is still read, as a checkpoint without a description.
 //! Format 2 (written before skipped chunks were recorded) is format 3
 //! without the runs' skipped counts, the skipped chunks and the redrive
-//! flag; it is read as a checkpoint with none skipped.
+//! flag; it is read as a checkpoint with none skipped. Format 3 (written
+//! before jobs of steps) is format 4 without the steps; it is read as the
+//! checkpoint of a job of one step.
 //!
 //! ```
 //! use spotbatch::checkpoint::{Checkpoint, Writer};
@@ -61,12 +65,14 @@ use crate::key::JobKey;
 use crate::types::TypeDescription;
 
 const MAGIC: &[u8; 8] = b"SPOTBKPT";
-/// The envelope format this build writes; it reads this one and formats 1 and 2.
-pub(crate) const FORMAT: u16 = 3;
+/// The envelope format this build writes; it reads this one and formats 1 to 3.
+pub(crate) const FORMAT: u16 = 4;
 /// The format before the type description.
 const FORMAT_1: u16 = 1;
 /// The format before the skipped chunks.
 const FORMAT_2: u16 = 2;
+/// The format before the steps.
+const FORMAT_3: u16 = 3;
 const HEADER_LEN: usize = 8 + 2 + 4;
 const CHECKSUM_LEN: usize = 4;
 
@@ -309,6 +315,52 @@ impl SkippedChunk {
     }
 }
 
+/// One step of a job made of several ([`Steps`](crate::steps::Steps)), as
+/// recorded in its checkpoints: its name and its
+/// [`SCHEMA_VERSION`](crate::Job::SCHEMA_VERSION).
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StepInfo {
+    /// The step's name, unique in its job (`extract`, `load`).
+    pub name: String,
+    /// The step's own schema version.
+    pub schema: u32,
+}
+
+impl StepInfo {
+    /// The step `name` of schema version `schema`.
+    pub fn new(name: impl Into<String>, schema: u32) -> Self {
+        Self {
+            name: name.into(),
+            schema,
+        }
+    }
+
+    /// `extract, transform, load (schema 2)`: the steps' names, each with its
+    /// schema version when not 1; `none (a job of one step)` for no steps.
+    pub fn list(steps: &[StepInfo]) -> String {
+        if steps.is_empty() {
+            return "none (a job of one step)".to_owned();
+        }
+        steps
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The name, and `(schema N)` when N is not 1.
+impl fmt::Display for StepInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)?;
+        if self.schema != 1 {
+            write!(f, " (schema {})", self.schema)?;
+        }
+        Ok(())
+    }
+}
+
 /// One job's checkpoint: its cursor and state, and everything needed to trust them.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -351,6 +403,12 @@ pub struct Checkpoint {
     /// Whether the next run processes the skipped chunks again before it
     /// goes on from the cursor (set by `spotbatch redrive`).
     pub redrive: bool,
+    /// The steps of a job made of several ([`Job::steps`](crate::Job::steps)),
+    /// in the order they run; empty for a job of one step. Compared on load.
+    pub steps: Vec<StepInfo>,
+    /// Which of `steps` the cursor is in, by index ([`Job::step`](crate::Job::step));
+    /// 0 for a job of one step.
+    pub step: u32,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -390,7 +448,16 @@ impl Checkpoint {
             history: Vec::new(),
             skipped: Vec::new(),
             redrive: false,
+            steps: Vec::new(),
+            step: 0,
         }
+    }
+
+    /// The name of the step the cursor is in, for a job made of steps
+    /// (`None` for a job of one step).
+    pub fn step_name(&self) -> Option<&str> {
+        let index = usize::try_from(self.step).ok()?;
+        self.steps.get(index).map(|s| s.name.as_str())
     }
 
     /// The envelope's bytes.
@@ -454,6 +521,13 @@ impl Checkpoint {
             put_bytes(&mut body, skip.error.as_bytes());
         }
         body.push(u8::from(self.redrive));
+        let count = u32::try_from(self.steps.len()).unwrap_or(u32::MAX);
+        body.extend_from_slice(&count.to_le_bytes());
+        for step in self.steps.iter().take(count as usize) {
+            put_bytes(&mut body, step.name.as_bytes());
+            body.extend_from_slice(&step.schema.to_le_bytes());
+        }
+        body.extend_from_slice(&self.step.to_le_bytes());
 
         let mut out = Vec::with_capacity(HEADER_LEN + body.len() + CHECKSUM_LEN);
         out.extend_from_slice(MAGIC);
@@ -484,7 +558,7 @@ impl Checkpoint {
             });
         }
         let format = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if ![FORMAT, FORMAT_2, FORMAT_1].contains(&format) {
+        if ![FORMAT, FORMAT_3, FORMAT_2, FORMAT_1].contains(&format) {
             return Err(CheckpointError::UnsupportedFormat {
                 found: format,
                 supported: FORMAT,
@@ -599,6 +673,24 @@ impl Checkpoint {
                 _ => return Err(CheckpointError::Malformed { what: "redrive" }),
             };
         }
+        let mut steps = Vec::new();
+        let mut step = 0;
+        if format >= 4 {
+            let count = r.u32("steps")? as usize;
+            steps.reserve(count.min(256));
+            for _ in 0..count {
+                steps.push(StepInfo {
+                    name: r.string("step name")?,
+                    schema: r.u32("step schema")?,
+                });
+            }
+            step = r.u32("current step")?;
+            if !steps.is_empty() && step as usize >= steps.len() {
+                return Err(CheckpointError::Malformed {
+                    what: "current step",
+                });
+            }
+        }
         if !r.0.is_empty() {
             return Err(CheckpointError::Malformed {
                 what: "trailing bytes in the body",
@@ -628,6 +720,8 @@ impl Checkpoint {
             history,
             skipped,
             redrive,
+            steps,
+            step,
         })
     }
 
@@ -786,6 +880,22 @@ pub enum CheckpointError {
         /// was u64, now i64`, `Totals.limit: added (u32)`.
         changes: Vec<String>,
     },
+    /// The job's steps changed since the checkpoint was written: a step
+    /// added, removed, renamed or moved, or a step's schema version changed
+    /// ([`Job::steps`](crate::Job::steps)).
+    #[error(
+        "the job's steps changed since the checkpoint was written: {} then, {} now; \
+         start the job over (`spotbatch reset`, or Runner::restart), keep the old steps, \
+         or convert the checkpoint in Job::migrate (Steps::migrate_with)",
+        StepInfo::list(found),
+        StepInfo::list(expected)
+    )]
+    StepsChanged {
+        /// The job's steps now.
+        expected: Vec<StepInfo>,
+        /// The steps stored.
+        found: Vec<StepInfo>,
+    },
     /// The cursor or state bytes do not decode as the job's types.
     #[error("checkpoint cursor or state does not decode: {0}")]
     Codec(#[from] CodecError),
@@ -837,6 +947,12 @@ mod tests {
             error: "row 117: bad date ✗".into(),
         }];
         ckpt.redrive = true;
+        ckpt.steps = vec![
+            StepInfo::new("extract", 1),
+            StepInfo::new("transform ✓", 2),
+            StepInfo::new("load", 1),
+        ];
+        ckpt.step = 1;
         ckpt
     }
 
@@ -900,12 +1016,12 @@ mod tests {
         assert!(err.to_string().contains("checksum"), "{err}");
 
         let mut newer = sample().encode();
-        newer[8] = 4;
+        newer[8] = 5;
         assert_eq!(
             Checkpoint::decode(&newer).unwrap_err(),
             CheckpointError::UnsupportedFormat {
-                found: 4,
-                supported: 3
+                found: 5,
+                supported: 4
             }
         );
         let mut longer = sample().encode();
@@ -916,6 +1032,29 @@ mod tests {
         ));
     }
 
+    /// An envelope's `bytes` with `cut` bytes taken off before the
+    /// checksum (which must be zeros: empty lists and unset flags), as
+    /// format `format`, length and checksum made again.
+    fn older(bytes: &[u8], cut: usize, format: u16) -> Vec<u8> {
+        let tail = bytes.len() - CHECKSUM_LEN - cut;
+        assert!(bytes[tail..tail + cut].iter().all(|b| *b == 0));
+        let mut old = bytes[..tail].to_vec();
+        old[8..10].copy_from_slice(&format.to_le_bytes());
+        let body_len = u32::try_from(old.len() - HEADER_LEN).unwrap();
+        old[10..14].copy_from_slice(&body_len.to_le_bytes());
+        let crc = crc32fast::hash(&old);
+        old.extend_from_slice(&crc.to_le_bytes());
+        old
+    }
+
+    /// `checkpoint` (of a job of one step) in format 3, as builds before
+    /// format 4 wrote it: no steps.
+    fn format_3(checkpoint: &Checkpoint) -> Vec<u8> {
+        assert!(checkpoint.steps.is_empty() && checkpoint.step == 0);
+        // The empty list's count and the current step.
+        older(&checkpoint.encode(), 8, FORMAT_3)
+    }
+
     /// `checkpoint` (without skipped chunks) in format 2, as builds before
     /// format 3 wrote it: no skipped chunks, no redrive flag.
     fn format_2(checkpoint: &Checkpoint) -> Vec<u8> {
@@ -924,17 +1063,37 @@ mod tests {
             checkpoint.history.is_empty(),
             "runs carry a skipped count since format 3"
         );
-        let v3 = checkpoint.encode();
-        // The empty list's count and the flag, before the checksum.
-        let tail = v3.len() - CHECKSUM_LEN - 5;
-        assert_eq!(v3[tail..tail + 5], [0; 5]);
-        let mut v2 = v3[..tail].to_vec();
-        v2[8..10].copy_from_slice(&FORMAT_2.to_le_bytes());
-        let body_len = u32::try_from(v2.len() - HEADER_LEN).unwrap();
-        v2[10..14].copy_from_slice(&body_len.to_le_bytes());
-        let crc = crc32fast::hash(&v2);
-        v2.extend_from_slice(&crc.to_le_bytes());
-        v2
+        // The empty list's count and the flag.
+        older(&format_3(checkpoint), 5, FORMAT_2)
+    }
+
+    #[test]
+    fn format_3_is_read_as_the_checkpoint_of_a_job_of_one_step() {
+        let mut old = sample();
+        old.steps.clear();
+        old.step = 0;
+        let bytes = format_3(&old);
+        assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 3);
+        let read = Checkpoint::decode(&bytes).unwrap();
+        assert_eq!(read, old);
+        assert_eq!(read.step_name(), None);
+    }
+
+    #[test]
+    fn a_current_step_past_the_steps_is_malformed() {
+        let mut c = sample();
+        c.step = 3;
+        assert_eq!(
+            Checkpoint::decode(&c.encode()).unwrap_err(),
+            CheckpointError::Malformed {
+                what: "current step"
+            }
+        );
+        c.step = 2;
+        assert_eq!(
+            Checkpoint::decode(&c.encode()).unwrap().step_name(),
+            Some("load")
+        );
     }
 
     #[test]
@@ -943,6 +1102,8 @@ mod tests {
         old.skipped.clear();
         old.redrive = false;
         old.history.clear();
+        old.steps.clear();
+        old.step = 0;
         let bytes = format_2(&old);
         assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 2);
         assert_eq!(Checkpoint::decode(&bytes).unwrap(), old);
@@ -996,6 +1157,8 @@ mod tests {
         old.skipped.clear();
         old.redrive = false;
         old.history.clear();
+        old.steps.clear();
+        old.step = 0;
         let bytes = format_1(&old);
         assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 1);
         assert_eq!(Checkpoint::decode(&bytes).unwrap(), old);

@@ -137,6 +137,10 @@ pub struct RunStats {
     pub chunks_over_drain_budget: u64,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// For a job of steps ([`Job::steps`](crate::Job::steps)), the name of
+    /// the step the run ended in (the last one when the job completed);
+    /// `None` for a job of one step, or a run that ended before its first chunk.
+    pub step: Option<String>,
 }
 
 /// The result of [`Runner::run`](crate::Runner::run): outcome, statistics, exit code.

@@ -12,9 +12,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, StepInfo};
 use crate::error::BoxError;
 use crate::runner::chunk_times::ChunkTimes;
+use crate::types::{TraceError, TypeDescription};
 
 /// A batch job cut into chunks.
 ///
@@ -77,10 +78,11 @@ pub trait Job: Send {
     }
 
     /// Converts a checkpoint written with other cursor or state types, or
-    /// another [`SCHEMA_VERSION`](Self::SCHEMA_VERSION), into this job's
-    /// cursor and state. Called on load, in place of refusing the
-    /// checkpoint, when its types or schema version differ from the job's
-    /// (not when restarting).
+    /// another [`SCHEMA_VERSION`](Self::SCHEMA_VERSION) (or, for a job of
+    /// steps, other [`steps`](Self::steps)), into this job's cursor and
+    /// state. Called on load, in place of refusing the checkpoint, when its
+    /// types, schema version or steps differ from the job's (not when
+    /// restarting).
     ///
     /// `stored` tells what it was written with: [`Checkpoint::schema`],
     /// [`Checkpoint::cursor_type`], [`Checkpoint::types`] (the old types'
@@ -104,6 +106,42 @@ pub trait Job: Send {
         _stored: &Checkpoint,
     ) -> Result<Option<(Self::Cursor, Self::State)>, BoxError> {
         Ok(None)
+    }
+
+    /// The serde shape of the cursor and state types, recorded in each
+    /// checkpoint and compared on load (see the [jobs guide][guide]).
+    ///
+    /// The default traces them ([`TypeDescription::trace`], once per process
+    /// and pair of types); [`Steps`](crate::steps::Steps) puts its steps'
+    /// shapes together. A job of one step keeps the default.
+    ///
+    /// # Errors
+    ///
+    /// [`TraceError`] for types that cannot be traced: the runner then warns
+    /// and compares [`cursor_type`](Self::cursor_type) only.
+    ///
+    /// [guide]: https://github.com/spotbatch/spotbatch/blob/main/docs/jobs.md#changing-the-cursor-or-state-types
+    fn types(&self) -> Result<TypeDescription, TraceError> {
+        crate::types::traced::<Self::Cursor, Self::State>()
+    }
+
+    /// The steps of a job made of several, in the order they run: each
+    /// one's name and schema version. [`Steps`](crate::steps::Steps)
+    /// implements it; a job of one step keeps the default, none.
+    ///
+    /// The runner records them in each checkpoint, and refuses on load a
+    /// checkpoint recorded with other steps
+    /// ([`CheckpointError::StepsChanged`](crate::CheckpointError::StepsChanged),
+    /// exit 65) unless [`migrate`](Self::migrate) converts it.
+    fn steps(&self) -> &[StepInfo] {
+        &[]
+    }
+
+    /// Which of [`steps`](Self::steps) `cursor` is in, by index: recorded
+    /// in each checkpoint (`spotbatch show` names the step) and named in
+    /// the run's log lines. Default 0.
+    fn step(&self, _cursor: &Self::Cursor) -> usize {
+        0
     }
 
     /// Called once before the first chunk of every run, with the cursor and
@@ -230,6 +268,15 @@ impl<C> Chunk<C> {
 
     pub(crate) fn into_next(self) -> C {
         self.next
+    }
+
+    /// The same chunk over cursors mapped by `f`.
+    pub(crate) fn map<D>(self, mut f: impl FnMut(C) -> D) -> Chunk<D> {
+        Chunk {
+            start: f(self.start),
+            next: f(self.next),
+            items: self.items,
+        }
     }
 }
 

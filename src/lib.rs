@@ -61,7 +61,8 @@
 //! first line of `main`, stop sources), [`store`] (the [`CheckpointStore`]
 //! contract, the file and memory stores, [`open_store`]), [`checkpoint`] (the
 //! envelope a store holds), [`sink`] (exactly-once file output), [`source`]
-//! (resumable sources and [`SourceJob`](source::SourceJob)), [`partition`]
+//! (resumable sources and [`SourceJob`](source::SourceJob)), [`steps`]
+//! (a job of named steps run in order), [`partition`]
 //! (one job cut into partitions, run by many tasks), and, behind their
 //! features, [`s3`](crate#features) and [`postgres`](crate#features) stores
 //! and [`aws`](crate#features) platform integration.
@@ -112,6 +113,7 @@ mod runner;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod steps;
 pub mod store;
 mod types;
 
@@ -135,7 +137,7 @@ pub use async_trait::async_trait;
 #[cfg_attr(docsrs, doc(cfg(feature = "aws")))]
 pub use aws::{Ec2SpotNotices, EcsTask, ECS_METADATA_VAR};
 pub use checkpoint::{
-    Checkpoint, CheckpointError, Counters, Lease, RunRecord, SkippedChunk, Status, Writer,
+    Checkpoint, CheckpointError, Counters, Lease, RunRecord, SkippedChunk, Status, StepInfo, Writer,
 };
 pub use codec::{Codec, CodecError};
 pub use error::{BoxError, Error, FailureKind};

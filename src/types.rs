@@ -423,6 +423,180 @@ fn container(format: &ContainerFormat) -> Result<Container, serde_reflection::Er
     })
 }
 
+/// The shape of `Cursor` and `State`, traced once per process and pair of
+/// types (tracing walks every variant of every enum: a run should not pay
+/// for it twice).
+pub(crate) fn traced<Cursor, State>() -> Result<TypeDescription, TraceError>
+where
+    Cursor: DeserializeOwned + 'static,
+    State: DeserializeOwned + 'static,
+{
+    use std::any::TypeId;
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock, PoisonError};
+
+    type Traced = Result<TypeDescription, TraceError>;
+    static TRACED: OnceLock<Mutex<HashMap<TypeId, Traced>>> = OnceLock::new();
+    let id = TypeId::of::<(Cursor, State)>();
+    let cache = TRACED.get_or_init(Default::default);
+    let cached = cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&id)
+        .cloned();
+    cached.unwrap_or_else(|| {
+        let traced = TypeDescription::trace::<Cursor, State>();
+        cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, traced.clone());
+        traced
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Jobs of steps
+
+/// The serde name of the cursor of a job of steps: an enum of one variant
+/// per step, holding that step's cursor.
+pub(crate) const STEP_CURSOR: &str = "spotbatch::StepCursor";
+
+impl TypeDescription {
+    /// The shape of a job of steps' cursor and state, from its steps' own
+    /// (`parts`: each step's name and description, in order), as the steps'
+    /// serde impls read them: the cursor an enum [`STEP_CURSOR`] whose
+    /// variant `i` (named `variants[i]`) holds step `i`'s cursor; the state
+    /// a tuple whose element `i` is step `i`'s state after its encoded
+    /// length (`(u64, state)`, as a non-self-describing codec frames it).
+    /// Each step's named types are renamed `<step>::<name>`, so that two
+    /// steps' types of the same name do not clash.
+    pub(crate) fn of_steps(
+        parts: &[(&str, &TypeDescription)],
+        variants: &[&str],
+    ) -> Result<Self, TraceError> {
+        let mut types = BTreeMap::new();
+        let mut cursors = Vec::with_capacity(parts.len());
+        let mut states = Vec::with_capacity(parts.len());
+        for (i, ((step, part), variant)) in parts.iter().zip(variants).enumerate() {
+            let described = part.parsed().ok_or_else(|| {
+                TraceError(format!("the description of step {step:?} cannot be read"))
+            })?;
+            let rename = |name: &str| format!("{step}::{name}");
+            let index = u32::try_from(i).map_err(|e| TraceError(e.to_string()))?;
+            cursors.push((
+                index,
+                (*variant).to_owned(),
+                Fields::Newtype(renamed(&described.cursor, &rename)),
+            ));
+            states.push(Shape::Tuple(vec![
+                Shape::U64,
+                renamed(&described.state, &rename),
+            ]));
+            for (name, container) in &described.types {
+                types.insert(rename(name), renamed_container(container, &rename));
+            }
+        }
+        types.insert(STEP_CURSOR.to_owned(), Container::Enum(cursors));
+        let described = Described {
+            v: VERSION,
+            cursor: Shape::Named(STEP_CURSOR.to_owned()),
+            state: Shape::Tuple(states),
+            types,
+        };
+        let json = serde_json::to_string(&described).map_err(|e| TraceError(e.to_string()))?;
+        Ok(Self { json: json.into() })
+    }
+
+    /// Step `index`'s part of a description made by [`of_steps`](Self::of_steps):
+    /// its cursor and state shapes, with every named type. `None` when this
+    /// is not the description of a job of that many steps or more.
+    pub(crate) fn step_part(&self, index: usize) -> Option<Self> {
+        let d = self.parsed()?;
+        let Shape::Named(name) = &d.cursor else {
+            return None;
+        };
+        let Some(Container::Enum(variants)) = d.types.get(name).filter(|_| name == STEP_CURSOR)
+        else {
+            return None;
+        };
+        let cursor = variants
+            .iter()
+            .find(|(i, _, _)| usize::try_from(*i).ok() == Some(index))
+            .and_then(|(_, _, fields)| match fields {
+                Fields::Newtype(shape) => Some(shape.clone()),
+                _ => None,
+            })?;
+        let Shape::Tuple(states) = &d.state else {
+            return None;
+        };
+        let state = match states.get(index)? {
+            Shape::Tuple(framed) => match framed.as_slice() {
+                [Shape::U64, state] => state.clone(),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        let part = Described {
+            v: VERSION,
+            cursor,
+            state,
+            types: d.types,
+        };
+        serde_json::to_string(&part)
+            .ok()
+            .map(|json| Self { json: json.into() })
+    }
+}
+
+/// `shape` with each named type `n` renamed `rename(n)`.
+fn renamed(shape: &Shape, rename: &impl Fn(&str) -> String) -> Shape {
+    let boxed = |s: &Shape| Box::new(renamed(s, rename));
+    match shape {
+        Shape::Named(name) => Shape::Named(rename(name)),
+        Shape::Option(s) => Shape::Option(boxed(s)),
+        Shape::Seq(s) => Shape::Seq(boxed(s)),
+        Shape::Map(k, v) => Shape::Map(boxed(k), boxed(v)),
+        Shape::Tuple(items) => Shape::Tuple(items.iter().map(|s| renamed(s, rename)).collect()),
+        Shape::Array(s, n) => Shape::Array(boxed(s), *n),
+        other => other.clone(),
+    }
+}
+
+fn renamed_fields(
+    fields: &[(String, Shape)],
+    rename: &impl Fn(&str) -> String,
+) -> Vec<(String, Shape)> {
+    fields
+        .iter()
+        .map(|(n, s)| (n.clone(), renamed(s, rename)))
+        .collect()
+}
+
+/// `container` with each named type it refers to renamed.
+fn renamed_container(container: &Container, rename: &impl Fn(&str) -> String) -> Container {
+    let all = |items: &[Shape]| items.iter().map(|s| renamed(s, rename)).collect();
+    match container {
+        Container::UnitStruct => Container::UnitStruct,
+        Container::Newtype(s) => Container::Newtype(renamed(s, rename)),
+        Container::TupleStruct(items) => Container::TupleStruct(all(items)),
+        Container::Struct(fields) => Container::Struct(renamed_fields(fields, rename)),
+        Container::Enum(variants) => Container::Enum(
+            variants
+                .iter()
+                .map(|(i, name, fields)| {
+                    let fields = match fields {
+                        Fields::Unit => Fields::Unit,
+                        Fields::Newtype(s) => Fields::Newtype(renamed(s, rename)),
+                        Fields::Tuple(items) => Fields::Tuple(all(items)),
+                        Fields::Struct(f) => Fields::Struct(renamed_fields(f, rename)),
+                    };
+                    (*i, name.clone(), fields)
+                })
+                .collect(),
+        ),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Comparing
 

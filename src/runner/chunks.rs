@@ -88,7 +88,14 @@ impl<J: Job> Run<'_, J> {
                 return Ok(End::Interrupted);
             }
             ctx.set_seq(self.stats.chunks);
-            let span = tracing::debug_span!("chunk", seq = self.stats.chunks);
+            let span = tracing::debug_span!(
+                "chunk",
+                seq = self.stats.chunks,
+                step = self
+                    .session
+                    .step_name(self.job.step(chunk.start()))
+                    .map(tracing::field::display)
+            );
             let items = chunk.items();
             let now = match self
                 .process_chunk(&chunk, &mut ctx)
@@ -190,7 +197,14 @@ impl<J: Job> Run<'_, J> {
                 }
             };
             ctx.set_seq(self.stats.chunks);
-            let span = tracing::debug_span!("redrive", seq = self.stats.chunks);
+            let span = tracing::debug_span!(
+                "redrive",
+                seq = self.stats.chunks,
+                step = self
+                    .session
+                    .step_name(self.job.step(chunk.start()))
+                    .map(tracing::field::display)
+            );
             let processed = self.process_chunk(&chunk, ctx).instrument(span).await?;
             let at = self.session.skipped.iter().position(|s| *s == skip);
             match processed {
@@ -236,8 +250,11 @@ impl<J: Job> Run<'_, J> {
     fn skip(&mut self, chunk: &Chunk<J::Cursor>, error: Error, attempts: u32) -> Result<(), Error> {
         let skipped = self.session.skipped.len() as u64 + 1;
         let seen = self.session.totals.chunks + skipped;
-        if !self.skip.allows(skipped, seen) {
-            if !self.skip.skips_any() {
+        // A job of steps never skips its move from one step to the next.
+        let transition =
+            matches!(&error, Error::Job { source, .. } if crate::steps::is_transition(&**source));
+        if transition || !self.skip.allows(skipped, seen) {
+            if transition || !self.skip.skips_any() {
                 return Err(error);
             }
             return Err(match error {
@@ -272,6 +289,7 @@ impl<J: Job> Run<'_, J> {
         };
         warn!(
             job = %self.session.key.short(),
+            step = self.session.step_name(self.job.step(chunk.start())).map(tracing::field::display),
             start = %record.start_text,
             next = %record.next_text,
             attempts,
@@ -406,13 +424,14 @@ impl<J: Job> Run<'_, J> {
     async fn checkpoint(&mut self) -> Result<(), Error> {
         let (job, session) = (&mut self.job, &mut self.session);
         let (cursor, state) = (&self.cursor, &self.state);
+        let step = job.step(cursor);
         let checkpoint = async {
             job.flush().await.map_err(|source| Error::Job {
                 during: "flush".into(),
                 source,
             })?;
             session
-                .save::<J>(cursor, state, Status::Running, false)
+                .save::<J>((cursor, state, step), Status::Running, false)
                 .await
         };
         // A store that hangs must not eat the grace period.

@@ -105,13 +105,14 @@ impl<J: Job> Run<'_, J> {
             Err(_) => return Err(self.session.not_saved(timed_out(&self.session, "flush"))),
         }
         let deadline = deadline.unwrap_or_else(|| Instant::now() + retry_for);
+        let step = self.job.step(&self.cursor);
         let mut backoff =
             Backoff::new(Duration::from_millis(50), Duration::from_secs(2)).until(deadline);
         loop {
             match timeout_at(
                 deadline,
                 self.session
-                    .save::<J>(&self.cursor, &self.state, status.clone(), true),
+                    .save::<J>((&self.cursor, &self.state, step), status.clone(), true),
             )
             .await
             {

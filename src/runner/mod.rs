@@ -408,6 +408,7 @@ impl<J: Job> Runner<J> {
         info!(
             job = %crate::key::short(&key),
             %outcome,
+            step = report.stats.step.as_deref().map(tracing::field::display),
             chunks = report.stats.chunks,
             items = report.stats.items,
             checkpoints = report.stats.checkpoints,

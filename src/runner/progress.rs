@@ -56,6 +56,7 @@ impl Progress {
         let progress = describe(done, self.total, rate);
         info!(
             job = %session.key.short(),
+            step = session.saved_step().map(tracing::field::display),
             version = session.stored.unwrap_or_default(),
             chunks = session.totals.chunks,
             items = done,

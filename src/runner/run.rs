@@ -70,6 +70,8 @@ impl<J: Job> Runner<J> {
         };
         let end = run.run_chunks().await;
         run.close_batch();
+        let step = run.job.step(&run.cursor);
+        run.stats.step = run.session.step_name(step).map(str::to_owned);
         let times = run.times.summary(&run.durations);
         run.stats.slowest_chunk = times.slowest;
         run.stats.mean_chunk = times.mean;

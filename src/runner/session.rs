@@ -7,14 +7,15 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::checkpoint::{
-    now_ms, Checkpoint, CheckpointError, Counters, Lease, RunRecord, SkippedChunk, Status, Writer,
+    now_ms, Checkpoint, CheckpointError, Counters, Lease, RunRecord, SkippedChunk, Status,
+    StepInfo, Writer,
 };
 use crate::codec::Codec;
 use crate::error::Error;
 use crate::job::Job;
 use crate::key::JobKey;
 use crate::retry::Backoff;
-use crate::types::TypeDescription;
+use crate::types::{TraceError, TypeDescription};
 
 use super::interrupts::{Interrupts, Stops};
 
@@ -38,6 +39,8 @@ struct Payload {
     skipped: Vec<SkippedChunk>,
     /// Whether a redrive of `skipped` is still to be done.
     redrive: bool,
+    /// Which of the job's steps `cursor` is in.
+    step: u32,
 }
 
 /// How a write goes to the store.
@@ -64,6 +67,8 @@ pub(super) struct Session {
     /// The shape of the job's cursor and state types (`None`: they cannot
     /// be traced, and are checked by name only).
     types: Option<TypeDescription>,
+    /// The job's steps ([`Job::steps`]): empty for a job of one step.
+    steps: Vec<StepInfo>,
     writer: Writer,
     lease_ttl: Option<Duration>,
     /// The version in the store (`None`: nothing stored).
@@ -95,6 +100,7 @@ pub(super) struct Session {
 
 impl Session {
     pub(super) fn new<J: Job>(
+        job: &J,
         store: Arc<dyn CheckpointStore>,
         key: JobKey,
         codec: Codec,
@@ -103,8 +109,9 @@ impl Session {
     ) -> Self {
         let writer = Writer::this_process();
         let writer_run_id = writer.run_id;
-        let types = described::<J>(&key);
+        let types = described(job.types(), &key);
         Self {
+            steps: job.steps().to_vec(),
             location: store.location(),
             store,
             key,
@@ -129,6 +136,17 @@ impl Session {
             _live: lease::LiveRun::register(writer_run_id),
             stops,
         }
+    }
+
+    /// The name of the job's step `step`, for a job of steps.
+    pub(super) fn step_name(&self, step: usize) -> Option<&str> {
+        self.steps.get(step).map(|s| s.name.as_str())
+    }
+
+    /// The name of the step the last saved checkpoint is in, for a job of steps.
+    pub(super) fn saved_step(&self) -> Option<&str> {
+        let step = self.last.as_ref()?.step;
+        self.step_name(usize::try_from(step).ok()?)
     }
 
     /// How the run encodes cursors.
@@ -179,18 +197,25 @@ impl Session {
         Ok(())
     }
 
-    /// Whether the job's cursor and state types read `stored` as it was
-    /// written: the same schema version, and the same shape (or only
-    /// compatible changes), or the same type name where either shape is
-    /// unknown (a checkpoint written before shapes were recorded, or types
-    /// that cannot be traced).
+    /// Whether the job reads `stored` as it was written: the same steps (for
+    /// a job of steps), the same schema version, and the same shape of the
+    /// cursor and state types (or only compatible changes), or the same
+    /// type name where either shape is unknown (a checkpoint written before
+    /// shapes were recorded, or types that cannot be traced).
     ///
     /// # Errors
     ///
-    /// What changed: [`CheckpointError::TypesChanged`] with each change of
-    /// shape, or [`CheckpointError::CursorTypeChanged`] for another name or
-    /// schema version.
+    /// What changed: [`CheckpointError::StepsChanged`] for other steps,
+    /// [`CheckpointError::TypesChanged`] with each change of shape, or
+    /// [`CheckpointError::CursorTypeChanged`] for another name or schema
+    /// version.
     pub(super) fn check_types(&self, stored: &Checkpoint) -> Result<(), CheckpointError> {
+        if stored.steps != self.steps {
+            return Err(CheckpointError::StepsChanged {
+                expected: self.steps.clone(),
+                found: stored.steps.clone(),
+            });
+        }
         let name_changed = || CheckpointError::CursorTypeChanged {
             expected: self.cursor_type.to_owned(),
             expected_schema: self.schema,
@@ -262,6 +287,7 @@ impl Session {
                 run_skipped: 0,
                 skipped: stored.skipped.clone(),
                 redrive: stored.redrive,
+                step: stored.step,
             });
         }
         let mut history = stored.history.clone();
@@ -296,8 +322,7 @@ impl Session {
     /// requested first.
     pub(super) async fn begin<J: Job>(
         &mut self,
-        cursor: &J::Cursor,
-        state: &J::State,
+        (cursor, state, step): (&J::Cursor, &J::State, usize),
         interrupts: &Interrupts,
         mut backoff: Backoff,
     ) -> Result<(), Error> {
@@ -306,7 +331,10 @@ impl Session {
             return Ok(());
         }
         loop {
-            let e = match self.save::<J>(cursor, state, Status::Running, false).await {
+            let saved = self
+                .save::<J>((cursor, state, step), Status::Running, false)
+                .await;
+            let e = match saved {
                 Err(Error::Store(e)) if e.is_transient() && !interrupts.stop_requested() => e,
                 other => return other,
             };
@@ -318,11 +346,11 @@ impl Session {
         }
     }
 
-    /// Saves a checkpoint. `end` releases the lease and records the run's end.
+    /// Saves a checkpoint of `cursor` and `state`, in the job's step `step`.
+    /// `end` releases the lease and records the run's end.
     pub(super) async fn save<J: Job>(
         &mut self,
-        cursor: &J::Cursor,
-        state: &J::State,
+        (cursor, state, step): (&J::Cursor, &J::State, usize),
         status: Status,
         end: bool,
     ) -> Result<(), Error> {
@@ -349,6 +377,7 @@ impl Session {
             run_skipped: self.run_skipped,
             skipped: self.skipped.clone(),
             redrive: self.redrive,
+            step: u32::try_from(step).unwrap_or(u32::MAX),
         };
         self.write(payload, if end { Write::End } else { Write::Save })
             .await
@@ -450,6 +479,12 @@ impl Session {
         checkpoint.history = self.history.clone();
         checkpoint.skipped.clone_from(&payload.skipped);
         checkpoint.redrive = payload.redrive;
+        checkpoint.steps.clone_from(&self.steps);
+        checkpoint.step = if self.steps.is_empty() {
+            0
+        } else {
+            payload.step
+        };
         self.unsure = true;
         match self.put(&checkpoint, how).await {
             Ok(()) => {}
@@ -550,36 +585,16 @@ impl Session {
             run_skipped,
             skipped: stored.skipped.clone(),
             redrive: stored.redrive,
+            step: stored.step,
         });
         true
     }
 }
 
-/// The shape of `J`'s cursor and state types, traced once per process and
-/// type pair; `None` (logged) for types that cannot be traced.
-fn described<J: Job>(key: &JobKey) -> Option<TypeDescription> {
-    use std::any::TypeId;
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock, PoisonError};
-
-    type Traced = Result<TypeDescription, crate::types::TraceError>;
-    static TRACED: OnceLock<Mutex<HashMap<TypeId, Traced>>> = OnceLock::new();
-    let id = TypeId::of::<(J::Cursor, J::State)>();
-    let cache = TRACED.get_or_init(Default::default);
-    let cached = cache
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&id)
-        .cloned();
-    let traced = cached.unwrap_or_else(|| {
-        let traced = TypeDescription::trace::<J::Cursor, J::State>();
-        cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, traced.clone());
-        traced
-    });
-    match traced {
+/// The shape of the job's cursor and state types, as [`Job::types`] gave
+/// it; `None` (logged) for types that cannot be traced.
+fn described(types: Result<TypeDescription, TraceError>, key: &JobKey) -> Option<TypeDescription> {
+    match types {
         Ok(types) => Some(types),
         Err(e) => {
             warn!(job = %key.short(), error = %e, "a change of the cursor or state types is detected by their name only");

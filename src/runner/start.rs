@@ -101,7 +101,7 @@ impl<'r, J: Job> Run<'r, J> {
         let Step::Done(loaded) = load(&*store, &key, &interrupts).await? else {
             return stopped_before_start(&interrupts, &key).map(Started::Ended);
         };
-        let mut session = Session::new::<J>(store, key, codec, lease, interrupts.stops().clone());
+        let mut session = Session::new(&job, store, key, codec, lease, interrupts.stops().clone());
         if ecs_identity {
             let stop = interrupts.stop_token();
             let task = tokio::select! {
@@ -118,8 +118,9 @@ impl<'r, J: Job> Run<'r, J> {
         else {
             return Ok(Started::Ended(Outcome::AlreadyCompleted));
         };
+        let step = job.step(&cursor);
         if let Some(outcome) =
-            take_lease::<J>(&mut session, &cursor, &state, &interrupts, budget).await?
+            take_lease::<J>(&mut session, (&cursor, &state, step), &interrupts, budget).await?
         {
             return Ok(Started::Ended(outcome));
         }
@@ -265,7 +266,7 @@ fn where_to_start<J: Job>(
         Err(_) if restart => None,
         Err(reason) => match job.migrate(&stored) {
             Ok(Some(position)) => {
-                info!(job = %session.key.short(), version = stored.version, schema = stored.schema, cursor_type = %stored.cursor_type, "migrated the checkpoint of other types");
+                info!(job = %session.key.short(), version = stored.version, schema = stored.schema, cursor_type = %stored.cursor_type, reason = %reason, "migrated the checkpoint");
                 Some(position)
             }
             Ok(None) => return Err(session.bad(reason)),
@@ -306,6 +307,7 @@ fn where_to_start<J: Job>(
         store = %session.location,
         version = stored.version,
         status = %stored.status,
+        step = session.step_name(job.step(&cursor)).map(tracing::field::display),
         ?cursor,
         chunks = stored.counters.chunks,
         "resuming from checkpoint"
@@ -318,14 +320,13 @@ fn where_to_start<J: Job>(
 /// is released again).
 async fn take_lease<J: Job>(
     session: &mut Session,
-    cursor: &J::Cursor,
-    state: &J::State,
+    position: (&J::Cursor, &J::State, usize),
     interrupts: &Interrupts,
     budget: Budget,
 ) -> Result<Option<Outcome>, Error> {
     // Taking the lease is a write: let it land unless the drain deadline passes.
     let began = tokio::select! {
-        began = session.begin::<J>(cursor, state, interrupts, start_backoff()) => Some(began),
+        began = session.begin::<J>(position, interrupts, start_backoff()) => Some(began),
         () = interrupts.abandon_point() => None,
     };
     match began {

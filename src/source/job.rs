@@ -59,7 +59,8 @@ pub trait Handler<S: Source + ?Sized>: Send {
 
     /// Called once the source has no record left, with the final cursor
     /// and state, before the final [`flush`](Self::flush) and the checkpoint
-    /// that marks the job completed: finish the outputs that need it (complete
+    /// that marks the job (or, in a job of [steps](crate::steps), the step)
+    /// completed: finish the outputs that need it (complete
     /// an S3 multipart upload: `MultipartSink::complete`, feature `s3`).
     /// As [`Job::complete`]: changes to `state` are saved in that checkpoint;
     /// a stop request does not interrupt it; a run that fails in it or dies

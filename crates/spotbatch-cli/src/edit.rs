@@ -205,6 +205,10 @@ pub(crate) async fn set_cursor(
         )?),
         None => None,
     };
+    if let Some(step) = step_of(&new_cursor).filter(|s| (*s as usize) < c.steps.len()) {
+        // A job of steps' cursor names its step: `{"step1": …}`.
+        c.step = step;
+    }
     let old_version = c.version;
     stamp(&mut c, old_version + 1, "set-cursor");
     save(&target, &c, Some(old_version), "set-cursor").await?;
@@ -225,6 +229,17 @@ pub(crate) async fn set_cursor(
         );
     }
     Ok(())
+}
+
+/// The step a job of steps' JSON cursor is in: `1` for `{"step1": …}`.
+fn step_of(cursor: &Value) -> Option<u32> {
+    let object = cursor.as_object().filter(|o| o.len() == 1)?;
+    let (key, _) = object.iter().next()?;
+    let index = key.strip_prefix("step")?;
+    if index.len() > 1 && index.starts_with('0') {
+        return None;
+    }
+    index.parse().ok()
 }
 
 /// Replaces JSON bytes with `new`, refusing a change of shape unless allowed;
@@ -385,5 +400,15 @@ mod tests {
         assert!(shape_change(&json!({"a": 1}), &json!({"a": 1, "c": 2}))
             .is_some_and(|w| w.contains("keys")));
         assert!(shape_change(&json!(null), &json!(3)).is_some());
+    }
+
+    #[test]
+    fn the_step_of_a_cursor_of_steps() {
+        assert_eq!(step_of(&json!({"step2": {"offset": 7}})), Some(2));
+        assert_eq!(step_of(&json!({"step0": 0})), Some(0));
+        assert_eq!(step_of(&json!({"step01": 0})), None);
+        assert_eq!(step_of(&json!({"step1": 0, "other": 1})), None);
+        assert_eq!(step_of(&json!({"next": 5})), None);
+        assert_eq!(step_of(&json!(5)), None);
     }
 }

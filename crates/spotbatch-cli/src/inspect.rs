@@ -370,6 +370,17 @@ pub(crate) fn render(c: &Checkpoint, location: &str, now: u64) -> String {
     field("store", location.to_owned());
     field("version", c.version.to_string());
     field("status", c.status.to_string());
+    if let Some(step) = c.step_name() {
+        field(
+            "step",
+            format!(
+                "{step} ({} of {}: {})",
+                c.step + 1,
+                c.steps.len(),
+                spotbatch::StepInfo::list(&c.steps)
+            ),
+        );
+    }
     field(
         "created",
         format!(

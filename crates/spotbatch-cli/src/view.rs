@@ -15,6 +15,10 @@ pub(crate) struct CheckpointView {
     pub(crate) status: &'static str,
     /// The interruption source or the failure message; empty otherwise.
     pub(crate) status_detail: String,
+    /// For a job of steps, the step the cursor is in; `null` for a job of one step.
+    pub(crate) step: Option<String>,
+    /// The job's steps, in order: empty for a job of one step.
+    pub(crate) steps: Vec<StepView>,
     pub(crate) codec: &'static str,
     pub(crate) cursor_type: String,
     pub(crate) schema: u32,
@@ -34,6 +38,13 @@ pub(crate) struct CheckpointView {
     pub(crate) skipped_chunks: usize,
     /// Whether the next run redrives them.
     pub(crate) redrive_requested: bool,
+}
+
+/// One step of a job of steps.
+#[derive(Serialize)]
+pub(crate) struct StepView {
+    pub(crate) name: String,
+    pub(crate) schema: u32,
 }
 
 /// The shape of the cursor and state types: as text, as stored (JSON), and
@@ -175,6 +186,15 @@ impl CheckpointView {
             version: c.version,
             status: c.status.name(),
             status_detail: status_detail(&c.status),
+            step: c.step_name().map(str::to_owned),
+            steps: c
+                .steps
+                .iter()
+                .map(|s| StepView {
+                    name: s.name.clone(),
+                    schema: s.schema,
+                })
+                .collect(),
             codec: c.codec.name(),
             cursor_type: c.cursor_type.clone(),
             schema: c.schema,

@@ -271,6 +271,85 @@ fn show_prints_the_whole_envelope_and_decodes_json_cursors() {
 }
 
 #[test]
+fn show_names_the_step_of_a_job_of_steps() {
+    let s = Store::new();
+    let mut c = json_checkpoint("etl", 1200, 5_000);
+    c.steps = vec![
+        spotbatch::StepInfo::new("extract", 1),
+        spotbatch::StepInfo::new("transform", 2),
+        spotbatch::StepInfo::new("load", 1),
+    ];
+    c.step = 1;
+    s.save(&c, None);
+    let out = run(&["show", &s.url(), "etl"]);
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    assert!(
+        text.contains("status       interrupted (SIGTERM)\nstep         transform (2 of 3: extract, transform (schema 2), load)\n"),
+        "{text}"
+    );
+    let out = run(&["show", &s.url(), "etl", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["step"], "transform");
+    assert_eq!(v["steps"][1]["name"], "transform");
+    assert_eq!(v["steps"][1]["schema"], 2);
+
+    // A job of one step: no step.
+    s.save(&bincode_checkpoint("squares", 300), None);
+    let out = run(&["show", &s.url(), "squares"]);
+    assert!(!stdout(&out).contains("\nstep "), "{}", stdout(&out));
+    let out = run(&["show", &s.url(), "squares", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["step"], Value::Null);
+    assert_eq!(v["steps"], serde_json::json!([]));
+
+    // The steps example, stopped on its way: `show` names the step its
+    // checkpoint is in, and its JSON cursor is that step's.
+    let out = std::process::Command::new(spotbatch_test_support::example_bin("steps"))
+        .args(["--records", "4000", "--chunk", "100", "--work-us", "100"])
+        .args([
+            "--max-runtime",
+            "0.7",
+            "--codec",
+            "json",
+            "--job",
+            "nightly",
+        ])
+        .arg("--out")
+        .arg(s.path().with_file_name("out"))
+        .args(["--store", &s.url()])
+        .output()
+        .unwrap();
+    assert_code(&out, 0);
+    let c = s.load("nightly").unwrap();
+    assert!(
+        matches!(c.status, Status::Interrupted { .. }),
+        "{}",
+        c.status
+    );
+    let step = c.step_name().unwrap();
+    let out = run(&["show", &s.url(), "nightly"]);
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "step         {step} ({} of 3: extract, transform, load)",
+            c.step + 1
+        )),
+        "{text}"
+    );
+    let out = run(&["show", &s.url(), "nightly", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["step"], step);
+    let cursor = v["cursor"]["json"].as_object().unwrap();
+    assert_eq!(
+        cursor.keys().collect::<Vec<_>>(),
+        [&format!("step{}", c.step)],
+        "{cursor:?}"
+    );
+}
+
+#[test]
 fn show_of_a_corrupt_checkpoint_prints_the_reason_exits_65_and_changes_nothing() {
     let s = Store::new();
     s.save(&json_checkpoint("etl", 1200, 5), None);
