@@ -109,24 +109,9 @@ fn named<J: Job>(key: &str, job: J, store: &MemoryStore) -> Runner<J> {
         .grace(GRACE)
 }
 
-/// Every log line of this test binary: a global subscriber (a thread's own
-/// would race with the other tests' threads over tracing's interest cache).
-fn logs() -> &'static LogBuffer {
-    static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = LogBuffer::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .init();
-        logs
-    })
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_chunk_longer_than_the_drain_budget_is_warned_of_once_and_summed_up() {
-    let logs = logs();
+    let logs = LogBuffer::global();
     // Two chunks over the 7.5 s budget, two under it.
     let report = named("timed-logs", Timed::new(&[1, 9, 2, 8]), &MemoryStore::new())
         .run()

@@ -9,13 +9,13 @@
 #![allow(unreachable_pub, clippy::unwrap_used)]
 
 mod s3_common;
+use s3_common::Bucket;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::Client;
 use spotbatch::prelude::*;
 use spotbatch::s3::{aws_sdk_s3, ListedObject, ListingCursor, ListingSource};
 use spotbatch::source::{Batch, Handler, Limit, Source, SourceJob};
@@ -40,22 +40,7 @@ const AWKWARD: &[&str] = &[
     "in/Z.jsonl",
 ];
 
-struct Bucket {
-    client: Client,
-    name: String,
-}
-
 impl Bucket {
-    async fn fresh() -> Self {
-        let endpoint = s3_common::endpoint();
-        let name = s3_common::fresh_bucket_on(&endpoint).await;
-        let client = s3_common::builder(&endpoint, &name, "")
-            .client()
-            .await
-            .unwrap();
-        Self { client, name }
-    }
-
     /// Puts small objects, 16 at a time; the body of each is its key.
     async fn put_all(&self, keys: &[String]) {
         let mut tasks = JoinSet::new();

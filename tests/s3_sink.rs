@@ -10,30 +10,15 @@
 #![allow(unreachable_pub, clippy::unwrap_used)]
 
 mod s3_common;
+use s3_common::Bucket;
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::Client;
 use spotbatch::s3::{aws_sdk_s3, MultipartSink, MultipartState, ObjectError};
 
 const MIB: usize = 1 << 20;
 const PART: u64 = 5 << 20;
 
-struct Bucket {
-    client: Client,
-    name: String,
-}
-
 impl Bucket {
-    async fn fresh() -> Self {
-        let endpoint = s3_common::endpoint();
-        let name = s3_common::fresh_bucket_on(&endpoint).await;
-        let client = s3_common::builder(&endpoint, &name, "")
-            .client()
-            .await
-            .unwrap();
-        Self { client, name }
-    }
-
     fn sink(&self, key: &str) -> MultipartSink {
         MultipartSink::new(self.client.clone(), &self.name, key).part_size(PART)
     }

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use spotbatch::concurrent::{Concurrent, ConcurrentJob};
 use spotbatch::{
@@ -243,6 +244,54 @@ async fn a_redriven_chunk_that_fails_again_stays_skipped_and_the_job_goes_on() {
         "the redrive was done; 20 waits for the next one"
     );
     assert_eq!(cursor_and_sum(&c), (100, TOTAL - 245));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_redrive_stopped_midway_is_taken_up_at_the_chunks_not_yet_tried() {
+    let store = MemoryStore::new();
+    let job = Sums::failing(&[(20, Fault::Error), (30, Fault::Error), (50, Fault::Error)]);
+    let report = runner(job.clone(), &store)
+        .skip(SkipPolicy::at_most(5))
+        .run()
+        .await;
+    assert!(report.is_complete());
+    // 20 still fails for good; 30 now fails with transient errors, and the
+    // run is stopped while it waits to retry it.
+    job.faults.lock().unwrap().insert(30, Fault::Transient);
+    request_redrive(&store).await;
+    let seen = job.redriven.clone();
+    let report = runner(job.clone(), &store)
+        .skip(SkipPolicy::at_most(5))
+        .stop_on("test", async move {
+            while !seen.lock().unwrap().contains(&30) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .run()
+        .await;
+    assert!(
+        matches!(report.outcome, Outcome::Interrupted(_)),
+        "{:?}",
+        report.outcome
+    );
+    let c = stored(&store).await;
+    let order: Vec<&str> = c.skipped.iter().map(|s| s.start_text.as_str()).collect();
+    // 20, tried and failed again, went to the back: the next run starts
+    // with 30, which it did not finish, then 50, never tried.
+    assert_eq!(order, ["30", "50", "20"]);
+    assert!(c.redrive, "the redrive is not done");
+
+    job.fix();
+    job.redriven.lock().unwrap().clear();
+    let report = runner(job.clone(), &store)
+        .skip(SkipPolicy::at_most(5))
+        .run()
+        .await;
+    assert!(report.is_complete(), "{:?}", report.outcome);
+    assert_eq!(*job.redriven.lock().unwrap(), vec![30, 50, 20]);
+    let c = stored(&store).await;
+    assert!(c.skipped.is_empty() && !c.redrive);
+    assert_eq!(job.output(), uninterrupted());
 }
 
 #[tokio::test(start_paused = true)]

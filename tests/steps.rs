@@ -812,25 +812,10 @@ async fn a_skipped_chunk_of_an_earlier_step_is_redriven() {
 // Logs
 // ---------------------------------------------------------------------------
 
-/// Every log line of this test binary: a global subscriber (a thread's own
-/// would race with the other tests' threads over tracing's interest cache).
-fn logs() -> &'static LogBuffer {
-    static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = LogBuffer::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .init();
-        logs
-    })
-}
-
 /// The lines of the runs of job `key`.
 fn lines_of(key: &str) -> Vec<String> {
     let tag = format!("job={key}");
-    logs()
+    LogBuffer::global()
         .text()
         .lines()
         .filter(|l| l.contains(&tag))
@@ -843,7 +828,7 @@ fn lines_of(key: &str) -> Vec<String> {
 /// checkpoints and its summary.
 #[tokio::test(start_paused = true)]
 async fn the_log_lines_name_the_step() {
-    logs();
+    LogBuffer::global();
     let world = World::default();
     let stop = Arc::new(Notify::new());
     let mut b = world.count("b");

@@ -167,10 +167,10 @@ impl<J: Job> Run<'_, J> {
         self.metrics.chunks_took(reading.chunks, reading.took);
     }
 
-    /// Processes the skipped chunks again, in the order they were skipped,
-    /// before the loop goes on from the cursor; a chunk that succeeds leaves
-    /// the list (and counts as finished), one that fails again stays in it
-    /// with its new error. Then checkpoints, with the redrive done.
+    /// Processes the skipped chunks again, in the list's order, before the
+    /// loop goes on from the cursor; a chunk that succeeds leaves the list
+    /// (and counts as finished), one that fails again goes to the list's
+    /// back with its new error. Then checkpoints, with the redrive done.
     ///
     /// Returns the loop's end when a stop request or a failure to decode a
     /// skipped chunk's cursors ends the run first.
@@ -224,11 +224,15 @@ impl<J: Job> Run<'_, J> {
                 }
                 Processed::Failed { error, attempts } => {
                     warn!(job = %self.session.key.short(), start = %skip.start_text, next = %skip.next_text, attempts, error = %error, "redriven skipped chunk failed again: it stays skipped");
+                    // To the back of the list: a redrive stopped before its
+                    // end is taken up by the next run at the chunks it has
+                    // not tried yet, not at this one again.
                     if let Some(at) = at {
-                        let entry = &mut self.session.skipped[at];
+                        let mut entry = self.session.skipped.remove(at);
                         entry.error = SkippedChunk::cut(job_error_text(&error));
                         entry.attempts = attempts;
                         entry.skipped_ms = now_ms();
+                        self.session.skipped.push(entry);
                     }
                 }
                 Processed::Interrupted => return Ok(Some(End::Interrupted)),

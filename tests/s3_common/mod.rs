@@ -87,6 +87,24 @@ pub async fn fresh_store(prefix: &str) -> S3Store {
     store_on(&endpoint, &bucket, prefix).await
 }
 
+/// A fresh bucket on the shared server, and a client for it.
+pub struct Bucket {
+    pub client: spotbatch::s3::aws_sdk_s3::Client,
+    pub name: String,
+}
+
+impl Bucket {
+    pub async fn fresh() -> Self {
+        let endpoint = endpoint();
+        let name = fresh_bucket_on(&endpoint).await;
+        let client = builder(&endpoint, &name, "")
+            .client()
+            .await
+            .expect("an S3 client for the test bucket");
+        Self { client, name }
+    }
+}
+
 /// A SeaweedFS server of one test's own, on free ports, that the test can
 /// stop (SIGKILL, like a crash) and start again on the same data.
 pub struct PrivateServer {

@@ -124,9 +124,9 @@ enum Command {
     /// Ask a job's next run to process its skipped chunks again first, then go on from its cursor.
     ///
     /// Sets the checkpoint's redrive flag (compare-and-swap, like every change). The
-    /// next run of the job processes each skipped chunk in the order they were
-    /// skipped: one that succeeds leaves the list, one that fails again stays in it
-    /// with its new error. A completed job runs again for its redrive, and completes.
+    /// next run of the job processes each skipped chunk in the list's order: one
+    /// that succeeds leaves the list, one that fails again goes to its back with
+    /// its new error. A completed job runs again for its redrive, and completes.
     Redrive {
         /// Store URL.
         url: String,
