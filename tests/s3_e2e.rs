@@ -212,11 +212,18 @@ async fn server_stopped_at_shutdown_exits_69_naming_the_version_to_resume_from()
         took < Duration::from_secs(4),
         "exit took {took:?}, grace is 3 s\n{log}"
     );
-    assert!(log.contains("final checkpoint failed; retrying"), "{log}");
     let line = log
         .lines()
         .find(|l| l.contains("was not saved"))
         .unwrap_or_else(|| panic!("no 'was not saved' line:\n{log}"));
+    // The final save was tried until the grace period ran out: retried by
+    // the runner, or still inside the SDK's own retries (their backoff can
+    // take the whole 2.25 s drain on a loaded machine).
+    assert!(
+        log.contains("final checkpoint failed; retrying")
+            || line.contains("the grace period ran out"),
+        "{log}"
+    );
     assert!(
         line.contains(&format!("the next run resumes from version {resume_from}")),
         "{line}"
