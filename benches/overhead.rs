@@ -138,6 +138,10 @@ impl Sizes {
 const EVERY: u64 = 100;
 
 fn main() {
+    if let Some((what, chunks)) = one_loop_from_args() {
+        one_loop(what, chunks);
+        return;
+    }
     let mode = Mode::from_args();
     let sizes = mode.pick(Sizes::SMOKE, Sizes::QUICK, Sizes::FULL);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -165,6 +169,43 @@ fn main() {
     );
     print_table(&rows);
     println!("\ntook {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// `--one-loop WHAT CHUNKS`: the loop to run alone (`plain`, `no-lease` or
+/// `lease`) and its number of chunks, for `scripts/bench-instructions`.
+fn one_loop_from_args() -> Option<(String, u64)> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == "--one-loop")?;
+    let what = args.get(at + 1).cloned();
+    let chunks = args.get(at + 2).and_then(|n| n.parse().ok());
+    match (what, chunks) {
+        (Some(what), Some(chunks)) => Some((what, chunks)),
+        _ => panic!("usage: overhead --one-loop plain|no-lease|lease CHUNKS"),
+    }
+}
+
+/// Runs one per-chunk loop of section 1 alone, with nothing else in the
+/// process, so that an instruction count of two runs of different lengths
+/// (`scripts/bench-instructions`, under callgrind) gives its instructions
+/// per chunk.
+fn one_loop(what: String, chunks: u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let policy = CheckpointPolicy::at_exit_only();
+    match what.as_str() {
+        "plain" => {
+            black_box(plain_loop(chunks));
+        }
+        "no-lease" => {
+            rt.block_on(run_sum(Arc::new(MemoryStore::new()), chunks, policy, true));
+        }
+        "lease" => {
+            rt.block_on(run_sum(Arc::new(MemoryStore::new()), chunks, policy, false));
+        }
+        other => panic!("--one-loop {other}: expected plain, no-lease or lease"),
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -3,9 +3,10 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(unreachable_pub, clippy::unwrap_used)]
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use spotbatch::prelude::*;
 use spotbatch::{transient, MemoryStore};
 
@@ -31,6 +32,34 @@ impl Job for Twenty {
 
     fn total_items(&self) -> Option<u64> {
         Some(100)
+    }
+}
+
+/// 10 chunks of 2 ms, each reading the chunk counter as a scrape would.
+struct Scraped {
+    prometheus: PrometheusHandle,
+    seen: Arc<Mutex<Vec<f64>>>,
+}
+
+#[async_trait]
+impl Job for Scraped {
+    type Cursor = u64;
+    type State = ();
+
+    async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>> {
+        Ok((*at < 10).then(|| Chunk::between(*at, at + 1)))
+    }
+
+    async fn process(&mut self, _: &Chunk<u64>, _: &mut (), _: &ChunkContext) -> Result<()> {
+        let text = self.prometheus.render();
+        let series = r#"spotbatch_chunks_total{job="scraped"}"#;
+        let done = text
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0);
+        self.seen.lock().unwrap().push(done);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Ok(())
     }
 }
 
@@ -126,4 +155,27 @@ async fn a_run_reports_chunks_items_retries_checkpoints_interruptions_and_progre
         1.0
     );
     assert_eq!(value(&text, &format!("spotbatch_chunks_total{job}")), 19.0);
+
+    // The chunk counter is added to in batches, but chunks of a millisecond
+    // or more are each counted before the next one starts.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let report = Runner::new(
+        "scraped",
+        Scraped {
+            prometheus: prometheus.clone(),
+            seen: seen.clone(),
+        },
+    )
+    .store(MemoryStore::new())
+    .signals(&[])
+    .run()
+    .await;
+    assert!(report.is_complete(), "{:?}", report.outcome);
+    let expected: Vec<f64> = (0..10).map(f64::from).collect();
+    assert_eq!(*seen.lock().unwrap(), expected);
+    let text = prometheus.render();
+    assert_eq!(
+        value(&text, r#"spotbatch_chunks_total{job="scraped"}"#),
+        10.0
+    );
 }

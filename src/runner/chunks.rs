@@ -139,6 +139,7 @@ impl<J: Job> Run<'_, J> {
     /// An attempt at a chunk ended: times it, at once when `now` (a failed
     /// or abandoned attempt), else with the batch it ends, if it ends one.
     /// Returns when the clock was read, if it was.
+    #[inline]
     fn attempt_ended(&mut self, now: bool) -> Option<Instant> {
         let reading = if now {
             Some(self.clock.chunk_ended_now())
@@ -349,12 +350,24 @@ impl<J: Job> Run<'_, J> {
         let rollback = self.state.clone();
         let mut backoff = None;
         loop {
-            let result = run_chunk(
-                CatchUnwind(self.job.process(chunk, &mut self.state, &*ctx)),
-                &self.interrupts,
-                &mut self.session,
-            )
-            .await;
+            let result = {
+                let mut work = CatchUnwind(self.job.process(chunk, &mut self.state, &*ctx));
+                // Most chunks are done at their first poll, which then costs
+                // no `select!` (biased: it would poll the chunk first too).
+                // Polled here, not through `ready_now`: that future's type,
+                // borrowing the job's, made `Runner::run` not provably `Send`.
+                let first = std::future::poll_fn(|cx| {
+                    Poll::Ready(match Pin::new(&mut work).poll(cx) {
+                        Poll::Ready(output) => Some(output),
+                        Poll::Pending => None,
+                    })
+                })
+                .await;
+                match first {
+                    Some(result) => ChunkResult::Done(result),
+                    None => run_chunk(work, &self.interrupts, &mut self.session).await,
+                }
+            };
             let source = match result {
                 ChunkResult::Done(Ok(())) => return Ok(Processed::Done),
                 ChunkResult::Done(Err(source)) if !abandoned(&self.interrupts, &*source) => {

@@ -118,6 +118,7 @@ type Tick = (i64, i64);
 /// vDSO without a system call (a few ns, against some 20 to 50 ns for the
 /// precise clock on a VM).
 #[cfg(target_os = "linux")]
+#[inline]
 fn coarse_tick() -> Tick {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -1,5 +1,8 @@
 //! A run's metrics, through the [`metrics`] facade: no cost beyond a branch
-//! per update when no recorder is installed.
+//! per update when no recorder is installed. The chunk and item counters are
+//! added up in the run loop and handed to the recorder with each reading of
+//! the chunk clock (at most about a millisecond apart), at each checkpoint
+//! and at the run's end, not once per chunk.
 //!
 //! Names follow the Prometheus conventions
 //! (<https://prometheus.io/docs/practices/naming/>): a `spotbatch_` prefix,
@@ -48,6 +51,10 @@ pub(crate) struct RunMetrics {
     progress: Gauge,
     total: Option<u64>,
     job: String,
+    /// Chunks finished and not yet added to `chunks`.
+    pending_chunks: u64,
+    /// Items finished and not yet added to `items`.
+    pending_items: u64,
 }
 
 impl RunMetrics {
@@ -75,18 +82,33 @@ impl RunMetrics {
             progress: metrics::gauge!(PROGRESS, &label()),
             total,
             job,
+            pending_chunks: 0,
+            pending_items: 0,
         }
     }
 
-    /// A chunk of `items` finished.
-    pub(crate) fn chunk(&self, items: u64) {
-        self.chunks.increment(1);
-        self.items.increment(items);
+    /// A chunk of `items` finished: counted at the next [`flush`](Self::flush).
+    #[inline]
+    pub(crate) fn chunk(&mut self, items: u64) {
+        self.pending_chunks += 1;
+        self.pending_items += items;
+    }
+
+    /// Adds the chunks and items finished since the last flush to their
+    /// counters.
+    pub(crate) fn flush(&mut self) {
+        if self.pending_chunks > 0 {
+            self.chunks
+                .increment(std::mem::take(&mut self.pending_chunks));
+            self.items
+                .increment(std::mem::take(&mut self.pending_items));
+        }
     }
 
     /// `chunks` attempts at chunks took `took` together: each is recorded
-    /// as their mean.
-    pub(crate) fn chunks_took(&self, chunks: u32, took: Duration) {
+    /// as their mean. Flushes the counters.
+    pub(crate) fn chunks_took(&mut self, chunks: u32, took: Duration) {
+        self.flush();
         if chunks > 0 {
             self.chunk_seconds
                 .record_many(took.as_secs_f64() / f64::from(chunks), chunks as usize);
@@ -101,8 +123,10 @@ impl RunMetrics {
         self.skipped.increment(1);
     }
 
-    /// A checkpoint saved in `took`; `last` for the final one.
-    pub(crate) fn checkpoint(&self, took: Duration, last: bool) {
+    /// A checkpoint saved in `took`; `last` for the final one. Flushes the
+    /// counters.
+    pub(crate) fn checkpoint(&mut self, took: Duration, last: bool) {
+        self.flush();
         if last { &self.finals } else { &self.periodic }.increment(1);
         self.save_seconds.record(took.as_secs_f64());
     }
@@ -122,6 +146,13 @@ impl RunMetrics {
             &[("job", self.job.clone()), ("source", source.to_owned())]
         )
         .increment(1);
+    }
+}
+
+impl Drop for RunMetrics {
+    /// A run that ends without a final checkpoint still counts its chunks.
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
