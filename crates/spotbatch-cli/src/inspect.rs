@@ -12,6 +12,7 @@ use spotbatch::{Checkpoint, CheckpointStore, JobKey, Listing};
 
 use crate::error::CliError;
 use crate::partitions::{self, PartitionsDetail, PartitionsSummary};
+use crate::stores::Open;
 use crate::target::{holder, live_lease, Target};
 use crate::view::{status_detail, CheckpointView, LeaseView, Payload, WriterView};
 use crate::{fmt, stores};
@@ -48,7 +49,7 @@ struct ListEntry {
 
 /// `spotbatch list URL`.
 pub(crate) async fn list(url: &str, json: bool) -> Result<(), CliError> {
-    let store = stores::open(url).await?;
+    let store = stores::open(url, Open::Existing).await?;
     let listing = store.list().await?;
     let now = fmt::now_ms();
 
@@ -311,7 +312,7 @@ fn io_error(what: &str, e: impl std::fmt::Display) -> CliError {
 
 /// `spotbatch show URL JOB`.
 pub(crate) async fn show(url: &str, job: &str, json: bool) -> Result<(), CliError> {
-    let target = Target::open(url, job).await?;
+    let target = Target::open(url, job, Open::Existing).await?;
     let c = target.load_existing().await?;
     let progress = match spotbatch::partition::partitions_of(&c) {
         Some(_) => partitions::of(&target.store, &target.key).await?,
@@ -505,7 +506,7 @@ fn payload(c: &Checkpoint, bytes: &[u8]) -> String {
 
 /// `spotbatch export URL JOB`: the envelope's bytes, verified, to stdout or a file.
 pub(crate) async fn export(url: &str, job: &str, output: Option<&Path>) -> Result<(), CliError> {
-    let target = Target::open(url, job).await?;
+    let target = Target::open(url, job, Open::Existing).await?;
     let c = target.load_existing().await?;
     let bytes = c.encode();
     match output {

@@ -89,6 +89,7 @@ fn list_shows_each_job_with_status_version_chunks_and_writer_and_unreadable_entr
     );
 
     let empty = Store::new();
+    std::fs::create_dir(empty.path()).unwrap();
     let out = run(&["list", &empty.url()]);
     assert_code(&out, 0);
     assert!(stdout(&out).contains("no checkpoints"), "{}", stdout(&out));
@@ -397,6 +398,7 @@ fn show_of_a_corrupt_checkpoint_prints_the_reason_exits_65_and_changes_nothing()
 #[test]
 fn show_of_a_missing_job_and_bad_urls_and_keys_have_distinct_exit_codes() {
     let s = Store::new();
+    std::fs::create_dir(s.path()).unwrap();
     let out = run(&["show", &s.url(), "nope"]);
     assert_code(&out, 1);
     assert!(
