@@ -46,7 +46,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// List the checkpoints in a store: key, status, version, last update, chunks, writer or lease holder.
+    /// List the checkpoints in a store: key, status, step (jobs of steps), version, last update, chunks, writer or lease holder.
     List {
         /// Store URL, e.g. file:///var/lib/ckpt.
         url: String,
