@@ -544,17 +544,29 @@ impl Checkpoint {
     ///
     /// # Errors
     ///
-    /// A [`CheckpointError`] saying what is wrong: not a checkpoint at all,
-    /// a newer format, truncated, a checksum mismatch (a flipped byte) or a
-    /// malformed field.
+    /// A [`CheckpointError`] saying what is wrong: no bytes at all
+    /// ([`Empty`](CheckpointError::Empty)), only zero bytes
+    /// ([`Zeroed`](CheckpointError::Zeroed)), not a checkpoint at all, cut
+    /// short inside the header ([`TruncatedHeader`](CheckpointError::TruncatedHeader))
+    /// or after it ([`Truncated`](CheckpointError::Truncated)), longer than
+    /// its header says ([`TrailingBytes`](CheckpointError::TrailingBytes)),
+    /// a newer format, a checksum mismatch (a flipped byte) or a malformed
+    /// field.
     pub fn decode(bytes: &[u8]) -> Result<Self, CheckpointError> {
-        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        if bytes.is_empty() {
+            return Err(CheckpointError::Empty);
+        }
+        if bytes.iter().all(|b| *b == 0) {
+            return Err(CheckpointError::Zeroed { len: bytes.len() });
+        }
+        let magic = &bytes[..bytes.len().min(MAGIC.len())];
+        if magic != &MAGIC[..magic.len()] {
             return Err(CheckpointError::NotACheckpoint);
         }
-        if bytes.len() < HEADER_LEN + CHECKSUM_LEN {
-            return Err(CheckpointError::Truncated {
-                expected: HEADER_LEN + CHECKSUM_LEN,
+        if bytes.len() < HEADER_LEN {
+            return Err(CheckpointError::TruncatedHeader {
                 found: bytes.len(),
+                header: HEADER_LEN,
             });
         }
         let format = u16::from_le_bytes([bytes[8], bytes[9]]);
@@ -575,8 +587,9 @@ impl Checkpoint {
             });
         }
         if bytes.len() > expected {
-            return Err(CheckpointError::Malformed {
-                what: "trailing bytes after the checksum",
+            return Err(CheckpointError::TrailingBytes {
+                expected,
+                found: bytes.len(),
             });
         }
         let (signed, tail) = bytes.split_at(expected - CHECKSUM_LEN);
@@ -791,13 +804,35 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Why a stored checkpoint cannot be used.
+/// Why a stored checkpoint cannot be used: damaged bytes
+/// ([`is_damaged`](Self::is_damaged)), or a whole checkpoint that this
+/// build or this job cannot use.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CheckpointError {
+    /// No bytes at all: an empty file or object, which no save of
+    /// spotbatch leaves (a `touch`, a copy cut short by a full disk).
+    #[error("checkpoint is empty (0 bytes)")]
+    Empty,
+    /// Nothing but zero bytes: space allocated whose contents never reached
+    /// the disk (a machine that crashed under a copy).
+    #[error("checkpoint holds nothing but zero bytes ({len} bytes)")]
+    Zeroed {
+        /// How many.
+        len: usize,
+    },
     /// The bytes do not start with the checkpoint magic.
-    #[error("not a spotbatch checkpoint (bad magic bytes)")]
+    #[error("not a spotbatch checkpoint (its first bytes are not the checkpoint magic)")]
     NotACheckpoint,
+    /// The start of a checkpoint, cut short inside its header: not even the
+    /// length of its body can be read.
+    #[error("checkpoint is truncated: {found} bytes, shorter than its {header}-byte header")]
+    TruncatedHeader {
+        /// Bytes present.
+        found: usize,
+        /// The header's length.
+        header: usize,
+    },
     /// Written by a newer (or unknown) version of the format.
     #[error("checkpoint format {found} is not supported (this build reads format {supported})")]
     UnsupportedFormat {
@@ -806,10 +841,25 @@ pub enum CheckpointError {
         /// Format this build reads.
         supported: u16,
     },
-    /// Fewer bytes than the header promises.
-    #[error("checkpoint is truncated: {found} bytes, expected {expected}")]
+    /// A whole header, but fewer bytes than it declares.
+    #[error(
+        "checkpoint is truncated: {found} bytes of the {expected} its header declares \
+         ({} missing)",
+        expected.saturating_sub(*found)
+    )]
     Truncated {
-        /// Bytes the header promises.
+        /// Bytes the header declares: header, body and checksum.
+        expected: usize,
+        /// Bytes present.
+        found: usize,
+    },
+    /// More bytes than the header declares: something was appended.
+    #[error(
+        "checkpoint is {found} bytes, {} more than the {expected} its header declares",
+        found.saturating_sub(*expected)
+    )]
+    TrailingBytes {
+        /// Bytes the header declares: header, body and checksum.
         expected: usize,
         /// Bytes present.
         found: usize,
@@ -901,6 +951,28 @@ pub enum CheckpointError {
     Codec(#[from] CodecError),
 }
 
+impl CheckpointError {
+    /// Whether the stored bytes are damaged (empty, zeroed, cut short,
+    /// appended to, a changed byte, not a checkpoint at all), as opposed to
+    /// a whole checkpoint that this build or this job cannot use (a newer
+    /// format, another job's, changed types or steps). Nothing can resume
+    /// from damaged bytes: the job must start over, or a good copy be put
+    /// back.
+    pub fn is_damaged(&self) -> bool {
+        matches!(
+            self,
+            CheckpointError::Empty
+                | CheckpointError::Zeroed { .. }
+                | CheckpointError::NotACheckpoint
+                | CheckpointError::TruncatedHeader { .. }
+                | CheckpointError::Truncated { .. }
+                | CheckpointError::TrailingBytes { .. }
+                | CheckpointError::ChecksumMismatch { .. }
+                | CheckpointError::Malformed { .. }
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -990,17 +1062,86 @@ mod tests {
     }
 
     #[test]
-    fn every_truncation_is_detected() {
+    fn every_truncation_says_what_is_left() {
         let bytes = sample().encode();
-        for len in 0..bytes.len() {
+        let expected = bytes.len();
+        for len in 0..expected {
             let err = Checkpoint::decode(&bytes[..len]).unwrap_err();
-            if len >= MAGIC.len() + 2 + 4 + CHECKSUM_LEN {
-                assert!(
-                    matches!(err, CheckpointError::Truncated { found, .. } if found == len),
-                    "{len}: {err}"
-                );
+            let text = err.to_string();
+            match len {
+                0 => assert_eq!(err, CheckpointError::Empty),
+                1..HEADER_LEN => assert_eq!(
+                    err,
+                    CheckpointError::TruncatedHeader {
+                        found: len,
+                        header: HEADER_LEN
+                    },
+                    "{len}: {text}"
+                ),
+                _ => {
+                    assert_eq!(
+                        err,
+                        CheckpointError::Truncated {
+                            expected,
+                            found: len
+                        },
+                        "{len}: {text}"
+                    );
+                    assert!(
+                        text.contains(&format!(
+                            "{len} bytes of the {expected} its header declares ({} missing)",
+                            expected - len
+                        )),
+                        "{text}"
+                    );
+                }
             }
+            assert!(err.is_damaged(), "{text}");
         }
+    }
+
+    /// What a machine that died under a copy, a `touch` or a full disk
+    /// leaves is named for what it is, not as a foreign file.
+    #[test]
+    fn empty_zeroed_short_and_long_envelopes_say_which() {
+        let bytes = sample().encode();
+        for (input, says) in [
+            (vec![], "checkpoint is empty (0 bytes)".to_owned()),
+            (
+                vec![0; bytes.len()],
+                format!(
+                    "checkpoint holds nothing but zero bytes ({} bytes)",
+                    bytes.len()
+                ),
+            ),
+            (
+                bytes[..5].to_vec(),
+                "checkpoint is truncated: 5 bytes, shorter than its 14-byte header".to_owned(),
+            ),
+            (
+                [&bytes[..], b"\n"].concat(),
+                format!(
+                    "checkpoint is {} bytes, 1 more than the {} its header declares",
+                    bytes.len() + 1,
+                    bytes.len()
+                ),
+            ),
+            (
+                b"SPOT".to_vec(),
+                "checkpoint is truncated: 4 bytes, shorter than its 14-byte header".to_owned(),
+            ),
+            (
+                b"SPOTX".to_vec(),
+                "not a spotbatch checkpoint (its first bytes are not the checkpoint magic)"
+                    .to_owned(),
+            ),
+        ] {
+            let err = Checkpoint::decode(&input).unwrap_err();
+            assert_eq!(err.to_string(), says, "{input:?}");
+            assert!(err.is_damaged(), "{err}");
+        }
+        let wrong_job = Checkpoint::decode_for(&JobKey::new("other").unwrap(), &bytes).unwrap_err();
+        assert!(!wrong_job.is_damaged(), "{wrong_job}");
     }
 
     #[test]
@@ -1017,19 +1158,15 @@ mod tests {
 
         let mut newer = sample().encode();
         newer[8] = 5;
+        let err = Checkpoint::decode(&newer).unwrap_err();
         assert_eq!(
-            Checkpoint::decode(&newer).unwrap_err(),
+            err,
             CheckpointError::UnsupportedFormat {
                 found: 5,
                 supported: 4
             }
         );
-        let mut longer = sample().encode();
-        longer.push(0);
-        assert!(matches!(
-            Checkpoint::decode(&longer),
-            Err(CheckpointError::Malformed { .. })
-        ));
+        assert!(!err.is_damaged());
     }
 
     /// An envelope's `bytes` with `cut` bytes taken off before the

@@ -149,8 +149,8 @@ pub use runner::{Runner, DEFAULT_STORE_DIR};
 pub use shutdown::{InterruptSource, Signal, StopRequest, StopSource};
 pub use sink::FileSink;
 pub use store::{
-    open_store, redact_url, CheckpointStore, FileStore, Listing, MemoryStore, Refusal, StoreError,
-    Summary,
+    open_existing_store, open_store, redact_url, CheckpointStore, FileStore, Listing, MemoryStore,
+    Refusal, StoreError, Summary,
 };
 pub use types::{TraceError, TypeDescription};
 

@@ -7,7 +7,7 @@
 mod pg_common;
 
 use pg_common::{admin_pool, fresh_name, pg_url, with_database, with_schema};
-use spotbatch::postgres::{PostgresOptions, PostgresStore};
+use spotbatch::postgres::{ConnectError, PostgresOptions, PostgresStore};
 use spotbatch::{Checkpoint, CheckpointStore, JobKey, Refusal, Writer};
 use sqlx::PgPool;
 
@@ -151,6 +151,90 @@ async fn opting_out_leaves_the_schema_alone() {
     // Retrying cannot create the tables: a refusal, not retried.
     assert_eq!(err.refusal(), Some(Refusal::Location), "{err}");
     assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+async fn schema_exists(url: &str, schema: &str) -> bool {
+    let pool = PgPool::connect(url).await.expect("connect");
+    let found = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(schema)
+        .fetch_one(&pool)
+        .await
+        .expect("pg_namespace");
+    pool.close().await;
+    found
+}
+
+/// With `create` off (the `spotbatch` command's reading commands), a
+/// schema without the store is refused naming the table, and nothing is
+/// created; a store that exists opens as usual.
+#[tokio::test]
+async fn a_store_that_must_exist_is_refused_when_missing_and_nothing_is_created() {
+    let schema = fresh_name("missing");
+    let url = with_schema(&pg_url(), &schema);
+    let must_exist = PostgresOptions::default().create(false);
+    let table = format!("\"{schema}\".spotbatch_checkpoints");
+
+    let err = PostgresStore::connect_with(&url, must_exist.clone())
+        .await
+        .expect_err("no such schema");
+    assert!(matches!(err, ConnectError::Missing { .. }), "{err}");
+    assert_eq!(err.refusal(), Some(Refusal::Location), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("there is no table {table}")),
+        "{err}"
+    );
+    let pool = PgPool::connect(&pg_url()).await.expect("connect");
+    let err = PostgresStore::from_pool(pool.clone(), must_exist.clone().schema(&schema))
+        .await
+        .expect_err("no such schema");
+    assert!(matches!(err, ConnectError::Missing { .. }), "{err}");
+
+    let err = spotbatch::open_existing_store(&url)
+        .await
+        .expect_err("no such schema");
+    let text = err.to_string();
+    assert!(
+        matches!(&err, spotbatch::Error::Store(e) if e.refusal() == Some(Refusal::Location)),
+        "{err:?}"
+    );
+    assert!(
+        text.contains(&format!("there is no table {table}")),
+        "{text}"
+    );
+    assert!(
+        !schema_exists(&pg_url(), &schema).await,
+        "the schema was created"
+    );
+
+    // An existing schema without the store's table: the same.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
+        .execute(&pool)
+        .await
+        .expect("create schema");
+    let err = PostgresStore::connect_with(&url, must_exist.clone())
+        .await
+        .expect_err("no table");
+    assert!(matches!(err, ConnectError::Missing { .. }), "{err}");
+    assert!(tables(&pg_url(), &schema).await.is_empty());
+
+    // Once a run created it, it opens.
+    PostgresStore::connect(&url).await.expect("create it");
+    let store = PostgresStore::connect_with(&url, must_exist.clone())
+        .await
+        .expect("it exists");
+    assert_eq!(
+        store
+            .load(&JobKey::new("x").expect("key"))
+            .await
+            .expect("load"),
+        None
+    );
+    PostgresStore::from_pool(pool.clone(), must_exist.schema(&schema))
+        .await
+        .expect("it exists");
+    assert!(spotbatch::open_existing_store(&url).await.is_ok());
+    pool.close().await;
 }
 
 /// Every save changes `updated_at`, the counters, the envelope and the

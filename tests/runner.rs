@@ -896,6 +896,40 @@ async fn a_corrupt_checkpoint_is_refused_and_left_alone() {
     assert!(message.contains("mine"), "{message}");
 }
 
+/// An emptied checkpoint (a `touch`, a copy cut short by a full disk) is
+/// named for what it is, with what to do; so is one cut short.
+#[tokio::test(start_paused = true)]
+async fn an_empty_or_truncated_checkpoint_is_refused_saying_which_and_what_to_do() {
+    let store = MemoryStore::new();
+    let report = runner("mine", Counter::ten(), &store)
+        .max_runtime(ms(2_500))
+        .run()
+        .await;
+    assert_eq!(report.code(), 0);
+    let whole = store.raw(&key("mine")).unwrap();
+    for (bytes, says) in [
+        (vec![], "checkpoint is empty (0 bytes)".to_owned()),
+        (
+            whole[..6].to_vec(),
+            "6 bytes, shorter than its 14-byte header".to_owned(),
+        ),
+        (
+            whole[..40].to_vec(),
+            format!("40 bytes of the {} its header declares", whole.len()),
+        ),
+    ] {
+        store.put_raw(&key("mine"), bytes);
+        let message = refused(&store, true).await;
+        assert!(
+            message.contains(&says)
+                && message.contains("\"mine\"")
+                && message.contains("remove it by hand"),
+            "{message}"
+        );
+        assert!(!message.contains("magic"), "{message}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn another_jobs_checkpoint_is_refused() {
     let store = MemoryStore::new();

@@ -16,7 +16,7 @@ pub enum Damage {
     FlippedByte,
     /// Cut to half its length (a torn copy): [`CheckpointError::Truncated`].
     Truncated,
-    /// No bytes at all: [`CheckpointError::NotACheckpoint`].
+    /// No bytes at all: [`CheckpointError::Empty`].
     Emptied,
     /// Text that was never a checkpoint (another tool's output):
     /// [`CheckpointError::NotACheckpoint`].
@@ -82,7 +82,8 @@ impl Damage {
         match (self, reason) {
             (Damage::FlippedByte, CheckpointError::ChecksumMismatch { .. })
             | (Damage::Truncated, CheckpointError::Truncated { .. })
-            | (Damage::Emptied | Damage::Garbage, CheckpointError::NotACheckpoint) => true,
+            | (Damage::Emptied, CheckpointError::Empty)
+            | (Damage::Garbage, CheckpointError::NotACheckpoint) => true,
             (Damage::NewerFormat, CheckpointError::UnsupportedFormat { found, .. }) => {
                 *found == FORMAT + 1
             }

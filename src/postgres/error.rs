@@ -49,6 +49,16 @@ pub enum ConnectError {
         /// The server's answer.
         source: sqlx::Error,
     },
+    /// The schema has no store in it (no table `spotbatch_checkpoints`),
+    /// and [`PostgresOptions::create`](crate::postgres::PostgresOptions::create)
+    /// is off. Nothing was created.
+    #[error("the Postgres store at {url} does not exist: there is no table {table}")]
+    Missing {
+        /// The server, password hidden.
+        url: String,
+        /// The table looked for, schema-qualified and quoted.
+        table: String,
+    },
     /// Applying `migrations/` failed (nothing half-applied stays: each
     /// migration runs in its own transaction).
     #[error("cannot apply the spotbatch migrations to {url}: {source}")]
@@ -112,11 +122,13 @@ pub enum TxError {
 
 impl ConnectError {
     /// Why the server refused for good, if it did: [`ConnectError::Refused`],
-    /// or migrations that the server refused to run (a role without the
-    /// `CREATE` privilege they need, a read-only database).
+    /// [`ConnectError::Missing`] ([`Refusal::Location`]), or migrations that
+    /// the server refused to run (a role without the `CREATE` privilege they
+    /// need, a read-only database).
     pub fn refusal(&self) -> Option<Refusal> {
         match self {
             ConnectError::Refused { cause, .. } => Some(*cause),
+            ConnectError::Missing { .. } => Some(Refusal::Location),
             ConnectError::Migrate { source, .. } => migrate_refusal(source),
             _ => None,
         }

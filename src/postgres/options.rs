@@ -30,6 +30,15 @@ pub struct PostgresOptions {
     pub schema: String,
     /// Apply the migrations of `migrations/` at start-up (default `true`).
     pub migrate: bool,
+    /// Create the schema and the store's tables when they do not exist
+    /// (default `true`, with [`migrate`](Self::migrate)). `false`: a schema
+    /// without the store's table is refused at connect
+    /// ([`ConnectError::Missing`](crate::postgres::ConnectError::Missing)),
+    /// for a tool that reads what a store holds, where a misspelt schema must
+    /// not become a new, empty store
+    /// ([`open_existing_store`](crate::open_existing_store)). Pending
+    /// migrations are still applied to an existing table.
+    pub create: bool,
     /// Most connections the pool opens (default 4; a [`SharedTransaction`](crate::postgres::SharedTransaction) holds one while a chunk transaction is open).
     pub max_connections: u32,
     /// Connections kept open when idle (default 0).
@@ -59,6 +68,7 @@ impl Default for PostgresOptions {
         Self {
             schema: DEFAULT_SCHEMA.to_owned(),
             migrate: true,
+            create: true,
             max_connections: 4,
             min_connections: 0,
             connect_timeout: Duration::from_secs(5),
@@ -81,6 +91,12 @@ impl PostgresOptions {
     /// (e.g. with `sqlx migrate run`, or from your own migration tool).
     pub fn migrate(mut self, migrate: bool) -> Self {
         self.migrate = migrate;
+        self
+    }
+
+    /// Sets [`create`](Self::create).
+    pub fn create(mut self, create: bool) -> Self {
+        self.create = create;
         self
     }
 

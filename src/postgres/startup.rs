@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 
 use crate::postgres::error::{is_transient, refusal, ConnectError};
 use crate::postgres::options::{quote_ident, PostgresOptions};
-use crate::postgres::sql::MIGRATIONS;
+use crate::postgres::sql::{CHECKPOINTS, MIGRATIONS};
 use crate::retry::Backoff;
 
 /// The backoff of one store operation or connection: from
@@ -85,6 +85,44 @@ where
             }
         }
     }
+}
+
+/// Fails with [`ConnectError::Missing`] unless the store's table exists in
+/// `schema`; creates nothing. Any other error is the server's: a refusal
+/// (no `USAGE` on the schema…), or what the connection ran into.
+pub(crate) async fn check_exists(
+    conn: &mut PgConnection,
+    schema: &str,
+    location: &str,
+) -> Result<(), ConnectError> {
+    let table = format!("{}.{CHECKPOINTS}", quote_ident(schema));
+    let probe = format!("SELECT 1 FROM {table} LIMIT 0");
+    let Err(error) = conn.execute(sqlx::AssertSqlSafe(probe)).await else {
+        return Ok(());
+    };
+    let code = error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .unwrap_or_default();
+    // undefined_table, invalid_schema_name
+    if matches!(code.as_ref(), "42P01" | "3F000") {
+        return Err(ConnectError::Missing {
+            url: location.to_owned(),
+            table,
+        });
+    }
+    Err(match refusal(&error) {
+        Some(cause) => ConnectError::Refused {
+            url: location.to_owned(),
+            cause,
+            source: error,
+        },
+        None => ConnectError::Unreachable {
+            url: location.to_owned(),
+            tried: std::time::Duration::ZERO,
+            source: error,
+        },
+    })
 }
 
 /// Applies `migrations/` to `schema` (creating it) under sqlx's advisory

@@ -16,7 +16,9 @@ use tracing::{debug, info, warn};
 use crate::postgres::error::{is_transient, refusal, ConnectError, Failure, PgError, TxError};
 use crate::postgres::options::{describe, parse_url, redact, PostgresOptions};
 use crate::postgres::sql::{Queries, SaveArgs, Write};
-use crate::postgres::startup::{acquire_retrying, connect_retrying, migrate, retry_backoff};
+use crate::postgres::startup::{
+    acquire_retrying, check_exists, connect_retrying, migrate, retry_backoff,
+};
 use crate::postgres::transaction::{SharedTransaction, TxShared};
 
 /// Checkpoints in PostgreSQL: one row per job in `spotbatch_checkpoints`, and
@@ -154,7 +156,9 @@ impl PostgresStore {
     ///
     /// # Errors
     ///
-    /// As [`connect`](Self::connect), and [`ConnectError::BadOptions`].
+    /// As [`connect`](Self::connect), [`ConnectError::BadOptions`], and
+    /// [`ConnectError::Missing`] when [`PostgresOptions::create`] is off and
+    /// the schema has no store.
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, ConnectError> {
         let parsed = parse_url(url)?;
         let mut options = options;
@@ -170,10 +174,16 @@ impl PostgresStore {
 
         // One connection first: it proves the server is there and the login
         // works, with an error that says so where a pool would only time out.
-        let first = connect_retrying(&connect, &options, &location).await?;
+        let mut first = connect_retrying(&connect, &options, &location).await?;
+        let exists = if options.create {
+            Ok(())
+        } else {
+            check_exists(&mut first, &options.schema, &location).await
+        };
         if let Err(e) = first.close().await {
             debug!(error = %e, "closing the first connection");
         }
+        exists?;
         if options.migrate {
             migrate(connect.clone(), &options, &location).await?;
         }
@@ -198,13 +208,20 @@ impl PostgresStore {
     /// # Errors
     ///
     /// [`ConnectError`]: bad options, no connection within
-    /// [`PostgresOptions::retry_for`], or a failed migration.
+    /// [`PostgresOptions::retry_for`], a failed migration, or
+    /// [`ConnectError::Missing`] when [`PostgresOptions::create`] is off and
+    /// the schema has no store.
     pub async fn from_pool(pool: PgPool, options: PostgresOptions) -> Result<Self, ConnectError> {
         let location = describe(&pool.connect_options(), &options.schema);
         options.check(&location)?;
-        if options.migrate {
+        if options.migrate || !options.create {
             // Proves the server is there, with a clear error if not.
-            drop(acquire_retrying(&pool, &options, &location).await?);
+            let mut conn = acquire_retrying(&pool, &options, &location).await?;
+            if !options.create {
+                check_exists(&mut conn, &options.schema, &location).await?;
+            }
+        }
+        if options.migrate {
             migrate((*pool.connect_options()).clone(), &options, &location).await?;
         }
         Ok(Self::assemble(pool, location, options))

@@ -47,7 +47,7 @@ pub use file::FileStore;
 pub use memory::MemoryStore;
 pub use refusal::Refusal;
 pub(crate) use url::check_store_url;
-pub use url::{open_store, redact_url};
+pub use url::{open_existing_store, open_store, redact_url};
 
 use crate::checkpoint::{Checkpoint, CheckpointError, Status, Writer};
 use crate::key::JobKey;
@@ -306,7 +306,15 @@ pub enum StoreError {
         found_writer: Option<Box<Writer>>,
     },
     /// The stored checkpoint fails verification. It was left untouched.
-    #[error("{store}: checkpoint {key:?} ({path}) is unreadable: {reason}")]
+    ///
+    /// When its bytes are damaged ([`CheckpointError::is_damaged`]: empty,
+    /// cut short, a changed byte…) the message says what to do: keep a copy
+    /// to investigate, then remove it by hand (the job starts over) or put back a
+    /// good copy.
+    #[error(
+        "{store}: checkpoint {key:?} ({path}) is unreadable: {reason}{}",
+        if reason.is_damaged() { DAMAGED_ADVICE } else { "" }
+    )]
     Corrupt {
         /// The store.
         store: String,
@@ -334,7 +342,7 @@ pub enum StoreError {
         store: String,
         /// The job key (empty for store-wide operations).
         key: String,
-        /// What was being done: `load`, `save`, `list`, `delete`.
+        /// What was being done: `load`, `save`, `list`, `delete`, `open the store`.
         operation: &'static str,
         /// The underlying error.
         source: BoxError,
@@ -352,7 +360,7 @@ pub enum StoreError {
         store: String,
         /// The job key (empty for store-wide operations).
         key: String,
-        /// What was being done: `load`, `save`, `list`, `delete`, `connect`.
+        /// What was being done: `load`, `save`, `list`, `delete`, `open the store`.
         operation: &'static str,
         /// What must change.
         cause: Refusal,
@@ -379,6 +387,10 @@ pub enum StoreError {
         source: BoxError,
     },
 }
+
+/// What to do about a damaged checkpoint, after [`StoreError::Corrupt`]'s reason.
+const DAMAGED_ADVICE: &str = "; no run can resume from it: keep a copy of it to investigate, \
+     then remove it by hand (the next run starts the job from the beginning) or put back a good copy";
 
 /// ` checkpoint "key"`, or nothing for a store-wide operation.
 fn of_checkpoint(key: &str) -> String {

@@ -53,11 +53,63 @@ use crate::error::Error;
 ///   another reason: a Postgres server that cannot be reached, failed
 ///   migrations.
 pub async fn open_store(url: &str) -> Result<Arc<dyn CheckpointStore>, Error> {
+    open(url, Create::Yes).await
+}
+
+/// Opens the store a URL names, as [`open_store`] does, to read or change
+/// what it holds: a store that does not exist yet is an error, not a new,
+/// empty store. The `spotbatch` command opens stores so for every command
+/// but `import`, so that a misspelt directory or schema says so rather
+/// than "no checkpoint".
+///
+/// | URL | must exist |
+/// |---|---|
+/// | `file://…` | the directory, readable; nothing is created |
+/// | `postgres://…` | the store's table, `<schema>.spotbatch_checkpoints`; the schema is not created (pending migrations are applied to an existing table, as [`open_store`] does) |
+/// | `s3://bucket/prefix` | the bucket, which the first request checks (a prefix exists once something is stored under it: an unused one is an empty store) |
+/// | `memory://` | nothing: always a new, empty store |
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let missing = spotbatch::open_existing_store("file:///no/such/dir").await;
+/// let error = missing.expect_err("no such directory").to_string();
+/// assert!(error.contains("the directory /no/such/dir does not exist"), "{error}");
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// As [`open_store`], and [`Error::Store`] with
+/// [`StoreError::Refused`](crate::StoreError::Refused) naming what is
+/// missing, for operation `open the store`: a directory that does not exist, is a
+/// file or lies under one ([`Refusal::Location`](crate::Refusal::Location)),
+/// or cannot be read ([`Refusal::Permission`](crate::Refusal::Permission));
+/// a Postgres schema without the store's table
+/// ([`Refusal::Location`](crate::Refusal::Location)).
+pub async fn open_existing_store(url: &str) -> Result<Arc<dyn CheckpointStore>, Error> {
+    open(url, Create::No).await
+}
+
+/// Whether opening a store may create it (its directory, schema, tables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Create {
+    Yes,
+    No,
+}
+
+async fn open(url: &str, create: Create) -> Result<Arc<dyn CheckpointStore>, Error> {
     match Scheme::of(url)? {
-        Scheme::File => Ok(Arc::new(FileStore::new(file_dir(url)?))),
+        Scheme::File => {
+            let store = FileStore::new(file_dir(url)?);
+            if create == Create::No {
+                store.check_dir().await?;
+            }
+            Ok(Arc::new(store))
+        }
         Scheme::Memory => Ok(Arc::new(MemoryStore::new())),
         Scheme::S3 => open_s3(url).await,
-        Scheme::Postgres => open_postgres(url).await,
+        Scheme::Postgres => open_postgres(url, create).await,
     }
 }
 
@@ -165,6 +217,9 @@ fn file_dir(url: &str) -> Result<PathBuf, Error> {
     if rest.contains(['?', '#']) {
         return Err(bad(url, "file:// URLs take no query or fragment"));
     }
+    if let Some(hint) = unexpanded(rest, std::env::var_os("HOME").as_deref()) {
+        return Err(bad(url, hint));
+    }
     if rest.starts_with('.') {
         let decoded = percent_decode(rest)
             .ok_or_else(|| bad(url, "the path is not valid UTF-8 once percent-decoded"))?;
@@ -193,6 +248,53 @@ fn file_dir(url: &str) -> Result<PathBuf, Error> {
     parsed
         .to_file_path()
         .map_err(|()| bad(url, "not a local path"))
+}
+
+/// What to write instead when the path of a `file://` URL (`rest`, after
+/// the scheme) starts with what only a shell expands: `~`, `~user` or
+/// `$VAR` as its first component (`file://~/ckpt`, `file:///~/ckpt`,
+/// `file://./$HOME/ckpt`), which would otherwise be read as a host name or
+/// a directory named so. `home` is `$HOME`, shown expanded in the hint when
+/// it is an absolute path.
+fn unexpanded(rest: &str, home: Option<&std::ffi::OsStr>) -> Option<String> {
+    let path = rest
+        .strip_prefix("./")
+        .or_else(|| rest.strip_prefix('/'))
+        .unwrap_or(rest);
+    let (first, after) = path.split_once('/').unwrap_or((path, ""));
+    if !first.starts_with(['~', '$']) {
+        return None;
+    }
+    let after = after.trim_matches('/');
+    let under = |dir: &str| {
+        if after.is_empty() {
+            format!("file://{dir}")
+        } else {
+            format!("file://{dir}/{after}")
+        }
+    };
+    let instead = if matches!(first, "~" | "$HOME" | "${HOME}") {
+        let home = home
+            .and_then(|h| h.to_str())
+            .filter(|h| h.starts_with('/'))
+            .map(|h| h.trim_end_matches('/'));
+        let absolute = under(home.unwrap_or("/path/of/your/home"));
+        if after.is_empty() {
+            absolute
+        } else {
+            format!(
+                "{absolute}, or file://./{after} for a directory relative to the working directory"
+            )
+        }
+    } else if first.starts_with('~') {
+        under("/path/of/that/home")
+    } else {
+        under("/path/it/stands/for")
+    };
+    Some(format!(
+        "`{first}` is not expanded in a store URL (no shell reads it there): \
+         write the absolute path, {instead}"
+    ))
 }
 
 /// `%XX` sequences decoded; `None` when the result is not UTF-8.
@@ -231,9 +333,10 @@ async fn open_s3(url: &str) -> Result<Arc<dyn CheckpointStore>, Error> {
 }
 
 #[cfg(feature = "postgres")]
-async fn open_postgres(url: &str) -> Result<Arc<dyn CheckpointStore>, Error> {
-    use crate::postgres::{ConnectError, PostgresStore};
-    match PostgresStore::connect(url).await {
+async fn open_postgres(url: &str, create: Create) -> Result<Arc<dyn CheckpointStore>, Error> {
+    use crate::postgres::{ConnectError, PostgresOptions, PostgresStore};
+    let options = PostgresOptions::default().create(create == Create::Yes);
+    match PostgresStore::connect_with(url, options).await {
         Ok(store) => Ok(Arc::new(store)),
         // Their messages name the URL, password hidden.
         Err(e @ (ConnectError::BadUrl { .. } | ConnectError::BadOptions { .. })) => {
@@ -250,7 +353,7 @@ async fn open_postgres(url: &str) -> Result<Arc<dyn CheckpointStore>, Error> {
 }
 
 #[cfg(not(feature = "postgres"))]
-async fn open_postgres(url: &str) -> Result<Arc<dyn CheckpointStore>, Error> {
+async fn open_postgres(url: &str, _: Create) -> Result<Arc<dyn CheckpointStore>, Error> {
     Err(not_built(url, "Postgres", "postgres"))
 }
 
@@ -351,6 +454,123 @@ mod tests {
                 assert!(check_store_url(url).is_err(), "{url}");
             }
         }
+    }
+
+    /// `~` and `$HOME` are a shell's: the hint gives the path they stand
+    /// for (from `$HOME`, when it is set) or a relative one, never a
+    /// directory named `~`.
+    #[test]
+    fn a_tilde_or_a_variable_is_refused_with_the_path_to_write() {
+        let home = Some(std::ffi::OsStr::new("/home/ops/"));
+        for (rest, home, instead) in [
+            (
+                "~/x",
+                home,
+                "write the absolute path, file:///home/ops/x, or file://./x for a directory relative to the working directory",
+            ),
+            (
+                "~/x/y/",
+                None,
+                "write the absolute path, file:///path/of/your/home/x/y, or file://./x/y",
+            ),
+            ("~", home, "write the absolute path, file:///home/ops"),
+            ("/~/x", home, "file:///home/ops/x, or file://./x "),
+            ("./~/x", home, "file:///home/ops/x, or file://./x "),
+            ("$HOME/x", home, "file:///home/ops/x, or file://./x "),
+            ("./${HOME}/x", home, "file:///home/ops/x, or file://./x "),
+            ("~ops/x", home, "write the absolute path, file:///path/of/that/home/x"),
+            ("$DATA/x", home, "write the absolute path, file:///path/it/stands/for/x"),
+        ] {
+            let hint = unexpanded(rest, home).unwrap_or_else(|| panic!("{rest}: no hint"));
+            assert!(
+                hint.contains("is not expanded in a store URL") && hint.contains(instead),
+                "{rest}: {hint}"
+            );
+            assert!(!hint.contains("./~") && !hint.contains("/~/"), "{rest}: {hint}");
+        }
+        // An empty or relative HOME is not a path to suggest.
+        for home in ["", "ops"] {
+            let hint = unexpanded("~/x", Some(std::ffi::OsStr::new(home))).unwrap();
+            assert!(
+                hint.contains("file:///path/of/your/home/x"),
+                "{home:?}: {hint}"
+            );
+        }
+        for fine in [
+            "/var/lib/ckpt",
+            "./ckpt",
+            ".spotbatch",
+            "/var/~x",
+            "localhost/var",
+        ] {
+            assert_eq!(unexpanded(fine, home), None, "{fine}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_url_under_a_tilde_is_refused_before_anything_is_created() {
+        for url in ["file://~/ckpt", "file:///~/ckpt", "file://./~/ckpt"] {
+            let err = open_store(url).await.expect_err(url);
+            assert!(matches!(err, Error::Config(_)), "{url}: {err:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains(url)
+                    && text.contains("`~` is not expanded")
+                    && text.contains("file://./ckpt"),
+                "{url}: {text}"
+            );
+            let hint = &text[text.find("write the absolute path").expect(&text)..];
+            assert!(!hint.contains('~'), "{url}: {hint}");
+            assert!(check_store_url(url).is_err(), "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_existing_store_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        for (path, says) in [
+            (
+                missing.clone(),
+                format!("the directory {} does not exist", missing.display()),
+            ),
+            (
+                file.clone(),
+                format!("{} is a file, not a directory", file.display()),
+            ),
+            (
+                file.join("x"),
+                format!(
+                    "{} lies under {}, which is a file",
+                    file.join("x").display(),
+                    file.display()
+                ),
+            ),
+        ] {
+            let url = format!("file://{}", path.display());
+            let err = open_existing_store(&url).await.expect_err(&url);
+            let text = err.to_string();
+            assert!(
+                matches!(
+                    &err,
+                    Error::Store(crate::StoreError::Refused {
+                        cause: crate::Refusal::Location,
+                        ..
+                    })
+                ),
+                "{url}: {err:?}"
+            );
+            assert!(text.contains(&url) && text.contains(&says), "{url}: {text}");
+            assert!(!missing.exists(), "{url}: created the directory");
+            // A run's opener takes it as a store to create.
+            assert!(open_store(&url).await.is_ok(), "{url}");
+        }
+        let url = format!("file://{}", dir.path().display());
+        assert!(open_existing_store(&url).await.is_ok());
+        assert_eq!(location("memory://").await, "memory://");
+        assert!(open_existing_store("memory://").await.is_ok());
     }
 
     #[test]

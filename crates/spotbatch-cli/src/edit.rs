@@ -15,6 +15,7 @@ use serde_json::Value;
 use spotbatch::{Checkpoint, Codec, Status, StoreError, Writer};
 
 use crate::error::CliError;
+use crate::stores::Open;
 use crate::target::{check_not_held, holder, live_lease, Target};
 use crate::{fmt, stores};
 
@@ -59,11 +60,19 @@ pub(crate) async fn save(
 
 /// A corrupt checkpoint cannot be compared, so it cannot be replaced or removed by CAS.
 pub(crate) fn corrupt_hint(e: CliError) -> CliError {
-    if let CliError::Store(StoreError::Corrupt { path, .. }) = &e {
+    if let CliError::Store(StoreError::Corrupt { path, reason, .. }) = &e {
+        // A damaged one's message says what to do already.
+        let what_to_do = if reason.is_damaged() {
+            String::new()
+        } else {
+            format!(
+                ": stop the job, keep a copy of {path} to investigate, and remove it by hand \
+                 (the next run then starts from the beginning)"
+            )
+        };
         return CliError::BadCheckpoint(format!(
-            "{e}. An unreadable checkpoint cannot be changed by compare-and-swap: \
-             stop the job, keep a copy of {path} to investigate, and remove it by hand \
-             (the next run then starts from the beginning)"
+            "{e}. An unreadable checkpoint cannot be changed by compare-and-swap \
+             (its version cannot be read){what_to_do}"
         ));
     }
     e
@@ -71,7 +80,7 @@ pub(crate) fn corrupt_hint(e: CliError) -> CliError {
 
 /// `spotbatch reset URL JOB`: deletes the checkpoint (CAS on its version).
 pub(crate) async fn reset(url: &str, job: &str, yes: bool, force: bool) -> Result<(), CliError> {
-    let target = Target::open(url, job).await?;
+    let target = Target::open(url, job, Open::Existing).await?;
     let c = target.load_existing().await.map_err(corrupt_hint)?;
     check_not_held(&target, &c, force, "reset it")?;
     let what = format!(
@@ -142,7 +151,7 @@ pub(crate) async fn mark(
             .to_lowercase()))
         }
     };
-    let target = Target::open(url, job).await?;
+    let target = Target::open(url, job, Open::Existing).await?;
     let mut c = target.load_existing().await.map_err(corrupt_hint)?;
     check_not_held(&target, &c, force, "mark it")?;
     let (old_version, old_status) = (c.version, c.status.clone());
@@ -175,7 +184,7 @@ pub(crate) async fn set_cursor(
     let new_cursor = parse("cursor", cursor)?;
     let new_state = state.map(|s| parse("state", s)).transpose()?;
 
-    let target = Target::open(url, job).await?;
+    let target = Target::open(url, job, Open::Existing).await?;
     let mut c = target.load_existing().await.map_err(corrupt_hint)?;
     if c.codec != Codec::Json {
         return Err(CliError::Failed(format!(
@@ -307,7 +316,7 @@ pub(crate) async fn import(
     input: Option<&Path>,
     force: bool,
 ) -> Result<(), CliError> {
-    let target = Target::open(url, job).await?;
+    let target = Target::open(url, job, Open::OrCreate).await?;
     let (source, bytes) = match input {
         Some(path) => (
             path.display().to_string(),

@@ -12,6 +12,7 @@ use spotbatch::{Checkpoint, CheckpointStore, JobKey, Listing};
 
 use crate::error::CliError;
 use crate::partitions::{self, PartitionsDetail, PartitionsSummary};
+use crate::stores::Open;
 use crate::target::{holder, live_lease, Target};
 use crate::view::{status_detail, CheckpointView, LeaseView, Payload, WriterView};
 use crate::{fmt, stores};
@@ -31,6 +32,14 @@ struct ListEntry {
     reason: Option<String>,
     status: Option<&'static str>,
     status_detail: Option<String>,
+    /// For a job of steps, the step its cursor is in; `null` otherwise.
+    step: Option<String>,
+    /// That step's place: 1 for the first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step_number: Option<usize>,
+    /// How many steps the job has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step_count: Option<usize>,
     version: Option<u64>,
     updated_ms: Option<u64>,
     updated: Option<String>,
@@ -48,7 +57,7 @@ struct ListEntry {
 
 /// `spotbatch list URL`.
 pub(crate) async fn list(url: &str, json: bool) -> Result<(), CliError> {
-    let store = stores::open(url).await?;
+    let store = stores::open(url, Open::Existing).await?;
     let listing = store.list().await?;
     let now = fmt::now_ms();
 
@@ -95,6 +104,9 @@ pub(crate) async fn list(url: &str, json: bool) -> Result<(), CliError> {
                         reason: None,
                         status: Some(summary.status.name()),
                         status_detail: Some(status_detail(&summary.status)),
+                        step: None,
+                        step_number: None,
+                        step_count: None,
                         version: Some(summary.version),
                         updated_ms: Some(summary.updated_ms),
                         updated: Some(fmt::rfc3339(summary.updated_ms)),
@@ -155,23 +167,36 @@ pub(crate) async fn list(url: &str, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The table of `list`: a STEP column after STATUS when any job listed is
+/// a job of steps.
 fn write_table(out: &mut impl Write, entries: &[ListEntry], now: u64) -> Result<(), CliError> {
-    let rows: Vec<Vec<String>> = entries.iter().map(|e| row_of(e, now)).collect();
-    out.write_all(
-        fmt::table(
-            &[
-                "KEY",
-                "STATUS",
-                "VERSION",
-                "UPDATED",
-                "CHUNKS",
-                "WRITER / LEASE",
-            ],
-            &rows,
-        )
-        .as_bytes(),
-    )?;
+    let with_steps = entries.iter().any(|e| e.step.is_some());
+    let mut header = vec![
+        "KEY",
+        "STATUS",
+        "VERSION",
+        "UPDATED",
+        "CHUNKS",
+        "WRITER / LEASE",
+    ];
+    let mut rows: Vec<Vec<String>> = entries.iter().map(|e| row_of(e, now)).collect();
+    if with_steps {
+        header.insert(2, "STEP");
+        for (row, e) in rows.iter_mut().zip(entries) {
+            row.insert(2, step_cell(e));
+        }
+    }
+    out.write_all(fmt::table(&header, &rows).as_bytes())?;
     Ok(())
+}
+
+/// `transform (2/3)`, or `-` for a job of one step.
+fn step_cell(e: &ListEntry) -> String {
+    match (&e.step, e.step_number, e.step_count) {
+        (Some(name), Some(n), Some(of)) => format!("{} ({n}/{of})", shorten(name, 30)),
+        (Some(name), _, _) => shorten(name, 30),
+        _ => "-".into(),
+    }
 }
 
 type Loaded = (JobKey, Result<Option<Checkpoint>, spotbatch::StoreError>);
@@ -204,6 +229,9 @@ fn entry_of(c: &Checkpoint, now: u64) -> ListEntry {
         reason: None,
         status: Some(c.status.name()),
         status_detail: Some(status_detail(&c.status)),
+        step: c.step_name().map(str::to_owned),
+        step_number: c.step_name().map(|_| c.step as usize + 1),
+        step_count: c.step_name().map(|_| c.steps.len()),
         version: Some(c.version),
         updated_ms: Some(c.updated_ms),
         updated: Some(fmt::rfc3339(c.updated_ms)),
@@ -224,6 +252,9 @@ fn unreadable(key: String, reason: String) -> ListEntry {
         reason: Some(reason),
         status: None,
         status_detail: None,
+        step: None,
+        step_number: None,
+        step_count: None,
         version: None,
         updated_ms: None,
         updated: None,
@@ -311,7 +342,7 @@ fn io_error(what: &str, e: impl std::fmt::Display) -> CliError {
 
 /// `spotbatch show URL JOB`.
 pub(crate) async fn show(url: &str, job: &str, json: bool) -> Result<(), CliError> {
-    let target = Target::open(url, job).await?;
+    let target = Target::open(url, job, Open::Existing).await?;
     let c = target.load_existing().await?;
     let progress = match spotbatch::partition::partitions_of(&c) {
         Some(_) => partitions::of(&target.store, &target.key).await?,
@@ -505,7 +536,7 @@ fn payload(c: &Checkpoint, bytes: &[u8]) -> String {
 
 /// `spotbatch export URL JOB`: the envelope's bytes, verified, to stdout or a file.
 pub(crate) async fn export(url: &str, job: &str, output: Option<&Path>) -> Result<(), CliError> {
-    let target = Target::open(url, job).await?;
+    let target = Target::open(url, job, Open::Existing).await?;
     let c = target.load_existing().await?;
     let bytes = c.encode();
     match output {

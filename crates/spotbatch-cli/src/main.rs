@@ -31,10 +31,10 @@ postgres://user:pass@host:port/db?schema=name.
 Exit codes: 0 ok; 1 error (no such checkpoint, I/O, a store that does not
 answer; simulate: the job failed); 2 bad command line; 65 the checkpoint is
 corrupt, truncated or another job's; 73 a live runner holds the job, or it
-changed during the edit; 74 the store refused for good (no such bucket or
-database, access denied, a failed login, read-only, full); 78 bad store URL
-or job key, a store this build leaves out, a bad SPOTBATCH_S3_* setting, a
-Postgres server that cannot be reached.";
+changed during the edit; 74 the store refused for good (no such directory,
+schema, bucket or database, access denied, a failed login, read-only, full);
+78 bad store URL or job key, a store this build leaves out, a bad
+SPOTBATCH_S3_* setting, a Postgres server that cannot be reached.";
 
 /// Inspect and edit spotbatch checkpoints; test a job against Spot interruptions.
 #[derive(Debug, Parser)]
@@ -46,7 +46,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// List the checkpoints in a store: key, status, version, last update, chunks, writer or lease holder.
+    /// List the checkpoints in a store: key, status, step (jobs of steps), version, last update, chunks, writer or lease holder.
     List {
         /// Store URL, e.g. file:///var/lib/ckpt.
         url: String,

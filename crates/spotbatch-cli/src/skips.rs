@@ -9,6 +9,7 @@ use spotbatch::{Checkpoint, SkippedChunk};
 use crate::edit::{corrupt_hint, save, stamp};
 use crate::error::CliError;
 use crate::fmt;
+use crate::stores::Open;
 use crate::target::{check_not_held, Target};
 
 /// One skipped chunk, as `skipped --json` prints it.
@@ -47,7 +48,7 @@ struct Listing<'a> {
 
 /// `spotbatch skipped URL JOB [--json]`.
 pub(crate) async fn skipped(url: &str, job: &str, json: bool) -> Result<(), CliError> {
-    let target = Target::open(url, job).await?;
+    let target = Target::open(url, job, Open::Existing).await?;
     let c = target.load_existing().await?;
     let mut out = std::io::stdout().lock();
     if json {
@@ -110,7 +111,7 @@ pub(crate) async fn skipped(url: &str, job: &str, json: bool) -> Result<(), CliE
 /// `spotbatch redrive URL JOB [--force]`: sets the checkpoint's redrive
 /// flag by compare-and-swap.
 pub(crate) async fn redrive(url: &str, job: &str, force: bool) -> Result<(), CliError> {
-    let target = Target::open(url, job).await?;
+    let target = Target::open(url, job, Open::Existing).await?;
     let mut c: Checkpoint = target.load_existing().await.map_err(corrupt_hint)?;
     if c.skipped.is_empty() {
         return Err(CliError::Failed(format!(

@@ -16,7 +16,19 @@ use spotbatch::{CheckpointStore, Error, JobKey, StoreError};
 
 use crate::error::CliError;
 
-/// Opens the store `url` names; see [`spotbatch::open_store`].
+/// Whether a command may create the store it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Open {
+    /// The store must exist ([`spotbatch::open_existing_store`]): every
+    /// command that reads or changes what a store holds.
+    Existing,
+    /// It is created if needed, as a run does ([`spotbatch::open_store`]):
+    /// `import`, and `simulate`, whose job's runs create it.
+    OrCreate,
+}
+
+/// Opens the store `url` names; see [`spotbatch::open_existing_store`] and
+/// [`spotbatch::open_store`].
 ///
 /// # Errors
 ///
@@ -25,9 +37,14 @@ use crate::error::CliError;
 /// message says how to install a command with it), a bad
 /// `SPOTBATCH_S3_*` variable, a Postgres server that cannot be reached, a
 /// failed migration; [`CliError::Store`] for a store that refuses for good
-/// (a refused login, a database that does not exist).
-pub(crate) async fn open(url: &str) -> Result<Arc<dyn CheckpointStore>, CliError> {
-    spotbatch::open_store(url).await.map_err(|e| {
+/// (a refused login, a database that does not exist) or, with
+/// [`Open::Existing`], does not exist (a missing directory or schema).
+pub(crate) async fn open(url: &str, how: Open) -> Result<Arc<dyn CheckpointStore>, CliError> {
+    let opened = match how {
+        Open::Existing => spotbatch::open_existing_store(url).await,
+        Open::OrCreate => spotbatch::open_store(url).await,
+    };
+    opened.map_err(|e| {
         let message = match e {
             // Names the URL (password hidden) and what to fix: exit 74.
             Error::Store(refused @ StoreError::Refused { .. }) => return CliError::Store(refused),
@@ -76,7 +93,7 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime");
-        match rt.block_on(open(url)) {
+        match rt.block_on(open(url, Open::Existing)) {
             Ok(store) => panic!("{url} opened as {}", store.location()),
             Err(e) => e,
         }

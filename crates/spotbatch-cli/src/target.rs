@@ -6,6 +6,7 @@ use std::time::Duration;
 use spotbatch::{Checkpoint, CheckpointStore, JobKey, Lease};
 
 use crate::error::CliError;
+use crate::stores::Open;
 use crate::{fmt, stores};
 
 /// A job key in a store opened by URL.
@@ -15,10 +16,11 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    pub(crate) async fn open(url: &str, job: &str) -> Result<Self, CliError> {
+    /// `job` in the store `url` names, opened as `how` says.
+    pub(crate) async fn open(url: &str, job: &str, how: Open) -> Result<Self, CliError> {
         let key = stores::key(url, job)?;
         Ok(Self {
-            store: stores::open(url).await?,
+            store: stores::open(url, how).await?,
             key,
         })
     }

@@ -89,6 +89,7 @@ fn list_shows_each_job_with_status_version_chunks_and_writer_and_unreadable_entr
     );
 
     let empty = Store::new();
+    std::fs::create_dir(empty.path()).unwrap();
     let out = run(&["list", &empty.url()]);
     assert_code(&out, 0);
     assert!(stdout(&out).contains("no checkpoints"), "{}", stdout(&out));
@@ -270,6 +271,68 @@ fn show_prints_the_whole_envelope_and_decodes_json_cursors() {
     assert!(text.contains("types        not recorded"), "{text}");
 }
 
+/// `list` has a STEP column when a job of steps is listed: the step its
+/// cursor is in, and its place; `-` for a job of one step.
+#[test]
+fn list_names_the_step_of_each_job_of_steps() {
+    let s = Store::new();
+    s.save(&bincode_checkpoint("squares", 300), None);
+    let out = run(&["list", &s.url()]);
+    assert_code(&out, 0);
+    assert!(!stdout(&out).contains("STEP"), "{}", stdout(&out));
+
+    let mut c = json_checkpoint("etl", 1200, 5_000);
+    c.steps = vec![
+        spotbatch::StepInfo::new("extract", 1),
+        spotbatch::StepInfo::new("transform", 2),
+        spotbatch::StepInfo::new("load", 1),
+    ];
+    c.step = 1;
+    s.save(&c, None);
+    let out = run(&["list", &s.url()]);
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("KEY")
+            && lines[0].contains("  STATUS  ")
+            && lines[0].contains("  STEP  "),
+        "{text}"
+    );
+    let column = lines[0].find("STEP").unwrap();
+    let etl = lines.iter().find(|l| l.starts_with("etl")).expect(&text);
+    assert_eq!(
+        &etl[column..column + "transform (2/3)".len()],
+        "transform (2/3)",
+        "{text}"
+    );
+    let squares = lines
+        .iter()
+        .find(|l| l.starts_with("squares"))
+        .expect(&text);
+    assert_eq!(&squares[column..column + 2], "- ", "{text}");
+
+    let out = run(&["list", &s.url(), "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let etl = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "etl")
+        .unwrap();
+    assert_eq!(
+        (&etl["step"], &etl["step_number"], &etl["step_count"]),
+        (&Value::from("transform"), &Value::from(2), &Value::from(3))
+    );
+    let squares = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "squares")
+        .unwrap();
+    assert_eq!(squares["step"], Value::Null);
+}
+
 #[test]
 fn show_names_the_step_of_a_job_of_steps() {
     let s = Store::new();
@@ -397,6 +460,7 @@ fn show_of_a_corrupt_checkpoint_prints_the_reason_exits_65_and_changes_nothing()
 #[test]
 fn show_of_a_missing_job_and_bad_urls_and_keys_have_distinct_exit_codes() {
     let s = Store::new();
+    std::fs::create_dir(s.path()).unwrap();
     let out = run(&["show", &s.url(), "nope"]);
     assert_code(&out, 1);
     assert!(

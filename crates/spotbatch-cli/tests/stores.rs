@@ -591,3 +591,51 @@ fn a_bad_s3_setting_in_the_environment_names_the_url_and_the_variable() {
         "{err}"
     );
 }
+
+/// A misspelt schema or bucket is named as missing by the commands that
+/// read (exit 74), never listed as an empty store, and nothing is created.
+#[test]
+fn a_schema_or_bucket_that_does_not_exist_is_named_and_not_created() {
+    let base = pg_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let schema = format!("t_cli_missing_{}", &uuid_ish()[..16]);
+    let url = format!("{base}{sep}schema={schema}");
+    for args in [vec!["list", &url], vec!["show", &url, "etl"]] {
+        let out = run(&args);
+        assert_code(&out, 74);
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!(
+                "there is no table \"{schema}\".spotbatch_checkpoints"
+            )) && err.contains("check the store URL")
+                && !err.contains("no checkpoint"),
+            "{args:?}: {err}"
+        );
+    }
+    let rt = Remote::runtime();
+    let exists: bool = rt.block_on(async {
+        let pool = spotbatch::postgres::sqlx::PgPool::connect(&base)
+            .await
+            .expect("connect");
+        spotbatch::postgres::sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+        )
+        .bind(&schema)
+        .fetch_one(&pool)
+        .await
+        .expect("pg_namespace")
+    });
+    assert!(!exists, "the command created schema {schema}");
+
+    let bucket = format!("sbcli-missing-{}", &uuid_ish()[..16]);
+    let url = format!("s3://{bucket}/ckpt");
+    for args in [vec!["list", &url], vec!["show", &url, "etl"]] {
+        let out = run(&args);
+        assert_code(&out, 74);
+        let err = stderr(&out);
+        assert!(
+            err.contains(&url) && err.contains("NoSuchBucket") && !err.contains("no checkpoint"),
+            "{args:?}: {err}"
+        );
+    }
+}

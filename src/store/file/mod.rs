@@ -108,7 +108,8 @@ pub struct FileStore {
 
 impl FileStore {
     /// A store in `dir`. Nothing touches the disk until the first save, which
-    /// creates the directory (and its parents) if needed.
+    /// creates the directory (and its parents) if needed. Until then the
+    /// store is empty: a load finds no checkpoint and a list lists nothing.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
@@ -124,6 +125,72 @@ impl FileStore {
     /// The file that holds `key`'s checkpoint.
     pub fn path_of(&self, key: &JobKey) -> PathBuf {
         self.dir.join(format!("{}.{EXTENSION}", file_stem(key)))
+    }
+
+    /// Checks that the directory exists and can be listed, without
+    /// creating it: [`open_existing_store`](crate::open_existing_store)'s
+    /// test, so that a misspelt directory is not read as an empty store.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Refused`] for operation `open the store`, naming the directory:
+    /// [`Refusal::Location`] when it does not exist, is a file, or lies
+    /// under a file; [`Refusal::Permission`] when it cannot be read.
+    /// [`StoreError::Io`] for another I/O error.
+    pub(crate) async fn check_dir(&self) -> Result<(), StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.check_dir_blocking())
+            .await
+            .map_err(|e| StoreError::Io {
+                store: self.location(),
+                key: String::new(),
+                operation: "open the store",
+                source: e.into(),
+            })?
+    }
+
+    fn check_dir_blocking(&self) -> Result<(), StoreError> {
+        let refused = |message: String| StoreError::Refused {
+            store: self.location(),
+            key: String::new(),
+            operation: "open the store",
+            cause: Refusal::Location,
+            source: message.into(),
+        };
+        let shown = shown_path(&self.dir);
+        match fs::metadata(&self.dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(refused(format!("{shown} is a file, not a directory"))),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(refused(format!("the directory {shown} does not exist")))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                let message = match self.dir.ancestors().skip(1).find(|a| a.is_file()) {
+                    Some(file) => format!(
+                        "{shown} lies under {}, which is a file, not a directory",
+                        shown_path(file)
+                    ),
+                    None => format!("{shown}: {e}"),
+                };
+                return Err(refused(message));
+            }
+            Err(e) => {
+                return Err(fs_error(
+                    self.location(),
+                    String::new(),
+                    "open the store",
+                    AtPath::new(&self.dir, e),
+                ))
+            }
+        }
+        fs::read_dir(&self.dir).map(drop).map_err(|e| {
+            fs_error(
+                self.location(),
+                String::new(),
+                "open the store",
+                AtPath::new(&self.dir, e),
+            )
+        })
     }
 
     /// The error for `operation` on `key` failing with `error`:
@@ -439,6 +506,15 @@ impl AtPath {
             error,
         }
     }
+}
+
+/// `path` for a message: a relative one made absolute (from the working
+/// directory), so that the message says where it was looked for.
+fn shown_path(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// `operation` on `store`'s `key` (empty: the whole store) failing with

@@ -29,6 +29,7 @@ use super::SimulateArgs;
 use crate::error::CliError;
 use crate::fmt;
 use crate::stores;
+use crate::stores::Open;
 use crate::target::Target;
 
 /// The report of a fleet simulation (`--json` prints it as it is).
@@ -82,7 +83,9 @@ pub(super) async fn simulate(
     groups: Arc<[AtomicI32]>,
 ) -> Result<bool, CliError> {
     let probe = match (&args.store, &args.job) {
-        (Some(url), Some(job)) => Some((url.clone(), Target::open(url, job).await?)),
+        (Some(url), Some(job)) => {
+            Some((url.clone(), Target::open(url, job, Open::OrCreate).await?))
+        }
         _ => None,
     };
     if let Some((url, t)) = &probe {

@@ -29,6 +29,7 @@ use spotbatch::{Checkpoint, ExitCodes, Status};
 use tokio::time::Instant;
 
 use crate::error::CliError;
+use crate::stores::Open;
 use crate::target::Target;
 use crate::{fmt, stores};
 use process::{Exit, Plan, RunResult, Sent, SignalTarget};
@@ -124,7 +125,9 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<bool, CliError> {
         return fleet::simulate(&args, args.workers, groups).await;
     }
     let probe = match (&args.store, &args.job) {
-        (Some(url), Some(job)) => Some((url.clone(), Target::open(url, job).await?)),
+        (Some(url), Some(job)) => {
+            Some((url.clone(), Target::open(url, job, Open::OrCreate).await?))
+        }
         _ => None,
     };
     let mut before = match &probe {
