@@ -5,8 +5,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use crate::{
-    Checkpoint, CheckpointError, CheckpointStore, JobKey, Listing, Refusal, RunRecord, Status,
-    StoreError, Summary, Writer,
+    Checkpoint, CheckpointError, CheckpointStore, JobKey, Listing, Refusal, Status, StoreError,
+    Summary, Writer,
 };
 use async_trait::async_trait;
 use sqlx::postgres::PgPoolOptions;
@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::postgres::error::{is_transient, refusal, ConnectError, Failure, PgError, TxError};
 use crate::postgres::options::{describe, parse_url, redact, PostgresOptions};
-use crate::postgres::sql::{Queries, SaveArgs, Write};
+use crate::postgres::sql::{Queries, SaveArgs, Write, Written};
 use crate::postgres::startup::{
     acquire_retrying, check_exists, connect_retrying, migrate, retry_backoff,
 };
@@ -115,13 +115,13 @@ pub(crate) struct Inner {
     pub(crate) schema: String,
     pub(crate) sql: Queries,
     pub(crate) options: PostgresOptions,
-    /// Per job key, the run records the runs table holds since this store's
-    /// last save of the job committed, so that the next save writes only
-    /// those that changed. A save takes its key's entry and puts it back,
-    /// updated, only once it knows it committed: after any other outcome
-    /// (an error, a conflict, a save cut off) the next save writes every
-    /// record again.
-    written: Mutex<HashMap<String, Vec<RunRecord>>>,
+    /// Per job key, the run records and skipped chunks the tables hold
+    /// since this store's last save of the job committed, so that the next
+    /// save writes only those that changed or are new. A save takes its
+    /// key's entry and puts it back, updated, only once it knows it
+    /// committed: after any other outcome (an error, a conflict, a save cut
+    /// off) the next save writes every record again.
+    written: Mutex<HashMap<String, Written>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -383,18 +383,19 @@ impl PostgresStore {
     ) -> Result<SaveArgs, StoreError> {
         let key = checkpoint.job.as_str();
         let written = self.written().remove(key).unwrap_or_default();
-        SaveArgs::new(checkpoint, expected, mark, write, &written)
+        SaveArgs::new(checkpoint, expected, mark, write, written)
             .map_err(|e| self.refused(key, "save", Refusal::Rejected, PgError::Refused(e)))
     }
 
-    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<RunRecord>>> {
+    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<String, Written>> {
         // Each change is one insert or remove: a poisoned map is still sound.
         self.inner.written.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The save made of `args` committed: the runs table holds its records.
-    pub(crate) fn committed(&self, args: &SaveArgs) {
-        self.written().insert(args.key.clone(), args.runs.clone());
+    /// The save made of `args` committed: the tables hold its records.
+    pub(crate) fn committed(&self, args: &mut SaveArgs) {
+        let written = std::mem::take(&mut args.written);
+        self.written().insert(args.key.clone(), written);
     }
 
     /// A save outside any shared transaction, retried on connection errors.
@@ -405,9 +406,9 @@ impl PostgresStore {
         write: Write,
     ) -> Result<(), StoreError> {
         let key = checkpoint.job.as_str();
-        let args = self.save_args(checkpoint, expected, "", write)?;
+        let mut args = self.save_args(checkpoint, expected, "", write)?;
         self.save_with(key, expected, &args).await?;
-        self.committed(&args);
+        self.committed(&mut args);
         Ok(())
     }
 
