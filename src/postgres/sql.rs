@@ -78,15 +78,17 @@ impl Queries {
         //
         // One statement, one round trip. Most saves are a run's progress:
         // they change no run record but the writer's chunk and skip counts,
-        // which live in the checkpoint row until the run ends, so their statement
-        // is the compare-and-swap alone. The row is written from plain
-        // parameters, and the `status` index leaves out `updated_at`
-        // (migrations/0003), so a save is a heap-only (HOT) update that adds
-        // no index entries.
+        // which live in the checkpoint row until the run ends, and record no
+        // skipped chunk, so their statement is the compare-and-swap alone.
+        // The row is written from plain parameters, and the `status` index
+        // leaves out `updated_at` (migrations/0003), so a save is a
+        // heap-only (HOT) update that adds no index entries.
         //
         // A save that changes other records (a run's start or end, a killed
-        // run found) also upserts them, joined to the compare-and-swap
-        // (`cas`), so it writes nothing when the compare-and-swap did not.
+        // run found) also upserts them, and one whose checkpoint holds
+        // skipped chunks not yet recorded inserts them, joined to the
+        // compare-and-swap (`cas`), so it writes nothing when the
+        // compare-and-swap did not.
         // A row's `last_saved_at` and `last_version` only ever come from a
         // checkpoint its own run wrote: this one, when the write is a
         // checkpoint of that run; else the row this write replaces (`old`,

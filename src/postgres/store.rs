@@ -21,8 +21,9 @@ use crate::postgres::startup::{
 };
 use crate::postgres::transaction::{SharedTransaction, TxShared};
 
-/// Checkpoints in PostgreSQL: one row per job in `spotbatch_checkpoints`, and
-/// one row per run in `spotbatch_runs`, in the schema of your choice.
+/// Checkpoints in PostgreSQL: one row per job in `spotbatch_checkpoints`,
+/// one row per run in `spotbatch_runs` and one per chunk a run skipped in
+/// `spotbatch_skipped_chunks`, in the schema of your choice.
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
@@ -68,6 +69,21 @@ use crate::postgres::transaction::{SharedTransaction, TxShared};
 /// row the killed run wrote. A save of a run's progress writes the
 /// checkpoint row alone. A row's last checkpoint is always one its own run
 /// saved (the guide's `docs/stores.md`, "Tables", has the columns).
+///
+/// The same statement also inserts a `spotbatch_skipped_chunks` row for
+/// each [skipped chunk](Checkpoint::skipped) the checkpoint is the first to
+/// hold (every one, on this store's first save of the job; a chunk already
+/// recorded keeps its row): its run, job, start and next cursor as text,
+/// items, attempts, error and time. Rows are never updated or deleted by
+/// the store, so a chunk a redrive did stays in the history of the run that
+/// skipped it. The chunks skipped in the last day, with their errors:
+///
+/// ```sql
+/// SELECT job_key, skipped_at, start_cursor, next_cursor, attempts, error, run_id
+/// FROM spotbatch_skipped_chunks
+/// WHERE skipped_at > now() - interval '1 day'
+/// ORDER BY skipped_at;
+/// ```
 ///
 /// Only `key` and `status` are indexed, so a save rewrites its row in place
 /// (a heap-only update, with no new index entries).
