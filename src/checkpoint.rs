@@ -290,7 +290,9 @@ pub struct SkippedChunk {
     pub attempts: u32,
     /// When it was skipped (ms since the Unix epoch).
     pub skipped_ms: u64,
-    /// The run that skipped it.
+    /// The run that skipped it: a redrive that fails at it again skips it
+    /// again, and it becomes the redriving run's, with that attempt's
+    /// error, attempts and time.
     pub run_id: Uuid,
     /// The last attempt's error, as text (at most
     /// [`SkippedChunk::ERROR_LEN`] bytes, cut at a character boundary).

@@ -113,7 +113,8 @@ pub struct RunStats {
     /// and were retried.
     pub retries: u64,
     /// Chunks that failed after their retries and were skipped
-    /// ([`SkipPolicy`](crate::SkipPolicy)), recorded in the checkpoint.
+    /// ([`SkipPolicy`](crate::SkipPolicy)), recorded in the checkpoint;
+    /// redriven chunks that failed again included.
     pub skipped: u64,
     /// Skipped chunks a redrive processed again with success (counted in
     /// `chunks` too).

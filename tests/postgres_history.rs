@@ -1,24 +1,34 @@
-//! The run history table (`spotbatch_runs`) of real processes on a
-//! `PostgresStore`: a run SIGKILLed mid-job keeps, in its row, the last
-//! checkpoint it saved itself, once the next run has marked it `killed`; so
-//! the guide's query for redone work reads the time really lost.
+//! The run history tables of a `PostgresStore`, against a real server.
 //!
-//! A trigger the test adds to the checkpoint table logs every write (its
-//! envelope), so the test knows each checkpoint the killed run wrote, lease
-//! renewals included.
+//! `spotbatch_runs` of real processes: a run SIGKILLed mid-job keeps, in
+//! its row, the last checkpoint it saved itself, once the next run has
+//! marked it `killed`; so the guide's query for redone work reads the time
+//! really lost. A trigger the test adds to the checkpoint table logs every
+//! write (its envelope), so the test knows each checkpoint the killed run
+//! wrote, lease renewals included.
+//!
+//! `spotbatch_skipped_chunks`: each chunk a run skipped, with its error and
+//! attempts, kept after a redrive does it; a redrive that fails again
+//! records the redriving run's skip; a store upgraded from migration 0005
+//! records the skips its checkpoints already held.
 
 // Test code: helpers are `pub` for the test's modules, and a failed unwrap is a failed test.
 #![allow(unreachable_pub, clippy::unwrap_used)]
 
 mod pg_common;
 
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pg_common::{admin_pool, example_command, finish, fresh_name, pg_url, with_schema};
 use spotbatch::postgres::PostgresStore;
-use spotbatch::{Checkpoint, Status};
+use spotbatch::{
+    async_trait, transient, BoxError, Checkpoint, CheckpointStore, Chunk, ChunkContext, Every, Job,
+    JobKey, Report, RetryPolicy, Runner, SkipPolicy, SkippedChunk, Status, StoreError,
+};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -322,4 +332,344 @@ async fn a_run_killed_after_lease_renewals_keeps_its_last_checkpoint() {
     );
     let killed = log.last().expect("writes").writer.run_id;
     resume_and_check(&pool, &schema, dir.path(), killed).await;
+}
+
+// Skipped chunks.
+
+const SUMS: &str = "sums";
+
+/// How a chunk fails.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// At the first attempt, not retried.
+    Error,
+    /// At every attempt, retried until the retries run out.
+    Transient,
+}
+
+/// Sums `0..100` in chunks of ten; chunks whose start is in `faults` fail.
+#[derive(Clone, Default)]
+struct Sums {
+    faults: Arc<Mutex<BTreeMap<u64, Fault>>>,
+}
+
+impl Sums {
+    fn failing(faults: &[(u64, Fault)]) -> Self {
+        let job = Self::default();
+        job.faults.lock().unwrap().extend(faults.iter().copied());
+        job
+    }
+
+    fn fix(&self, start: u64) {
+        self.faults.lock().unwrap().remove(&start);
+    }
+}
+
+#[async_trait]
+impl Job for Sums {
+    type Cursor = u64;
+    type State = u64;
+
+    async fn next_chunk(&mut self, at: &u64) -> Result<Option<Chunk<u64>>, BoxError> {
+        Ok((*at < 100).then(|| Chunk::between(*at, at + 10)))
+    }
+
+    async fn process(
+        &mut self,
+        chunk: &Chunk<u64>,
+        sum: &mut u64,
+        _: &ChunkContext,
+    ) -> Result<(), BoxError> {
+        let fault = self.faults.lock().unwrap().get(chunk.start()).copied();
+        match fault {
+            Some(Fault::Error) => Err(format!("bad record at {}", chunk.start()).into()),
+            Some(Fault::Transient) => Err(transient("throttled")),
+            None => {
+                *sum += chunk.range().sum::<u64>();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A run of `job` to its end, checkpointing after each chunk, skipping up
+/// to 5 chunks, 3 attempts at each.
+async fn run_sums(store: &PostgresStore, job: &Sums) -> Report {
+    let report = Runner::new(SUMS, job.clone())
+        .store(store.clone())
+        .signals(&[])
+        .checkpoint(Every::chunk())
+        .retry(RetryPolicy::attempts(3).backoff(Duration::from_millis(1), Duration::from_millis(5)))
+        .skip(SkipPolicy::at_most(5))
+        .run()
+        .await;
+    assert!(report.is_complete(), "{:?}", report.outcome);
+    report
+}
+
+async fn sums_checkpoint(store: &PostgresStore) -> Checkpoint {
+    store
+        .load(&JobKey::new(SUMS).unwrap())
+        .await
+        .unwrap()
+        .expect("the checkpoint")
+}
+
+/// What `spotbatch redrive` does: sets the flag by compare-and-swap.
+async fn request_redrive(store: &PostgresStore) {
+    let mut c = sums_checkpoint(store).await;
+    let version = c.version;
+    c.redrive = true;
+    c.version += 1;
+    store.save(&c, Some(version)).await.unwrap();
+}
+
+/// A row of `spotbatch_skipped_chunks`: run, job, start and next cursor,
+/// items, attempts, error, time skipped (ms since the Unix epoch).
+type SkipRow = (Uuid, String, String, String, i64, i32, String, i64);
+
+/// The row a skipped chunk of the checkpoint is recorded as.
+fn row_of(skip: &SkippedChunk) -> SkipRow {
+    (
+        skip.run_id,
+        SUMS.to_owned(),
+        skip.start_text.clone(),
+        skip.next_text.clone(),
+        skip.items as i64,
+        skip.attempts as i32,
+        skip.error.clone(),
+        skip.skipped_ms as i64,
+    )
+}
+
+/// Every row of the schema's `spotbatch_skipped_chunks`, oldest first.
+async fn skip_rows(pool: &PgPool, schema: &str) -> Vec<SkipRow> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT run_id, job_key, start_cursor, next_cursor, items, attempts, error, \
+                (extract(epoch from skipped_at) * 1000)::bigint \
+         FROM \"{schema}\".spotbatch_skipped_chunks ORDER BY skipped_at, start_cursor"
+    )))
+    .fetch_all(pool)
+    .await
+    .expect("the skipped chunks table")
+}
+
+/// `spotbatch_runs.skipped` of `run`.
+async fn run_skipped(pool: &PgPool, schema: &str, run: Uuid) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT skipped FROM \"{schema}\".spotbatch_runs WHERE run_id = $1"
+    )))
+    .bind(run)
+    .fetch_one(pool)
+    .await
+    .expect("the run's row")
+}
+
+async fn fresh_store() -> (PostgresStore, String) {
+    let schema = fresh_name("skips");
+    let store = PostgresStore::connect(&with_schema(&pg_url(), &schema))
+        .await
+        .expect("connect");
+    (store, schema)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_skipped_chunk_is_recorded_with_its_run_and_kept_after_redrives() {
+    let (store, schema) = fresh_store().await;
+    let pool = store.pool().clone();
+    let job = Sums::failing(&[(20, Fault::Error), (50, Fault::Transient)]);
+
+    // The first run skips two chunks: each is a row of that run, with
+    // the cursors, items, attempts, error and time the checkpoint holds.
+    let report = run_sums(&store, &job).await;
+    assert_eq!(report.stats.skipped, 2);
+    let first = sums_checkpoint(&store).await;
+    let run1 = first.writer.run_id;
+    let rows1: Vec<SkipRow> = first.skipped.iter().map(row_of).collect();
+    assert_eq!(
+        rows1
+            .iter()
+            .map(|r| (r.0, r.2.as_str(), r.3.as_str(), r.4, r.5, r.6.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (run1, "20", "30", 10, 1, "bad record at 20"),
+            (run1, "50", "60", 10, 3, "throttled (transient)"),
+        ]
+    );
+    assert_eq!(skip_rows(&pool, &schema).await, rows1);
+    assert_eq!(run_skipped(&pool, &schema, run1).await, 2);
+
+    // 50 fixed, 20 not: the redrive does 50 and skips 20 again. The first
+    // run's rows stay as they were; the second run has a row for 20, with
+    // the error of its own attempt.
+    job.fix(50);
+    job.faults.lock().unwrap().insert(20, Fault::Transient);
+    request_redrive(&store).await;
+    let report = run_sums(&store, &job).await;
+    assert_eq!((report.stats.redriven, report.stats.skipped), (1, 1));
+    let second = sums_checkpoint(&store).await;
+    let run2 = second.writer.run_id;
+    assert_eq!(second.skipped.len(), 1);
+    let again = row_of(&second.skipped[0]);
+    assert_eq!(
+        (again.0, again.2.as_str(), again.5, again.6.as_str()),
+        (run2, "20", 3, "throttled (transient)")
+    );
+    assert!(again.7 >= rows1[1].7, "skipped after the first run's skips");
+    let rows2: Vec<SkipRow> = rows1.iter().cloned().chain([again]).collect();
+    assert_eq!(skip_rows(&pool, &schema).await, rows2);
+    assert_eq!(run_skipped(&pool, &schema, run2).await, 1);
+
+    // All fixed: the redrive does 20, the checkpoint holds no skipped chunk,
+    // and the table still holds every skip.
+    job.fix(20);
+    request_redrive(&store).await;
+    let report = run_sums(&store, &job).await;
+    assert_eq!((report.stats.redriven, report.stats.skipped), (1, 0));
+    let third = sums_checkpoint(&store).await;
+    assert!(third.skipped.is_empty());
+    assert_eq!(third.codec.decode::<u64>(&third.state).unwrap(), 4950);
+    assert_eq!(skip_rows(&pool, &schema).await, rows2);
+    assert_eq!(run_skipped(&pool, &schema, run1).await, 2);
+    assert_eq!(run_skipped(&pool, &schema, third.writer.run_id).await, 0);
+
+    // The guide's query: the chunks skipped in the last day, with their errors.
+    let query = include_str!("../docs/stores.md")
+        .split("```sql")
+        .filter_map(|block| block.split("```").next())
+        .find(|block| block.contains("FROM spotbatch_skipped_chunks"))
+        .expect("the skipped chunks query of docs/stores.md")
+        .replace(
+            "spotbatch_skipped_chunks",
+            &format!("\"{schema}\".spotbatch_skipped_chunks"),
+        )
+        .replace("spotbatch_runs", &format!("\"{schema}\".spotbatch_runs"));
+    let rows = sqlx::query(sqlx::AssertSqlSafe(query))
+        .fetch_all(&pool)
+        .await
+        .expect("the query of docs/stores.md");
+    let found: Vec<(String, Uuid, String, String, String, i32)> = rows
+        .iter()
+        .map(|row| {
+            (
+                row.get("job_key"),
+                row.get("run_id"),
+                row.get("start_cursor"),
+                row.get("next_cursor"),
+                row.get("error"),
+                row.get("attempts"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        rows2
+            .iter()
+            .map(|r| (r.1.clone(), r.0, r.2.clone(), r.3.clone(), r.6.clone(), r.5))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// A save records the skipped chunks its checkpoint is the first to hold,
+/// in its own statement: none when its compare-and-swap loses, each once,
+/// and a row stays when a later checkpoint no longer holds its chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_records_new_skips_only_when_it_wins() {
+    let (store, schema) = fresh_store().await;
+    let pool = store.pool().clone();
+    run_sums(&store, &Sums::failing(&[(20, Fault::Error)])).await;
+    let saved = sums_checkpoint(&store).await;
+    let first = saved.skipped[0].clone();
+    assert_eq!(skip_rows(&pool, &schema).await, [row_of(&first)]);
+
+    // A chunk skipped since, by the same run.
+    let mut later = first.clone();
+    later.start = b"70".to_vec();
+    later.start_text = "70".into();
+    later.next_text = "80".into();
+    later.skipped_ms += 1;
+    later.error = "bad record at 70".into();
+    let mut next = saved.clone();
+    next.version += 1;
+    next.skipped.push(later.clone());
+
+    // Over a version that is not the stored one: a conflict, and no row.
+    let err = store
+        .save(&next, Some(saved.version - 1))
+        .await
+        .expect_err("a stale version");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert_eq!(skip_rows(&pool, &schema).await, [row_of(&first)]);
+
+    store.save(&next, Some(saved.version)).await.expect("save");
+    let both = vec![row_of(&first), row_of(&later)];
+    assert_eq!(skip_rows(&pool, &schema).await, both);
+
+    // The first one redriven: its row stays.
+    let mut redriven = next.clone();
+    redriven.version += 1;
+    redriven.skipped.remove(0);
+    store
+        .save(&redriven, Some(next.version))
+        .await
+        .expect("save");
+    assert_eq!(skip_rows(&pool, &schema).await, both);
+
+    // Another process's first save sends every skipped chunk of its
+    // checkpoint: the rows keep their first record.
+    let other = PostgresStore::connect(&with_schema(&pg_url(), &schema))
+        .await
+        .expect("connect");
+    let mut edited = redriven.clone();
+    edited.version += 1;
+    edited.skipped[0].error = "edited by hand".into();
+    other
+        .save(&edited, Some(redriven.version))
+        .await
+        .expect("save");
+    assert_eq!(skip_rows(&pool, &schema).await, both);
+}
+
+/// A store at migration 0005 whose checkpoint holds skipped chunks takes
+/// the new table at its next start, and the next save records those skips,
+/// of the run that skipped them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_at_0005_records_the_skips_its_checkpoint_holds() {
+    let (store, schema) = fresh_store().await;
+    let pool = store.pool().clone();
+    let job = Sums::failing(&[(20, Fault::Error), (50, Fault::Error)]);
+    run_sums(&store, &job).await;
+    let before = sums_checkpoint(&store).await;
+    let run1 = before.writer.run_id;
+    let s = format!("\"{schema}\"");
+    for sql in [
+        format!("DELETE FROM {s}._spotbatch_migrations WHERE version >= 6"),
+        format!("DROP TABLE {s}.spotbatch_skipped_chunks"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .expect("back to 0005");
+    }
+
+    let upgraded = PostgresStore::connect(&with_schema(&pg_url(), &schema))
+        .await
+        .expect("start after an upgrade");
+    assert!(skip_rows(&pool, &schema).await.is_empty());
+    assert_eq!(run_skipped(&pool, &schema, run1).await, 2);
+    assert_eq!(sums_checkpoint(&upgraded).await, before);
+
+    // Fixed and redriven: the run's first save records the skips the
+    // checkpoint held, as the first run's; the redrive leaves them.
+    job.fix(20);
+    job.fix(50);
+    request_redrive(&upgraded).await;
+    let report = run_sums(&upgraded, &job).await;
+    assert_eq!(report.stats.redriven, 2);
+    assert!(sums_checkpoint(&upgraded).await.skipped.is_empty());
+    assert_eq!(
+        skip_rows(&pool, &schema).await,
+        before.skipped.iter().map(row_of).collect::<Vec<_>>()
+    );
+    assert!(skip_rows(&pool, &schema).await.iter().all(|r| r.0 == run1));
 }

@@ -83,7 +83,8 @@ async fn apply_to_an_empty_database_and_are_idempotent() {
         [
             "_spotbatch_migrations",
             "spotbatch_checkpoints",
-            "spotbatch_runs"
+            "spotbatch_runs",
+            "spotbatch_skipped_chunks"
         ]
     );
     let first = applied(&url, "public").await;
@@ -273,7 +274,7 @@ async fn saves_change_no_indexed_column() {
     );
 }
 
-/// A store at migration 0003 with rows in it (0004 and 0005 undone by hand)
+/// A store at migration 0003 with rows in it (0004 to 0006 undone by hand)
 /// takes them at its next start: the rows stay as they are, a run's last
 /// checkpoint may be unknown (NULL) from then on, the checkpoint row's
 /// `status` and `version` are still checked, and runs recorded before count
@@ -292,6 +293,7 @@ async fn a_store_at_0003_upgrades_with_its_rows() {
     let pool = store.pool().clone();
     for sql in [
         format!("DELETE FROM {s}._spotbatch_migrations WHERE version >= 4"),
+        format!("DROP TABLE {s}.spotbatch_skipped_chunks"),
         format!("ALTER TABLE {s}.spotbatch_runs DROP COLUMN skipped"),
         format!(
             "ALTER TABLE {s}.spotbatch_runs ALTER COLUMN last_saved_at SET NOT NULL, \

@@ -220,7 +220,7 @@ async fn skips_within_the_limit_are_recorded_and_a_redrive_completes_the_output(
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_redriven_chunk_that_fails_again_stays_skipped_and_the_job_goes_on() {
+async fn a_redriven_chunk_that_fails_again_is_skipped_again_by_that_run() {
     let store = MemoryStore::new();
     let job = Sums::failing(&[(20, Fault::Error), (30, Fault::Error)]);
     let report = runner(job.clone(), &store)
@@ -236,9 +236,13 @@ async fn a_redriven_chunk_that_fails_again_stays_skipped_and_the_job_goes_on() {
         .await;
     assert!(report.is_complete(), "{:?}", report.outcome);
     assert_eq!(report.stats.redriven, 1);
+    assert_eq!(report.stats.skipped, 1, "20 skipped again, by this run");
     let c = stored(&store).await;
     assert_eq!(c.skipped.len(), 1);
     assert_eq!(c.skipped[0].start_text, "20");
+    assert_eq!(c.skipped[0].run_id, c.writer.run_id);
+    let run = c.history.last().unwrap();
+    assert_eq!((run.run_id, run.skipped), (c.writer.run_id, 1));
     assert!(
         !c.redrive,
         "the redrive was done; 20 waits for the next one"

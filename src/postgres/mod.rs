@@ -27,7 +27,9 @@
 //!
 //! - [`PostgresStore`]: one row per job in `spotbatch_checkpoints` (the
 //!   checkpoint envelope plus columns to query), one row per run in
-//!   `spotbatch_runs`; saves are compare-and-swap on the `version` column.
+//!   `spotbatch_runs`, one per chunk a run skipped in
+//!   `spotbatch_skipped_chunks`; saves are compare-and-swap on the
+//!   `version` column.
 //! - [`SharedTransaction`]: the chunks' writes and the checkpoint commit in
 //!   one transaction, so a SIGKILL never makes a resumed run write twice.
 //! - [`TableSink`]: rows into a table, one statement per chunk, in a shared transaction.

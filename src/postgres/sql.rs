@@ -1,7 +1,9 @@
 //! The store's statements, with its schema's table names, and the values a
 //! save binds.
 
-use crate::{Checkpoint, RunRecord, Status};
+use std::collections::HashMap;
+
+use crate::{Checkpoint, RunRecord, SkippedChunk, Status};
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use uuid::Uuid;
 
@@ -10,6 +12,7 @@ use crate::postgres::options::quote_ident;
 /// Table names inside the schema (also in `migrations/`).
 pub(crate) const CHECKPOINTS: &str = "spotbatch_checkpoints";
 pub(crate) const RUNS: &str = "spotbatch_runs";
+pub(crate) const SKIPPED_CHUNKS: &str = "spotbatch_skipped_chunks";
 /// The table of applied migrations, in the store's schema (not sqlx's
 /// default `_sqlx_migrations`, so an application's own sqlx migrations in the
 /// same schema never see ours).
@@ -43,13 +46,16 @@ enum Shape {
     Runs,
 }
 
+/// The saves' statements: `[over a version, creating]` × [`Shape`] in
+/// declaration order × `[without, with]` skipped chunks to record.
+type Saves = [[[SqlStr; 2]; 3]; 2];
+
 /// Every statement of one store, with its schema's names.
 #[derive(Debug, Clone)]
 pub(crate) struct Queries {
     pub(crate) checkpoints: String,
     pub(crate) load: SqlStr,
-    /// The saves: `[over a version, creating]` × [`Shape`] in declaration order.
-    save: [[SqlStr; 3]; 2],
+    save: Saves,
     pub(crate) found: SqlStr,
     pub(crate) list: SqlStr,
     pub(crate) delete: SqlStr,
@@ -60,24 +66,29 @@ impl Queries {
         let s = quote_ident(schema);
         let cp = format!("{s}.{CHECKPOINTS}");
         let runs = format!("{s}.{RUNS}");
+        let skips = format!("{s}.{SKIPPED_CHUNKS}");
         let sql = |text: String| AssertSqlSafe(text).into_sql_str();
 
         // $1..$23: the checkpoint; then the run records to write (none;
         // one, as $24..$33; or several, as arrays $24..$33) and the run the
         // write is a checkpoint of ($34: the writer, or NULL for a lease
-        // renewal); last, the transaction mark ('' outside a SharedTransaction).
+        // renewal); then the transaction mark ('' outside a
+        // SharedTransaction); last, when there are any, the skipped chunks
+        // to record, as seven arrays.
         //
         // One statement, one round trip. Most saves are a run's progress:
         // they change no run record but the writer's chunk and skip counts,
-        // which live in the checkpoint row until the run ends, so their statement
-        // is the compare-and-swap alone. The row is written from plain
-        // parameters, and the `status` index leaves out `updated_at`
-        // (migrations/0003), so a save is a heap-only (HOT) update that adds
-        // no index entries.
+        // which live in the checkpoint row until the run ends, and record no
+        // skipped chunk, so their statement is the compare-and-swap alone.
+        // The row is written from plain parameters, and the `status` index
+        // leaves out `updated_at` (migrations/0003), so a save is a
+        // heap-only (HOT) update that adds no index entries.
         //
         // A save that changes other records (a run's start or end, a killed
-        // run found) also upserts them, joined to the compare-and-swap
-        // (`cas`), so it writes nothing when the compare-and-swap did not.
+        // run found) also upserts them, and one whose checkpoint holds
+        // skipped chunks not yet recorded inserts them, joined to the
+        // compare-and-swap (`cas`), so it writes nothing when the
+        // compare-and-swap did not.
         // A row's `last_saved_at` and `last_version` only ever come from a
         // checkpoint its own run wrote: this one, when the write is a
         // checkpoint of that run; else the row this write replaces (`old`,
@@ -200,6 +211,32 @@ runs AS (
                 last_version = last("version"),
             )
         };
+        // A skipped chunk is inserted by the first save whose checkpoint
+        // holds it, and never changed after: a redrive that does it takes
+        // it out of the checkpoint, not out of the table.
+        let skips_insert = |first: usize| {
+            let arrays = list(
+                [
+                    "uuid", "text", "text", "bigint", "integer", "text", "bigint",
+                ]
+                .iter()
+                .zip(first..)
+                .map(|(t, n)| format!("${n}::{t}[]"))
+                .collect(),
+            );
+            format!(
+                "skips AS (
+    INSERT INTO {skips} (run_id, job_key, start_cursor, next_cursor, items, attempts, error,
+                         skipped_at)
+    SELECT s.run_id, cas.key, s.start_cursor, s.next_cursor, s.items, s.attempts, s.error,
+           {skipped_at}
+    FROM cas CROSS JOIN unnest({arrays})
+        AS s(run_id, start_cursor, next_cursor, items, attempts, error, skipped_ms)
+    ON CONFLICT DO NOTHING
+)",
+                skipped_at = ts("s.skipped_ms"),
+            )
+        };
         // Per shape: the runs upsert, and the number of the mark's parameter.
         let shapes = [
             (None, 24),
@@ -212,15 +249,20 @@ runs AS (
                 35,
             ),
         ];
-        // `cas` is `{verb} … RETURNING …` when the runs upsert joins it.
+        // `cas` is `{verb} … RETURNING …` when another statement joins it.
         let save = |verb: &str| {
             shapes.clone().map(|(runs, n)| {
                 let cas = verb.replace("{mark}", &mark(n));
-                sql(match runs {
-                    None => cas,
-                    Some(runs) => format!(
-                        "WITH cas AS (\n{cas}\n    RETURNING key, version, updated_at\n), {runs}\nSELECT 1 FROM cas"
-                    ),
+                [None, Some(skips_insert(n + 1))].map(|skips| {
+                    let joined: Vec<String> = runs.iter().chain(&skips).cloned().collect();
+                    sql(if joined.is_empty() {
+                        cas.clone()
+                    } else {
+                        format!(
+                            "WITH cas AS (\n{cas}\n    RETURNING key, version, updated_at\n), {}\nSELECT 1 FROM cas",
+                            joined.join(", ")
+                        )
+                    })
                 })
             })
         };
@@ -276,13 +318,46 @@ pub(crate) struct SaveArgs {
     lease_owner: Option<Uuid>,
     lease_ms: Option<i64>,
     history: History,
-    /// The history's records, one per run id (the last wins), as the runs
-    /// table holds them once this save commits.
-    pub(crate) runs: Vec<RunRecord>,
+    /// The skipped chunks this save records (none, mostly).
+    skips: Skips,
+    /// What the tables hold once this save commits.
+    pub(crate) written: Written,
     /// The run this write is a checkpoint of: the writer, unless it is a
     /// lease renewal.
     checkpoint_of: Option<Uuid>,
     mark: String,
+}
+
+/// What the runs and skipped-chunks tables hold of one job, as a store
+/// knows from its own committed saves: what a save need not write again.
+#[derive(Debug, Default)]
+pub(crate) struct Written {
+    /// The history's records, one per run id (the last wins).
+    runs: Vec<RunRecord>,
+    /// The skipped chunks recorded, by run and time of the skip: their
+    /// start cursors, encoded. Only grows: a chunk a redrive did is still
+    /// in the table.
+    skips: HashMap<(Uuid, u64), Vec<Vec<u8>>>,
+}
+
+impl Written {
+    fn holds(&self, skip: &SkippedChunk) -> bool {
+        self.skips
+            .get(&(skip.run_id, skip.skipped_ms))
+            .is_some_and(|starts| starts.contains(&skip.start))
+    }
+}
+
+/// Skipped chunks to insert, as the arrays a save binds.
+#[derive(Debug, Default)]
+struct Skips {
+    run_id: Vec<Uuid>,
+    start: Vec<String>,
+    next: Vec<String>,
+    items: Vec<i64>,
+    attempts: Vec<i32>,
+    error: Vec<String>,
+    skipped_ms: Vec<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -360,6 +435,9 @@ impl SaveArgs {
     /// holds them already), and the writer's own record when only its chunk
     /// and skip counts changed since (a checkpoint of progress: the checkpoint row
     /// holds it until the run ends, or a renewal or the next run records it).
+    /// Of the skipped chunks, those `written` holds are left out too: a save
+    /// records the chunks skipped since the last one (every chunk of the
+    /// checkpoint the first time: the table keeps the first record of each).
     ///
     /// Fails only for versions beyond `i64::MAX`, which the `version` column
     /// cannot hold.
@@ -368,7 +446,7 @@ impl SaveArgs {
         expected: Option<u64>,
         mark: &str,
         write: Write,
-        written: &[RunRecord],
+        mut written: Written,
     ) -> Result<Self, String> {
         let version_of = |v: u64| {
             i64::try_from(v).map_err(|_| format!("version {v} does not fit the bigint column"))
@@ -392,11 +470,11 @@ impl SaveArgs {
             .collect();
         runs.reverse();
         for run in &mut runs {
-            if written.contains(run) {
+            if written.runs.contains(run) {
                 continue;
             }
             if write == Write::Checkpoint && run.run_id == writer {
-                if let Some(held) = written.iter().find(|w| same_but_progress(w, run)) {
+                if let Some(held) = written.runs.iter().find(|w| same_but_progress(w, run)) {
                     // Progress: the table keeps holding the record it has.
                     *run = held.clone();
                     continue;
@@ -415,6 +493,27 @@ impl SaveArgs {
             history.host.push(run.host.clone());
             history.task.push(non_empty(&run.task));
             history.skipped.push(clamp(run.skipped));
+        }
+        written.runs = runs;
+        let mut skips = Skips::default();
+        for skip in &checkpoint.skipped {
+            if written.holds(skip) {
+                continue;
+            }
+            skips.run_id.push(skip.run_id);
+            skips.start.push(skip.start_text.clone());
+            skips.next.push(skip.next_text.clone());
+            skips.items.push(clamp(skip.items));
+            skips
+                .attempts
+                .push(i32::try_from(skip.attempts).unwrap_or(i32::MAX));
+            skips.error.push(skip.error.clone());
+            skips.skipped_ms.push(clamp(skip.skipped_ms));
+            written
+                .skips
+                .entry((skip.run_id, skip.skipped_ms))
+                .or_default()
+                .push(skip.start.clone());
         }
         Ok(Self {
             key: checkpoint.job.to_string(),
@@ -437,7 +536,8 @@ impl SaveArgs {
             lease_owner: checkpoint.lease.map(|l| l.owner),
             lease_ms: checkpoint.lease.map(|l| clamp(l.expires_ms)),
             history,
-            runs,
+            skips,
+            written,
             checkpoint_of: (write == Write::Checkpoint).then_some(writer),
             mark: mark.to_owned(),
         })
@@ -461,7 +561,10 @@ impl SaveArgs {
         queries: &Queries,
     ) -> sqlx::query::Query<'a, sqlx::Postgres, sqlx::postgres::PgArguments> {
         let shape = self.shape();
-        let sql = queries.save[usize::from(self.expected.is_none())][shape as usize].clone();
+        let skips = !self.skips.run_id.is_empty();
+        let sql = queries.save[usize::from(self.expected.is_none())][shape as usize]
+            [usize::from(skips)]
+        .clone();
         let [chunks, items, checkpoints, interruptions, runs] = self.counters;
         let query = sqlx::query(sql)
             .bind(&self.key)
@@ -515,7 +618,19 @@ impl SaveArgs {
                 .bind(&h.skipped)
                 .bind(self.checkpoint_of),
         };
-        query.bind(&self.mark)
+        let query = query.bind(&self.mark);
+        if !skips {
+            return query;
+        }
+        let s = &self.skips;
+        query
+            .bind(&s.run_id)
+            .bind(&s.start)
+            .bind(&s.next)
+            .bind(&s.items)
+            .bind(&s.attempts)
+            .bind(&s.error)
+            .bind(&s.skipped_ms)
     }
 }
 
@@ -525,7 +640,7 @@ mod tests {
 
     /// The highest `$n` a statement uses.
     fn last_parameter(sql: &str) -> usize {
-        (1..=40)
+        (1..=50)
             .rev()
             .find(|n| sql.contains(&format!("${n}::")))
             .unwrap_or(0)
@@ -535,9 +650,25 @@ mod tests {
     fn each_shape_takes_the_parameters_its_binds_give() {
         let queries = Queries::new("public");
         for (kind, statements) in ["update", "create"].iter().zip(&queries.save) {
-            let [none, one, many] = statements.each_ref().map(|s| s.as_str());
+            let [none, one, many] = statements
+                .each_ref()
+                .map(|s| s.each_ref().map(SqlStr::as_str));
+            for [plain, skips] in [none, one, many] {
+                assert!(!plain.contains(SKIPPED_CHUNKS), "{kind}: {plain}");
+                assert_eq!(
+                    last_parameter(skips),
+                    last_parameter(plain) + 7,
+                    "{kind}: {skips}"
+                );
+                assert!(
+                    skips.contains(&format!("unnest(${}::uuid[], ", last_parameter(plain) + 1)),
+                    "{kind}: {skips}"
+                );
+            }
+            let [none, one, many] = [none[0], one[0], many[0]];
             assert_eq!(last_parameter(none), 24, "{kind}: {none}");
             assert!(!none.contains("spotbatch_runs"), "{kind}: {none}");
+            assert!(!none.contains("RETURNING"), "{kind}: {none}");
             assert_eq!(last_parameter(one), 35, "{kind}: {one}");
             assert!(
                 one.contains("$24::uuid,") && !one.contains("[]"),

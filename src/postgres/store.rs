@@ -5,8 +5,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use crate::{
-    Checkpoint, CheckpointError, CheckpointStore, JobKey, Listing, Refusal, RunRecord, Status,
-    StoreError, Summary, Writer,
+    Checkpoint, CheckpointError, CheckpointStore, JobKey, Listing, Refusal, Status, StoreError,
+    Summary, Writer,
 };
 use async_trait::async_trait;
 use sqlx::postgres::PgPoolOptions;
@@ -15,14 +15,15 @@ use tracing::{debug, info, warn};
 
 use crate::postgres::error::{is_transient, refusal, ConnectError, Failure, PgError, TxError};
 use crate::postgres::options::{describe, parse_url, redact, PostgresOptions};
-use crate::postgres::sql::{Queries, SaveArgs, Write};
+use crate::postgres::sql::{Queries, SaveArgs, Write, Written};
 use crate::postgres::startup::{
     acquire_retrying, check_exists, connect_retrying, migrate, retry_backoff,
 };
 use crate::postgres::transaction::{SharedTransaction, TxShared};
 
-/// Checkpoints in PostgreSQL: one row per job in `spotbatch_checkpoints`, and
-/// one row per run in `spotbatch_runs`, in the schema of your choice.
+/// Checkpoints in PostgreSQL: one row per job in `spotbatch_checkpoints`,
+/// one row per run in `spotbatch_runs` and one per chunk a run skipped in
+/// `spotbatch_skipped_chunks`, in the schema of your choice.
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
@@ -68,6 +69,21 @@ use crate::postgres::transaction::{SharedTransaction, TxShared};
 /// row the killed run wrote. A save of a run's progress writes the
 /// checkpoint row alone. A row's last checkpoint is always one its own run
 /// saved (the guide's `docs/stores.md`, "Tables", has the columns).
+///
+/// The same statement also inserts a `spotbatch_skipped_chunks` row for
+/// each [skipped chunk](Checkpoint::skipped) the checkpoint is the first to
+/// hold (every one, on this store's first save of the job; a chunk already
+/// recorded keeps its row): its run, job, start and next cursor as text,
+/// items, attempts, error and time. Rows are never updated or deleted by
+/// the store, so a chunk a redrive did stays in the history of the run that
+/// skipped it. The chunks skipped in the last day, with their errors:
+///
+/// ```sql
+/// SELECT job_key, skipped_at, start_cursor, next_cursor, attempts, error, run_id
+/// FROM spotbatch_skipped_chunks
+/// WHERE skipped_at > now() - interval '1 day'
+/// ORDER BY skipped_at;
+/// ```
 ///
 /// Only `key` and `status` are indexed, so a save rewrites its row in place
 /// (a heap-only update, with no new index entries).
@@ -115,13 +131,13 @@ pub(crate) struct Inner {
     pub(crate) schema: String,
     pub(crate) sql: Queries,
     pub(crate) options: PostgresOptions,
-    /// Per job key, the run records the runs table holds since this store's
-    /// last save of the job committed, so that the next save writes only
-    /// those that changed. A save takes its key's entry and puts it back,
-    /// updated, only once it knows it committed: after any other outcome
-    /// (an error, a conflict, a save cut off) the next save writes every
-    /// record again.
-    written: Mutex<HashMap<String, Vec<RunRecord>>>,
+    /// Per job key, the run records and skipped chunks the tables hold
+    /// since this store's last save of the job committed, so that the next
+    /// save writes only those that changed or are new. A save takes its
+    /// key's entry and puts it back, updated, only once it knows it
+    /// committed: after any other outcome (an error, a conflict, a save cut
+    /// off) the next save writes every record again.
+    written: Mutex<HashMap<String, Written>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -383,18 +399,19 @@ impl PostgresStore {
     ) -> Result<SaveArgs, StoreError> {
         let key = checkpoint.job.as_str();
         let written = self.written().remove(key).unwrap_or_default();
-        SaveArgs::new(checkpoint, expected, mark, write, &written)
+        SaveArgs::new(checkpoint, expected, mark, write, written)
             .map_err(|e| self.refused(key, "save", Refusal::Rejected, PgError::Refused(e)))
     }
 
-    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<RunRecord>>> {
+    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<String, Written>> {
         // Each change is one insert or remove: a poisoned map is still sound.
         self.inner.written.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The save made of `args` committed: the runs table holds its records.
-    pub(crate) fn committed(&self, args: &SaveArgs) {
-        self.written().insert(args.key.clone(), args.runs.clone());
+    /// The save made of `args` committed: the tables hold its records.
+    pub(crate) fn committed(&self, args: &mut SaveArgs) {
+        let written = std::mem::take(&mut args.written);
+        self.written().insert(args.key.clone(), written);
     }
 
     /// A save outside any shared transaction, retried on connection errors.
@@ -405,9 +422,9 @@ impl PostgresStore {
         write: Write,
     ) -> Result<(), StoreError> {
         let key = checkpoint.job.as_str();
-        let args = self.save_args(checkpoint, expected, "", write)?;
+        let mut args = self.save_args(checkpoint, expected, "", write)?;
         self.save_with(key, expected, &args).await?;
-        self.committed(&args);
+        self.committed(&mut args);
         Ok(())
     }
 

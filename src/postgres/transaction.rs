@@ -504,7 +504,7 @@ impl TxShared {
                 .save_plain(checkpoint, expected, Write::Checkpoint)
                 .await;
         }
-        let args = store.save_args(checkpoint, expected, &state.mark, Write::Checkpoint)?;
+        let mut args = store.save_args(checkpoint, expected, &state.mark, Write::Checkpoint)?;
         let chunks = state.chunks;
         let Some(mut tx) = state.tx.take() else {
             return Err(lost(
@@ -567,7 +567,7 @@ impl TxShared {
         }
         match committed {
             Ok(()) => {
-                store.committed(&args);
+                store.committed(&mut args);
                 debug!(
                     key,
                     version = args.version,
@@ -589,7 +589,7 @@ impl TxShared {
                         if version == args.version && bytes == args.envelope =>
                     {
                         guard.disarm();
-                        store.committed(&args);
+                        store.committed(&mut args);
                         info!(
                             key,
                             version, "the commit's reply was lost, but it committed"

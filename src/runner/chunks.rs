@@ -224,16 +224,20 @@ impl<J: Job> Run<'_, J> {
                     info!(job = %self.session.key.short(), start = %skip.start_text, next = %skip.next_text, "redriven skipped chunk done");
                 }
                 Processed::Failed { error, attempts } => {
-                    warn!(job = %self.session.key.short(), start = %skip.start_text, next = %skip.next_text, attempts, error = %error, "redriven skipped chunk failed again: it stays skipped");
-                    // To the back of the list: a redrive stopped before its
-                    // end is taken up by the next run at the chunks it has
-                    // not tried yet, not at this one again.
+                    warn!(job = %self.session.key.short(), start = %skip.start_text, next = %skip.next_text, attempts, error = %error, "redriven skipped chunk failed again: this run skips it again");
+                    // Skipped again, by this run, and to the back of the
+                    // list: a redrive stopped before its end is taken up by
+                    // the next run at the chunks it has not tried yet, not
+                    // at this one again.
                     if let Some(at) = at {
                         let mut entry = self.session.skipped.remove(at);
                         entry.error = SkippedChunk::cut(job_error_text(&error));
                         entry.attempts = attempts;
                         entry.skipped_ms = now_ms();
-                        self.session.skipped.push(entry);
+                        entry.run_id = self.session.run_id();
+                        self.session.record_skip(entry);
+                        self.stats.skipped += 1;
+                        self.metrics.skipped();
                     }
                 }
                 Processed::Interrupted => return Ok(Some(End::Interrupted)),
