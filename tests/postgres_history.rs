@@ -673,3 +673,93 @@ async fn a_store_at_0005_records_the_skips_its_checkpoint_holds() {
     );
     assert!(skip_rows(&pool, &schema).await.iter().all(|r| r.0 == run1));
 }
+
+/// Two chunks, `""` to `next` and `next` to `"end"`: the second fails
+/// with `error`.
+#[derive(Clone)]
+struct Odd {
+    next: String,
+    error: String,
+}
+
+#[async_trait]
+impl Job for Odd {
+    type Cursor = String;
+    type State = ();
+
+    async fn next_chunk(&mut self, at: &String) -> Result<Option<Chunk<String>>, BoxError> {
+        Ok(match at.as_str() {
+            "" => Some(Chunk::new(String::new(), self.next.clone())),
+            "end" => None,
+            _ => Some(Chunk::new(at.clone(), "end".into())),
+        })
+    }
+
+    async fn process(
+        &mut self,
+        chunk: &Chunk<String>,
+        _: &mut (),
+        _: &ChunkContext,
+    ) -> Result<(), BoxError> {
+        if chunk.start().is_empty() {
+            return Ok(());
+        }
+        Err(self.error.clone().into())
+    }
+}
+
+/// Runs `job` on a fresh store, skipping its chunk; the rows recorded.
+async fn run_odd(job: Odd) -> Vec<(String, String, String)> {
+    let (store, schema) = fresh_store().await;
+    let report = Runner::new("odd", job)
+        .store(store.clone())
+        .signals(&[])
+        .checkpoint(Every::chunk())
+        .skip(SkipPolicy::at_most(5))
+        .run()
+        .await;
+    assert!(report.is_complete(), "{:?}", report.outcome);
+    assert_eq!(report.stats.skipped, 1);
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT start_cursor, next_cursor, error FROM \"{schema}\".spotbatch_skipped_chunks"
+    )))
+    .fetch_all(store.pool())
+    .await
+    .expect("the skipped chunks table")
+}
+
+/// A chunk's error may hold any text, a NUL included (a job quoting the
+/// bad record it read): the skip is recorded all the same, and the save
+/// that holds it does not fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skip_whose_error_holds_a_nul_is_recorded() {
+    let rows = run_odd(Odd {
+        next: "b".into(),
+        error: "bad record \"a\0b\"".into(),
+    })
+    .await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].2.starts_with("bad record"), "{rows:?}");
+}
+
+/// A cursor's text may be long and incompressible (a key, a token): the
+/// skip is recorded all the same, and the save that holds it does not fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skip_of_a_long_cursor_is_recorded() {
+    // 6000 hex digits of a xorshift: nothing for pglz to compress.
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let next: String = (0..375)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{x:016x}")
+        })
+        .collect();
+    let rows = run_odd(Odd {
+        next,
+        error: "bad".into(),
+    })
+    .await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+}

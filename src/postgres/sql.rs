@@ -389,6 +389,21 @@ fn outcome_parts(outcome: &str) -> (String, Option<String>) {
     (word, source)
 }
 
+/// `s` as a `text` value takes it: Postgres refuses a NUL in text (error
+/// 22021), which a job's error may quote from the record it read. Each
+/// NUL becomes U+FFFD.
+fn pg_text(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}
+
+/// A skipped chunk's cursor text as `start_cursor` and `next_cursor` take
+/// it: at most [`SkippedChunk::ERROR_LEN`] bytes (the primary key's index
+/// refuses a row of more than 2704 bytes, and a long cursor's `Debug` text,
+/// a key or a token, may not compress), without NUL.
+fn cursor_text(s: &str) -> String {
+    SkippedChunk::cut(pg_text(s))
+}
+
 fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
 }
@@ -487,7 +502,7 @@ impl SaveArgs {
                 .ended_ms
                 .push((run.ended_ms != 0).then(|| clamp(run.ended_ms)));
             history.outcome.push(word);
-            history.detail.push(run.outcome.clone());
+            history.detail.push(pg_text(&run.outcome));
             history.source.push(source);
             history.chunks.push(clamp(run.chunks));
             history.host.push(run.host.clone());
@@ -501,13 +516,13 @@ impl SaveArgs {
                 continue;
             }
             skips.run_id.push(skip.run_id);
-            skips.start.push(skip.start_text.clone());
-            skips.next.push(skip.next_text.clone());
+            skips.start.push(cursor_text(&skip.start_text));
+            skips.next.push(cursor_text(&skip.next_text));
             skips.items.push(clamp(skip.items));
             skips
                 .attempts
                 .push(i32::try_from(skip.attempts).unwrap_or(i32::MAX));
-            skips.error.push(skip.error.clone());
+            skips.error.push(pg_text(&skip.error));
             skips.skipped_ms.push(clamp(skip.skipped_ms));
             written
                 .skips
