@@ -28,9 +28,15 @@ CREATE TABLE spotbatch_skipped_chunks (
     items        bigint      NOT NULL,   -- the chunk's items (Chunk::items)
     attempts     integer     NOT NULL,   -- attempts made before the skip, retries included
     error        text        NOT NULL,   -- the last attempt's error (at most 1 KiB)
-    skipped_at   timestamptz NOT NULL,
-    PRIMARY KEY (run_id, skipped_at, start_cursor)
+    skipped_at   timestamptz NOT NULL
 );
+
+-- One row per skip: a save that sends a skip already recorded (a process's
+-- first save sends all its checkpoint holds) inserts nothing. The cursor is
+-- hashed: a btree entry holds at most 2704 bytes, and a cursor's text (a
+-- long key, a token) may be longer and not compress.
+CREATE UNIQUE INDEX spotbatch_skipped_chunks_once
+    ON spotbatch_skipped_chunks (run_id, skipped_at, md5(start_cursor));
 
 COMMENT ON TABLE spotbatch_skipped_chunks IS
     'spotbatch: one row per chunk a run skipped, with its error; kept after a redrive does it';

@@ -396,14 +396,6 @@ fn pg_text(s: &str) -> String {
     s.replace('\0', "\u{FFFD}")
 }
 
-/// A skipped chunk's cursor text as `start_cursor` and `next_cursor` take
-/// it: at most [`SkippedChunk::ERROR_LEN`] bytes (the primary key's index
-/// refuses a row of more than 2704 bytes, and a long cursor's `Debug` text,
-/// a key or a token, may not compress), without NUL.
-fn cursor_text(s: &str) -> String {
-    SkippedChunk::cut(pg_text(s))
-}
-
 fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
 }
@@ -495,7 +487,7 @@ impl SaveArgs {
                     continue;
                 }
             }
-            let (word, source) = outcome_parts(&run.outcome);
+            let (word, source) = outcome_parts(&pg_text(&run.outcome));
             history.run_id.push(run.run_id);
             history.started_ms.push(clamp(run.started_ms));
             history
@@ -516,8 +508,8 @@ impl SaveArgs {
                 continue;
             }
             skips.run_id.push(skip.run_id);
-            skips.start.push(cursor_text(&skip.start_text));
-            skips.next.push(cursor_text(&skip.next_text));
+            skips.start.push(pg_text(&skip.start_text));
+            skips.next.push(pg_text(&skip.next_text));
             skips.items.push(clamp(skip.items));
             skips
                 .attempts
