@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 use pg_common::{admin_pool, example_command, finish, fresh_name, pg_url, with_schema};
 use spotbatch::postgres::PostgresStore;
 use spotbatch::{
-    async_trait, transient, BoxError, Checkpoint, CheckpointStore, Chunk, ChunkContext, Every, Job,
-    JobKey, Report, RetryPolicy, Runner, SkipPolicy, SkippedChunk, Status, StoreError,
+    async_trait, transient, BoxError, Checkpoint, CheckpointStore, Chunk, ChunkContext, Error,
+    Every, Job, JobKey, Outcome, Report, RetryPolicy, Runner, SkipPolicy, SkippedChunk, Status,
+    StoreError,
 };
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -740,6 +741,44 @@ async fn a_skip_whose_error_holds_a_nul_is_recorded() {
     .await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert!(rows[0].2.contains("bad record \"a\u{FFFD}b\""), "{rows:?}");
+}
+
+/// A run that fails on such an error, skipping nothing, still saves its
+/// final checkpoint, the error in its status and its run's row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_failed_by_an_error_holding_a_nul_saves_its_checkpoint() {
+    let (store, schema) = fresh_store().await;
+    let report = Runner::new(
+        "odd",
+        Odd {
+            next: "b".into(),
+            error: "bad record \"a\0b\"".into(),
+        },
+    )
+    .store(store.clone())
+    .signals(&[])
+    .run()
+    .await;
+    assert!(
+        matches!(&report.outcome, Outcome::Failed(Error::Job { .. })),
+        "{:?}",
+        report.outcome
+    );
+    let (status, detail): (String, String) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT status, status_detail FROM \"{schema}\".spotbatch_checkpoints"
+    )))
+    .fetch_one(store.pool())
+    .await
+    .expect("the checkpoint row");
+    assert_eq!(status, "failed");
+    assert!(detail.contains("bad record \"a\u{FFFD}b\""), "{detail}");
+    let outcome: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT outcome_detail FROM \"{schema}\".spotbatch_runs"
+    )))
+    .fetch_one(store.pool())
+    .await
+    .expect("the run's row");
+    assert!(outcome.contains('\u{FFFD}'), "{outcome}");
 }
 
 /// A cursor's text may be long and incompressible (a key, a token): the

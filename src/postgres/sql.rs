@@ -459,8 +459,8 @@ impl SaveArgs {
             i64::try_from(v).map_err(|_| format!("version {v} does not fit the bigint column"))
         };
         let (status, detail) = match &checkpoint.status {
-            Status::Interrupted { source } => ("interrupted", source.clone()),
-            Status::Failed { message } => ("failed", message.clone()),
+            Status::Interrupted { source } => ("interrupted", pg_text(source)),
+            Status::Failed { message } => ("failed", pg_text(message)),
             other => (other.name(), String::new()),
         };
         let c = &checkpoint.counters;
