@@ -252,6 +252,10 @@ pub struct Args {
     /// Grace period in seconds: time from SIGTERM to the platform's SIGKILL.
     #[arg(long, default_value_t = 30.0)]
     grace: f64,
+    /// The part of the grace period, in seconds, kept for the final
+    /// checkpoint (default: a quarter of the grace period, at most 5 s).
+    #[arg(long)]
+    reserve: Option<f64>,
     /// Lease in seconds: another runner may take the job over this long
     /// after this one stops renewing it.
     #[arg(long, default_value_t = 60.0)]
@@ -374,6 +378,11 @@ fn configure<J: Job>(
         .checkpoint(Every::chunks(args.every_chunks).or_seconds(args.every_secs))
         .grace(grace)
         .lease(lease);
+    if let Some(secs) = args.reserve {
+        let reserve = Duration::try_from_secs_f64(secs)
+            .map_err(|e| anyhow::anyhow!("bad --reserve {secs}: {e}"))?;
+        runner = runner.checkpoint_reserve(reserve);
+    }
     if args.restart {
         runner = runner.restart();
     }

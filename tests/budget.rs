@@ -137,8 +137,11 @@ fn a_stop_during_set_up_that_runs_on_ends_the_run_before_its_first_chunk_as_pid1
 // During a chunk whose work does not give way
 //
 // Chunks of 8 s (10 records of 800 ms), a checkpoint after each, a grace
-// period of 6 s (drain 4.5 s, 1.5 s left for the final flush and save, which
-// a loaded disk's fsync may need); SIGTERM half a second into the second
+// period of 6 s of which 3 s are kept for the final flush and save (drain
+// 3 s). The watchdog gives the job's code half the reserve to give way,
+// then writes with the other half, 1.5 s: a disk still writing back the
+// gigabytes a build just wrote can take over a second for one fsync (seen
+// with the default reserve, 1.5 s). SIGTERM half a second into the second
 // chunk, which would go on for 7.5 s more.
 
 const GRACE: Duration = Duration::from_secs(6);
@@ -154,7 +157,7 @@ fn stubborn_job() -> Quickstart {
 /// the first chunk; a resumed run then completes it exactly.
 fn stop_stubborn_chunk(how: As, work_on: &str, extra: &[&str], expect_log: &str) {
     let job = stubborn_job();
-    let mut flags = vec!["--work-on", work_on, "--every-secs", "1"];
+    let mut flags = vec!["--work-on", work_on, "--every-secs", "1", "--reserve", "3"];
     flags.extend(extra);
     let (child, pid) = spawn(&job, &flags, how);
     // Half a second into the second chunk: once the first one's checkpoint
