@@ -487,14 +487,15 @@ impl SaveArgs {
                     continue;
                 }
             }
-            let (word, source) = outcome_parts(&pg_text(&run.outcome));
+            let outcome = pg_text(&run.outcome);
+            let (word, source) = outcome_parts(&outcome);
             history.run_id.push(run.run_id);
             history.started_ms.push(clamp(run.started_ms));
             history
                 .ended_ms
                 .push((run.ended_ms != 0).then(|| clamp(run.ended_ms)));
             history.outcome.push(word);
-            history.detail.push(pg_text(&run.outcome));
+            history.detail.push(outcome);
             history.source.push(source);
             history.chunks.push(clamp(run.chunks));
             history.host.push(run.host.clone());

@@ -235,9 +235,7 @@ impl<J: Job> Run<'_, J> {
                         entry.attempts = attempts;
                         entry.skipped_ms = now_ms();
                         entry.run_id = self.session.run_id();
-                        self.session.record_skip(entry);
-                        self.stats.skipped += 1;
-                        self.metrics.skipped();
+                        self.skipped(entry);
                     }
                 }
                 Processed::Interrupted => return Ok(Some(End::Interrupted)),
@@ -306,10 +304,15 @@ impl<J: Job> Run<'_, J> {
             skipped,
             "chunk failed: skipped it (recorded in the checkpoint; `spotbatch redrive` processes it again)"
         );
+        self.skipped(record);
+        Ok(())
+    }
+
+    /// Counts a chunk this run skipped, recorded in the checkpoint as `record`.
+    fn skipped(&mut self, record: SkippedChunk) {
         self.session.record_skip(record);
         self.stats.skipped += 1;
         self.metrics.skipped();
-        Ok(())
     }
 
     /// Records `e` as the run's end on the last saved checkpoint and
